@@ -1,7 +1,9 @@
 # Two commands do everything, set-up included, on a fresh Debian machine as root:
 #   make run [SCREENSHOT=out.png]   napari with a sample scan and this plugin's widgets
 #   make test                       the whole test suite under a virtual display
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The CPU torch wheel lies on disk on our machines; elsewhere pip takes it from PyPI.
+WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEBS   := xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
@@ -24,7 +26,7 @@ debs:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q $(WHEELS) torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,codecs,pyqt6,bench]' pydicom-data
 	touch $@
 
