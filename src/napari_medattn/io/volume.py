@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medattn.errors import GeometryError
+from napari_medattn.errors import DimensionError, GeometryError
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: Patient axis letters for the + direction of LPS x, y, z and their opposites.
@@ -112,6 +112,10 @@ class Volume:
         only axes are permuted and flipped.
         """
         perm, flips = canonical_permutation(self.affine)
+        if "canonical_axes" in self.meta and not flips.any() and (perm == np.arange(3)).all():
+            # Already canonical: keep the link to the original source order for write-back.
+            return Volume(data=self.data, affine=self.affine.copy(), modality=self.modality,
+                          meta=dict(self.meta))
         lead = self.data.ndim - 3
         data = self.data
         for axis in np.nonzero(flips)[0]:
@@ -204,3 +208,32 @@ def nearest_grid(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.linalg.norm(world[:3, :3], axis=0)
     translate = world[:3, 3].copy()
     return scale, translate
+
+
+def require_3d(volume: Volume) -> Volume:
+    """Return ``volume`` if it is a true 3D volume, else raise a one-sentence error.
+
+    Single-frame 4D volumes are reduced to 3D (a view); a volume with one voxel along a
+    spatial axis is an image, not a volume.
+
+    Raises
+    ------
+    DimensionError
+        Several frames (time or channels) or a 2D image (a spatial axis of size 1).
+    """
+    data = volume.data
+    if data.ndim == 4:
+        if data.shape[0] != 1:
+            raise DimensionError(
+                f"{volume.name} has {data.shape[0]} frames; this needs a single 3D volume "
+                f"(pick one frame first)."
+            )
+        volume = Volume(data=data[0], affine=volume.affine, modality=volume.modality,
+                        meta={k: v for k, v in volume.meta.items() if k != "frame_axis"})
+    flat = [axis for axis, n in enumerate(volume.spatial_shape) if n < 2]
+    if flat:
+        raise DimensionError(
+            f"{volume.name} is a 2D image (shape {volume.spatial_shape}); this needs a 3D "
+            f"volume with more than one voxel along every axis."
+        )
+    return volume

@@ -1,0 +1,103 @@
+"""The one reader entry: a path in, the volumes it holds out.
+
+:func:`read` dispatches on what the path is (NIfTI file, DICOM file, DICOMDIR, folder)
+and adds the checks every volume gets whatever its format (non-finite voxels).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from napari_medattn.errors import ReadError
+from napari_medattn.io.nifti import is_nifti, read_nifti
+from napari_medattn.io.volume import Volume
+
+
+def read(path: str | os.PathLike, *, modality: str | None = None) -> list[Volume]:
+    """Read every volume a path holds.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A NIfTI file (``.nii``, ``.nii.gz``), a DICOM file, a DICOMDIR, or a folder
+        searched recursively for DICOM files.
+    modality : str, optional
+        Override the modality found in (or guessed from) the file, e.g. ``"CT"`` for a
+        NIfTI that does not say.
+
+    Returns
+    -------
+    list of Volume
+        One volume per NIfTI file or DICOM series, in LPS mm (see ``io.volume``). Notes a
+        user should see (non-finite voxels, sheared geometry, skipped objects) are in
+        each volume's ``meta["warnings"]``.
+
+    Raises
+    ------
+    ReadError
+        Missing path, unsupported or corrupt file, or a folder without images.
+    GeometryError
+        A DICOM series whose slices cannot be placed exactly (missing slices, uneven
+        spacing).
+    DimensionError
+        More than 4 dimensions.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ReadError(f"{path} does not exist.")
+    if path.is_file() and is_nifti(path):
+        volumes = [read_nifti(path, modality=modality)]
+    else:
+        from napari_medattn.io.dicom import read_dicom
+
+        volumes = read_dicom(path)
+        if modality is not None:
+            for volume in volumes:
+                volume.modality = modality
+    for volume in volumes:
+        note = nonfinite_warning(volume.data)
+        if note:
+            volume.meta.setdefault("warnings", []).append(note)
+    return volumes
+
+
+def read_volume(path: str | os.PathLike, *, modality: str | None = None) -> Volume:
+    """Read a path that must hold exactly one volume.
+
+    Parameters
+    ----------
+    path, modality
+        As for :func:`read`.
+
+    Raises
+    ------
+    ReadError
+        The path holds several volumes (the message lists them) or none.
+    """
+    volumes = read(path, modality=modality)
+    if len(volumes) != 1:
+        names = "; ".join(f"{v.name} {v.spatial_shape}" for v in volumes)
+        raise ReadError(
+            f"{Path(path).name} holds {len(volumes)} series ({names}); point to one "
+            f"series folder or file."
+        )
+    return volumes[0]
+
+
+def nonfinite_warning(data) -> str | None:
+    """One sentence counting NaN/Inf voxels, or ``None`` when all voxels are finite.
+
+    The data are left unchanged: whether NaN means "outside the brain mask" or a broken
+    file is for the user to judge, so they are told rather than silently fixed.
+    """
+    if not np.issubdtype(data.dtype, np.floating):
+        return None
+    finite = np.isfinite(np.asarray(data))
+    count = int(finite.size - np.count_nonzero(finite))
+    if count == 0:
+        return None
+    return (f"{count} of {finite.size} voxels are NaN or infinite; they are kept as they "
+            f"are and may upset contrast, statistics and models.")
