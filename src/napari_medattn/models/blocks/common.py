@@ -28,6 +28,7 @@ __all__ = [
     "ChannelsLayerNorm",
     "DropPath",
     "ConvMLP",
+    "global_pool",
     "pad_to_multiple",
     "crop_to",
     "flatten_tokens",
@@ -203,6 +204,17 @@ class ConvMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def global_pool(x: torch.Tensor, kind: str = "avg") -> torch.Tensor:
+    """Average (``"avg"``) or maximum (``"max"``) over the spatial axes of ``(B, C, *grid)``,
+    kept as ``(B, C, 1, ...)`` so it broadcasts back onto ``x``."""
+    axes = tuple(range(2, x.ndim))
+    if kind == "avg":
+        return x.mean(dim=axes, keepdim=True)
+    if kind == "max":
+        return x.amax(dim=axes, keepdim=True)
+    raise ValueError(f"Unknown global pooling {kind!r}; choose 'avg' or 'max'.")
 
 
 def pad_to_multiple(x: torch.Tensor, multiples: int | Sequence[int],
