@@ -8,12 +8,14 @@ By the review's taxonomy: channel attention (:class:`SqueezeExcitation`,
 :class:`EfficientChannelAttention`), branch attention (:class:`SelectiveKernel`), channel and
 spatial (:class:`CBAM`, :class:`SpatialChannelSE`), spatial gating (:class:`AttentionGate`),
 global (:class:`MultiHeadSelfAttention`, :class:`TransformerBlock`, :class:`NonLocalBlock`),
-local (:class:`WindowAttention`, :class:`SwinBlock`) and cross-stream
+local (:class:`WindowAttention`, :class:`SwinBlock`), sparse selection
+(:class:`DualSparseSelectionAttention`, :class:`DSSABlock`) and cross-stream
 (:class:`CrossAttention`).
 """
 
 from napari_medattn.models.blocks.cbam import CBAM
 from napari_medattn.models.blocks.cross_attention import CrossAttention
+from napari_medattn.models.blocks.dssa import DSSABlock, DualSparseSelectionAttention
 from napari_medattn.models.blocks.eca import EfficientChannelAttention, eca_kernel_size
 from napari_medattn.models.blocks.gate import AttentionGate
 from napari_medattn.models.blocks.global_attention import MultiHeadSelfAttention, TransformerBlock
@@ -27,6 +29,8 @@ __all__ = [
     "AttentionGate",
     "CBAM",
     "CrossAttention",
+    "DSSABlock",
+    "DualSparseSelectionAttention",
     "EfficientChannelAttention",
     "MultiHeadSelfAttention",
     "NonLocalBlock",
