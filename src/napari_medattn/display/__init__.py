@@ -1,0 +1,1 @@
+"""Display conventions without napari: window/level, radiological orientation, layer data."""
