@@ -16,12 +16,16 @@ from typing import Any
 from torch import nn
 
 from napari_medattn.errors import MedAttnError, ModelError
+from napari_medattn.models.nets.dssa_unet import DSSAUNet
+from napari_medattn.models.nets.medformer import MedFormer
 from napari_medattn.models.nets.unet import UNET_ATTENTIONS, UNet
+from napari_medattn.models.nets.unetr import UNETR
 
-__all__ = ["create", "architectures", "presets", "UNet", "UNET_ATTENTIONS"]
+__all__ = ["create", "architectures", "presets", "UNet", "DSSAUNet", "MedFormer", "UNETR",
+           "UNET_ATTENTIONS"]
 
 _ARCHITECTURES: dict[str, type[nn.Module]] = {
-    cls.architecture: cls for cls in (UNet,)
+    cls.architecture: cls for cls in (UNet, DSSAUNet, MedFormer, UNETR)
 }
 
 
