@@ -1,0 +1,533 @@
+"""The one sliding-window engine of the package: blended, streamed, cancellable.
+
+Method
+------
+Windows of ``patch_size`` are laid on the volume on MONAI's grid (step
+``int(patch * (1 - overlap))``, the last window flush with the border, a volume smaller
+than a window padded symmetrically). Each window's class probabilities are weighted by an
+importance map (a Gaussian of ``sigma_scale * patch`` per axis, or constant) and summed;
+a voxel's probability is that sum divided by the sum of the weights over the windows
+covering it. This is what ``monai.inferers.sliding_window_inference`` computes.
+
+Streaming. Windows are visited in row-major order of their start, so along axis 0 they
+come in rows of equal start ``s_0 < s_1 < ...``. Once every window starting at or before
+``z`` has been added, no later window touches plane ``z`` (all later windows start after
+it), so the weighted sums of planes below the next window's start are final: they are
+divided, turned into the argmax and the requested class probabilities, written out and
+dropped. The blending buffer therefore holds only a slab of about ``patch[0] + step``
+planes, every voxel receives exactly the same contributions in the same order as when
+the whole volume is buffered, and the result is identical, not approximate.
+
+Windows whose input holds no foreground (every voxel at or below ``background_value``,
+e.g. air after CT windowing) are not run through the network: they contribute certainty
+of class 0 (background) with their weights, as the network would be expected to say.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_medattn.errors import DimensionError, MedAttnError, ModelError
+from napari_medattn.inference.devices import autocast, free_gpu_memory, resolve_device
+from napari_medattn.inference.memory import (
+    DEFAULT_ACTIVATION_BYTES_PER_VOXEL,
+    FLOAT_BYTES,
+    available_ram,
+    plan_inference,
+)
+from napari_medattn.inference.tta import (
+    UNCERTAINTY_KINDS,
+    flip_members,
+    normalised_entropy,
+    predict_members,
+)
+
+ProgressCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool] | threading.Event
+
+# Finalising divides the buffer plane by plane in chunks of at most this many floats,
+# so the temporary probabilities stay small even when a whole volume is finalised.
+_FINALISE_CHUNK_FLOATS = 1 << 24
+
+
+class Cancelled(MedAttnError):
+    """The user cancelled a running job; nothing was produced."""
+
+
+@dataclasses.dataclass
+class InferenceResult:
+    """What a sliding-window run returns, on the input's grid.
+
+    Attributes
+    ----------
+    labels : ndarray of uint8 or uint16
+        Argmax class per voxel.
+    probabilities : dict of int to ndarray of float32
+        Blended probability of each requested class, in [0, 1].
+    uncertainty : ndarray of float32 or None
+        The requested uncertainty map in [0, 1] (see :mod:`.tta`).
+    num_classes : int or None
+        Classes the network predicts (None when every window was skipped and the caller
+        did not say).
+    windows, windows_predicted : int
+        Windows on the grid, and those run through the network (the rest were empty).
+    device : str
+        Device the network ran on.
+    notes : tuple of str
+        Sentences for the user: device fallback, re-planned batch, ...
+    """
+
+    labels: np.ndarray
+    probabilities: dict[int, np.ndarray]
+    uncertainty: np.ndarray | None
+    num_classes: int | None
+    windows: int
+    windows_predicted: int
+    device: str
+    notes: tuple[str, ...] = ()
+
+
+def window_starts(shape: Sequence[int], patch_size: Sequence[int],
+                  overlap: float) -> list[tuple[int, ...]]:
+    """Start index of every window, in row-major order (MONAI's ``dense_patch_slices``).
+
+    ``shape`` must be at least ``patch_size`` along every axis (pad first).
+    """
+    per_axis = []
+    for size, patch in zip(shape, patch_size):
+        step = patch if patch == size else max(1, int(patch * (1 - overlap)))
+        starts = []
+        index = 0
+        while True:
+            start = index * step
+            # The last window is moved back to end flush with the border.
+            starts.append(start - max(start + patch - size, 0))
+            if start + patch >= size:
+                break
+            index += 1
+        per_axis.append(starts)
+    grids = np.meshgrid(*per_axis, indexing="ij")
+    return [tuple(int(v) for v in row) for row in np.stack([g.ravel() for g in grids], 1)]
+
+
+def importance_map(patch_size: Sequence[int], blend: str = "gaussian",
+                   sigma_scale: float = 0.125) -> torch.Tensor:
+    """Weight of each voxel of a window when blending, float32 of shape ``patch_size``.
+
+    ``"gaussian"``: a separable Gaussian centred in the window with standard deviation
+    ``sigma_scale * patch_size`` voxels per axis, clipped below at its smallest value
+    (and at 1e-3) so no voxel has zero weight. ``"constant"``: ones.
+    """
+    if blend == "constant":
+        return torch.ones(tuple(patch_size), dtype=torch.float32)
+    if blend != "gaussian":
+        raise ModelError(f"Unknown blending {blend!r}; choose 'gaussian' or 'constant'.")
+    weights = None
+    for axis, size in enumerate(patch_size):
+        x = torch.arange(-(size - 1) / 2.0, (size - 1) / 2.0 + 1, dtype=torch.float32)
+        g = torch.exp(x**2 / (-2 * (sigma_scale * size) ** 2))
+        weights = g if axis == 0 else weights.unsqueeze(-1) * g[(None,) * axis]
+    floor = max(float(weights.min()), 1e-3)
+    return weights.clamp(min=floor)
+
+
+def _as_channels_first(inputs: Any, spatial_dims: int) -> torch.Tensor:
+    data = getattr(inputs, "data", inputs) if not isinstance(inputs, torch.Tensor) else inputs
+    if isinstance(data, torch.Tensor):
+        tensor = data.detach().to("cpu", torch.float32)
+    else:
+        tensor = torch.from_numpy(np.asarray(data, dtype=np.float32))
+    if tensor.ndim == spatial_dims:
+        tensor = tensor[None]
+    if tensor.ndim != spatial_dims + 1:
+        raise DimensionError(
+            f"The input has {tensor.ndim} dimensions; a {spatial_dims}D window needs "
+            f"{spatial_dims} spatial dimensions and optionally one channel axis first.")
+    if not bool(torch.isfinite(tensor).all()):
+        raise DimensionError("The input contains NaN or infinite values; fix or mask them "
+                             "before segmenting.")
+    return tensor
+
+
+def _check_cancel(cancel: CancelCheck | None) -> None:
+    if cancel is None:
+        return
+    cancelled = cancel.is_set() if isinstance(cancel, threading.Event) else cancel()
+    if cancelled:
+        raise Cancelled("Inference was cancelled.")
+
+
+class _Outputs:
+    """Final results on the unpadded grid, filled plane range by plane range."""
+
+    def __init__(self, shape, pad_before, keep, uncertainty):
+        self.shape = tuple(shape)
+        self.pad_before = pad_before
+        self.keep = keep
+        self.uncertainty_kind = uncertainty
+        self.labels: np.ndarray | None = None
+        self.probabilities: dict[int, np.ndarray] = {}
+        self.uncertainty = np.zeros(self.shape, np.float32) if uncertainty else None
+        self.num_classes: int | None = None
+
+    def allocate(self, num_classes: int | None) -> None:
+        dtype = np.uint8 if (num_classes or 1) <= 256 else np.uint16
+        self.labels = np.zeros(self.shape, dtype)
+        keep = range(num_classes or 1) if self.keep == "all" else self.keep
+        self.probabilities = {int(c): np.zeros(self.shape, np.float32) for c in keep}
+
+    def set_classes(self, num_classes: int) -> None:
+        """Size the outputs for ``num_classes``; planes finalised before the number was
+        known came from skipped windows only, where every class but 0 has probability 0."""
+        self.num_classes = num_classes
+        if self.labels is None:
+            self.allocate(num_classes)
+            return
+        if num_classes > 256 and self.labels.dtype == np.uint8:
+            self.labels = self.labels.astype(np.uint16)
+        if self.keep == "all":
+            for c in range(num_classes):
+                self.probabilities.setdefault(c, np.zeros(self.shape, np.float32))
+
+    def region(self, start: int, stop: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """Slices of the buffer planes [start, stop) (padded coordinates) and of the output."""
+        lo = max(start, self.pad_before[0])
+        hi = min(stop, self.pad_before[0] + self.shape[0])
+        out = [slice(lo - self.pad_before[0], hi - self.pad_before[0])]
+        buf = [slice(lo - start, hi - start)]
+        for size, before in zip(self.shape[1:], self.pad_before[1:]):
+            out.append(slice(0, size))
+            buf.append(slice(before, before + size))
+        return tuple(buf), tuple(out)
+
+
+class _SlabAccumulator:
+    """Weighted sums of the planes [lo, hi) along axis 0 that are not final yet."""
+
+    def __init__(self, rest_shape, device, outputs: _Outputs):
+        self.rest = tuple(rest_shape)
+        self.device = device
+        self.out = outputs
+        self.lo = 0
+        self.hi = 0
+        self.classes: torch.Tensor | None = None  # (C, planes, *rest)
+        self.weight = torch.zeros((0, *self.rest), device=device)
+        self.background = torch.zeros((0, *self.rest), device=device)
+        self.variance = (torch.zeros((0, *self.rest), device=device)
+                         if outputs.uncertainty_kind == "variance" else None)
+
+    def _grow(self, tensor: torch.Tensor, planes: int, axis: int) -> torch.Tensor:
+        shape = list(tensor.shape)
+        shape[axis] = planes
+        return torch.cat([tensor, torch.zeros(shape, device=self.device)], dim=axis)
+
+    def extend_to(self, hi: int) -> None:
+        if hi <= self.hi:
+            return
+        extra = hi - self.hi
+        self.weight = self._grow(self.weight, extra, 0)
+        self.background = self._grow(self.background, extra, 0)
+        if self.variance is not None:
+            self.variance = self._grow(self.variance, extra, 0)
+        if self.classes is not None:
+            self.classes = self._grow(self.classes, extra, 1)
+        self.hi = hi
+
+    def ensure_classes(self, num_classes: int) -> None:
+        if self.classes is None:
+            self.classes = torch.zeros((num_classes, self.hi - self.lo, *self.rest),
+                                       device=self.device)
+            self.out.set_classes(num_classes)
+
+    def _window(self, start: Sequence[int], patch: Sequence[int]) -> tuple[slice, ...]:
+        return (slice(start[0] - self.lo, start[0] - self.lo + patch[0]),
+                *(slice(s, s + p) for s, p in zip(start[1:], patch[1:])))
+
+    def add(self, start, weighted_probs, weight, weighted_variance) -> None:
+        index = self._window(start, weight.shape)
+        self.classes[(slice(None), *index)] += weighted_probs
+        self.weight[index] += weight
+        if self.variance is not None:
+            self.variance[index] += weighted_variance
+
+    def add_background(self, start, weight) -> None:
+        index = self._window(start, weight.shape)
+        self.background[index] += weight
+        self.weight[index] += weight
+
+    def finalise(self, upto: int) -> None:
+        """Write planes [lo, upto) to the outputs and drop them from the buffer."""
+        upto = min(upto, self.hi)
+        if upto <= self.lo:
+            return
+        if self.out.labels is None:
+            self.out.allocate(None)
+        num_classes = self.classes.shape[0] if self.classes is not None else 1
+        step = max(1, _FINALISE_CHUNK_FLOATS // max(1, num_classes * math.prod(self.rest)))
+        for a in range(self.lo, upto, step):
+            b = min(a + step, upto)
+            self._finalise_chunk(a, b)
+        drop = upto - self.lo
+        self.weight = self.weight[drop:]
+        self.background = self.background[drop:]
+        if self.variance is not None:
+            self.variance = self.variance[drop:]
+        if self.classes is not None:
+            self.classes = self.classes[:, drop:]
+        self.lo = upto
+
+    def _finalise_chunk(self, a: int, b: int) -> None:
+        buf, out = self.out.region(a, b)
+        rel = slice(a - self.lo, b - self.lo)
+        weight = self.weight[rel]
+        if self.classes is not None:
+            probs = self.classes[:, rel].clone()
+            probs[0] += self.background[rel]
+        else:
+            # Every window so far was skipped: class 0 with certainty.
+            probs = self.background[rel][None].clone()
+        probs /= weight
+        probs = probs[(slice(None), *buf)]
+        self.out.labels[out] = torch.argmax(probs, dim=0).cpu().numpy()
+        for c, array in self.out.probabilities.items():
+            if c < probs.shape[0]:
+                array[out] = probs[c].cpu().numpy()
+        if self.out.uncertainty_kind == "variance":
+            self.out.uncertainty[out] = (self.variance[rel] / weight)[buf].cpu().numpy()
+        elif self.out.uncertainty_kind == "entropy":
+            self.out.uncertainty[out] = normalised_entropy(probs, dim=0).cpu().numpy()
+
+
+def sliding_window_inference(
+    inputs: Any,
+    predictor: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    patch_size: Sequence[int],
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    blend: str = "gaussian",
+    sigma_scale: float = 0.125,
+    skip_empty: bool = True,
+    background_value: float | None = None,
+    activation: str = "softmax",
+    num_classes: int | None = None,
+    keep_probabilities: Sequence[int] | str = (),
+    tta: bool | Sequence[Sequence[int]] = False,
+    uncertainty: str | None = None,
+    stream: bool = True,
+    device: str | torch.device = "auto",
+    use_autocast: bool = True,
+    pad_value: float = 0.0,
+    memory_check: bool = True,
+    activation_bytes_per_voxel: int = DEFAULT_ACTIVATION_BYTES_PER_VOXEL,
+    free_ram: int | None = None,
+    free_gpu: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+) -> InferenceResult:
+    """Segment a volume window by window, blending overlapping windows.
+
+    See the module docstring for the method and the proof that streaming is exact.
+
+    Parameters
+    ----------
+    inputs : ndarray, torch.Tensor or Volume
+        Intensities already normalised for the network: spatial ``(*S)`` or
+        channels-first ``(C_in, *S)``, with ``len(S) == len(patch_size)``.
+    predictor : nn.Module or callable
+        Maps a float32 batch ``(B, C_in, *patch_size)`` to ``(B, C, *patch_size)`` class
+        scores. A module is moved to the device and put in eval mode.
+    patch_size : sequence of int
+        Window size in voxels per spatial axis.
+    overlap : float
+        Fraction of a window shared with its neighbour along each axis, in [0, 1).
+    batch_size : int
+        Windows per forward pass (may be reduced by the memory plan).
+    blend : {"gaussian", "constant"}
+        Weighting of a window's voxels when blending.
+    sigma_scale : float
+        Gaussian standard deviation as a fraction of the window size.
+    skip_empty : bool
+        Do not run windows without foreground; they predict background.
+    background_value : float, optional
+        Input value at or below which a voxel is background for ``skip_empty``
+        (default: the smallest input value, e.g. air after CT windowing).
+    activation : {"softmax", "none"}
+        Applied to the predictor output over the class axis; ``"none"`` when the
+        predictor already returns probabilities.
+    num_classes : int, optional
+        Classes predicted; found from the first batch when not given (given, it makes
+        the memory estimate exact and sizes the outputs when every window is empty).
+    keep_probabilities : sequence of int or "all"
+        Classes whose blended probability is returned for the whole volume.
+    tta : bool or sequence of sequences of int
+        Test-time flips (see :func:`.tta.flip_members`).
+    uncertainty : {None, "variance", "entropy"}
+        Uncertainty map to return (see :mod:`.tta`); ``"variance"`` needs ``tta``.
+    stream : bool
+        Finalise slab by slab (True) or keep the whole volume's sums until the end.
+    device : str or torch.device
+        ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` (see :func:`.resolve_device`).
+    use_autocast : bool
+        Run the forward pass in bfloat16/float16 on a GPU.
+    pad_value : float
+        Input value used to pad a volume smaller than a window.
+    memory_check : bool
+        Plan the job against free memory first (see :func:`.plan_inference`).
+    activation_bytes_per_voxel : int
+        Peak activation bytes per window voxel of the network, for the memory plan.
+    free_ram, free_gpu : int, optional
+        Bytes of free RAM / GPU memory to plan against (default: measured now).
+    progress : callable, optional
+        Called after each batch as ``progress(windows_done, windows_total)``.
+    cancel : callable or threading.Event, optional
+        Checked before each batch; when it returns True (is set), :class:`Cancelled`
+        is raised and nothing is returned.
+
+    Returns
+    -------
+    InferenceResult
+        Labels, requested probabilities and uncertainty on the input's grid.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    dims = len(patch)
+    if dims not in (2, 3) or min(patch) < 1:
+        raise ModelError(f"The patch size must be 2 or 3 positive integers, got {patch_size}.")
+    if not 0 <= overlap < 1:
+        raise ModelError(f"The overlap must be in [0, 1), got {overlap}.")
+    if batch_size < 1:
+        raise ModelError(f"The batch size must be at least 1, got {batch_size}.")
+    if activation not in ("softmax", "none"):
+        raise ModelError(f"Unknown activation {activation!r}; choose 'softmax' or 'none'.")
+    if uncertainty is not None and uncertainty not in UNCERTAINTY_KINDS:
+        raise ModelError(f"Unknown uncertainty {uncertainty!r}; choose one of "
+                         f"{', '.join(UNCERTAINTY_KINDS)}.")
+    members = flip_members(dims, tta)
+    if uncertainty == "variance" and len(members) < 2:
+        raise ModelError("Variance uncertainty needs test-time augmentation (tta=True).")
+    if keep_probabilities != "all":
+        keep_probabilities = tuple(int(c) for c in keep_probabilities)
+        if num_classes is not None and any(not 0 <= c < num_classes for c in keep_probabilities):
+            raise ModelError(f"Probabilities asked for classes {keep_probabilities}, but the "
+                             f"model has {num_classes} classes.")
+    weights_cpu = importance_map(patch, blend, sigma_scale)
+
+    x = _as_channels_first(inputs, dims)
+    shape = tuple(x.shape[1:])
+    pad_before = [max(p - s, 0) // 2 for s, p in zip(shape, patch)]
+    if any(p > s for s, p in zip(shape, patch)):
+        pad = []
+        for s, p, before in reversed(list(zip(shape, patch, pad_before))):
+            pad += [before, max(p - s, 0) - before]
+        x = torch.nn.functional.pad(x, pad, mode="constant", value=pad_value)
+    padded = tuple(x.shape[1:])
+    starts = window_starts(padded, patch, overlap)
+    threshold = float(x.min()) if background_value is None else float(background_value)
+
+    choice = resolve_device(device)
+    compute = choice.device
+    notes = [choice.note] if choice.note else []
+    stitch = compute
+    if memory_check:
+        kept = (num_classes or 2) if keep_probabilities == "all" else len(keep_probabilities)
+        model_bytes = (sum(p.numel() * p.element_size() for p in predictor.parameters())
+                       if isinstance(predictor, nn.Module) else 0)
+        plan = plan_inference(
+            padded, patch, in_channels=x.shape[0], num_classes=num_classes or 2,
+            batch_size=batch_size, on_gpu=compute.type != "cpu",
+            free_ram=available_ram() if free_ram is None else free_ram,
+            free_gpu=free_gpu_memory(compute) if free_gpu is None else free_gpu,
+            overlap=overlap, kept_probabilities=kept, uncertainty=uncertainty is not None,
+            tta_members=len(members), stream=stream, model_bytes=model_bytes,
+            activation_bytes_per_voxel=activation_bytes_per_voxel)
+        batch_size = plan.batch_size
+        stitch = compute if plan.stitch_on_gpu else torch.device("cpu")
+        notes += plan.notes
+    if isinstance(predictor, nn.Module):
+        predictor.to(compute).eval()
+    weights = weights_cpu.to(compute)
+
+    outputs = _Outputs(shape, pad_before, keep_probabilities, uncertainty)
+    acc = _SlabAccumulator(padded[1:], stitch, outputs)
+    if not stream:
+        acc.extend_to(padded[0])
+    if num_classes is not None:
+        acc.ensure_classes(num_classes)
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with autocast(compute, use_autocast):
+            out = predictor(batch)
+        if not isinstance(out, torch.Tensor) or out.shape[0] != batch.shape[0] \
+                or tuple(out.shape[2:]) != patch:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelError(f"The network returned {got} for a window batch of shape "
+                             f"{tuple(batch.shape)}; it must return (batch, classes, *window).")
+        return out
+
+    def window_slices(start):
+        return (slice(None), *(slice(s, s + p) for s, p in zip(start, patch)))
+
+    def run_batch(pending: list[tuple[int, ...]]) -> None:
+        batch = torch.stack([x[window_slices(s)] for s in pending]).to(compute)
+        probs, variance = predict_members(forward, batch, members, activation,
+                                          uncertainty == "variance")
+        if num_classes is not None and probs.shape[1] != num_classes:
+            raise ModelError(f"The network predicts {probs.shape[1]} classes but "
+                             f"{num_classes} were expected.")
+        acc.ensure_classes(probs.shape[1])
+        if acc.classes.shape[0] != probs.shape[1]:
+            raise ModelError("The network returned a different number of classes for "
+                             "different windows.")
+        weighted = (probs * weights).to(stitch)
+        weighted_var = (variance * weights).to(stitch) if variance is not None else None
+        w = weights.to(stitch)
+        for i, start in enumerate(pending):
+            acc.extend_to(start[0] + patch[0])
+            acc.add(start, weighted[i], w, None if weighted_var is None else weighted_var[i])
+
+    total = len(starts)
+    predicted = 0
+    pending: list[tuple[int, ...]] = []
+    w_stitch = weights_cpu.to(stitch)
+    with torch.inference_mode():
+        for index, start in enumerate(starts):
+            if skip_empty and float(x[window_slices(start)].max()) <= threshold:
+                acc.extend_to(start[0] + patch[0])
+                acc.add_background(start, w_stitch)
+            else:
+                pending.append(start)
+            last = index == total - 1
+            if len(pending) == batch_size or (last and pending):
+                _check_cancel(cancel)
+                run_batch(pending)
+                predicted += len(pending)
+                pending = []
+                if progress is not None:
+                    progress(index + 1, total)
+            elif last and progress is not None:
+                progress(total, total)
+            if stream:
+                # Planes before the first window still to be added are final.
+                next_start = pending[0][0] if pending else (
+                    starts[index + 1][0] if not last else padded[0])
+                acc.finalise(next_start)
+        acc.finalise(padded[0])
+
+    return InferenceResult(
+        labels=outputs.labels,
+        probabilities=outputs.probabilities,
+        uncertainty=outputs.uncertainty,
+        num_classes=acc.classes.shape[0] if acc.classes is not None else num_classes,
+        windows=total,
+        windows_predicted=predicted,
+        device=str(compute),
+        notes=tuple(notes),
+    )

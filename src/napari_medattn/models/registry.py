@@ -1,0 +1,538 @@
+"""Built-in and user models, loaded without executing code from any file.
+
+Formats
+-------
+* **This package's format**: a folder holding ``weights.safetensors`` and ``card.json``
+  (:class:`~napari_medattn.models.card.ModelCard`). Built-in models are such folders in
+  the package's ``weights/``; user models live in :func:`user_model_dir` and in the
+  folders of the ``MEDATTN_MODEL_PATH`` environment variable (``os.pathsep``-separated).
+* **A plain state dict** (``.pt``/``.pth``), read with ``torch.load(weights_only=True)``
+  into a chosen architecture and config (a ``<stem>.json`` card beside it is used if
+  present).
+* **A MONAI bundle** folder or zip (needs MONAI): the network is built from the bundle's
+  ``network_def`` (a class of ``monai.networks.nets`` and literal arguments only), its
+  ``channel_def`` labels and preprocessing (spacing, orientation, intensity) become a card.
+
+Safety: safetensors holds tensors only; ``torch.load(weights_only=True)`` refuses any
+pickle that would import or call code, and the refusal is reported as a
+:class:`~napari_medattn.errors.ModelError`; a bundle's network definition may not contain
+Python expressions; TorchScript files are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from napari_medattn.errors import ModelError
+from napari_medattn.models.card import ModelCard, default_classes
+
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "weights.safetensors"
+ENV_MODEL_PATH = "MEDATTN_MODEL_PATH"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "weights"
+MONAI_PREFIX = "monai:"
+
+Architecture = str | Callable[..., nn.Module]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """A model found on disk: its card, its folder, and where it was found."""
+
+    card: ModelCard
+    path: Path
+    source: str  # "builtin" or "user"
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+
+# ------------------------------------------------------------------------------ search
+
+
+def user_model_dir() -> Path:
+    """The per-user model folder (e.g. ``~/.local/share/napari-medattn/models`` on Linux)."""
+    from platformdirs import user_data_dir  # a dependency of napari
+
+    return Path(user_data_dir("napari-medattn", appauthor=False)) / "models"
+
+
+def _scan(folder: Path, source: str) -> list[ModelEntry]:
+    """Model folders directly under ``folder`` (a folder holding a card and weights)."""
+    if not folder.is_dir():
+        return []
+    entries = []
+    for child in sorted(folder.iterdir()):
+        if (child / CARD_FILE).is_file() and (child / WEIGHTS_FILE).is_file():
+            entries.append(ModelEntry(ModelCard.read(child / CARD_FILE), child, source))
+    return entries
+
+
+def builtin_models(folder: str | Path | None = None) -> list[ModelEntry]:
+    """The models shipped in the package (or in ``folder``), sorted by folder name.
+
+    An empty or missing folder gives an empty list.
+    """
+    return _scan(Path(folder) if folder is not None else BUILTIN_DIR, "builtin")
+
+
+def user_model_folders() -> list[Path]:
+    """Folders searched for user models: ``MEDATTN_MODEL_PATH`` entries, then the user dir."""
+    folders = [Path(p) for p in os.environ.get(ENV_MODEL_PATH, "").split(os.pathsep) if p]
+    return folders + [user_model_dir()]
+
+
+def list_models() -> list[ModelEntry]:
+    """Built-in models, then user models; a user model may not reuse a taken name."""
+    entries = builtin_models()
+    seen = {e.name for e in entries}
+    for folder in user_model_folders():
+        for entry in _scan(folder, "user"):
+            if entry.name not in seen:
+                entries.append(entry)
+                seen.add(entry.name)
+    return entries
+
+
+def find_model(name: str) -> ModelEntry:
+    """The model called ``name`` among :func:`list_models`."""
+    entries = list_models()
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    known = ", ".join(e.name for e in entries) or "none installed"
+    raise ModelError(f"There is no model called {name!r} (available: {known}).")
+
+
+# ------------------------------------------------------------------------------ hashing
+
+
+def weights_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a weights file, for provenance records."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or a ``.pt``/``.pth`` state dict, code-free.
+
+    A ``.pt`` may hold the state dict itself or under ``"state_dict"`` / ``"model"``.
+
+    Raises
+    ------
+    ModelError
+        If the file is unreadable, holds pickled code, or holds no tensors.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise ModelError(f"Cannot read the weights {path.name}: {error}.") from None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModelError(
+            f"{path.name} contains pickled Python objects beyond tensors; napari-medattn "
+            f"refuses to unpickle code. Save a plain state dict (model.state_dict()) or "
+            f"safetensors instead. ({str(error).splitlines()[0]})") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as error:
+        raise ModelError(f"Cannot read the weights {path.name}: {error}.") from None
+    if isinstance(data, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(data.get(key), Mapping):
+                data = data[key]
+                break
+    if not isinstance(data, Mapping) or not data or not all(
+            isinstance(v, torch.Tensor) for v in data.values()):
+        raise ModelError(f"{path.name} is not a state dict (a mapping of names to tensors).")
+    return dict(data)
+
+
+def _create(architecture: Architecture, config: Mapping[str, Any]) -> nn.Module:
+    if callable(architecture):
+        try:
+            return architecture(**config)
+        except TypeError as error:
+            raise ModelError(f"The architecture does not accept this config: {error}.") from None
+    if architecture.startswith(MONAI_PREFIX):
+        return _create_monai(architecture[len(MONAI_PREFIX):], config)
+    from napari_medattn import models
+
+    try:
+        return models.create(architecture, **config)
+    except TypeError as error:
+        raise ModelError(f"Architecture {architecture!r} does not accept this config: "
+                         f"{error}.") from None
+
+
+def _create_monai(name: str, config: Mapping[str, Any]) -> nn.Module:
+    try:
+        from monai.networks import nets
+    except ImportError:
+        raise ModelError("This model is a MONAI network; install MONAI to load it.") from None
+    cls = getattr(nets, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ModelError(f"{name!r} is not a network of monai.networks.nets.")
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as error:
+        raise ModelError(f"MONAI's {name} does not accept this config: {error}.") from None
+
+
+def _load_into(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).split("\n\t")[1:3]
+        raise ModelError(f"The weights {what} do not fit the architecture: "
+                         f"{'; '.join(first) or error}.") from None
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    architecture: Architecture | None = None,
+    config: Mapping[str, Any] | None = None,
+    card: ModelCard | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, ModelCard]:
+    """Load a model and its card, executing no code from any file.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A model name from :func:`list_models`; a model folder (``card.json`` +
+        ``weights.safetensors``); a ``.safetensors``/``.pt``/``.pth`` weights file; or a
+        MONAI bundle folder or ``.zip``.
+    architecture : str or callable, optional
+        For a bare weights file: a name for :func:`napari_medattn.models.create`,
+        ``"monai:<Net>"`` for a MONAI network, or a callable returning the module.
+    config : mapping, optional
+        Keyword arguments of ``architecture``.
+    card : ModelCard, optional
+        Card for a bare weights file (or to replace a bundle's derived card).
+    device : str or torch.device
+        Where the module is placed.
+
+    Returns
+    -------
+    module : nn.Module
+        In eval mode, on ``device``.
+    card : ModelCard
+
+    Raises
+    ------
+    ModelError
+        Unknown name, unreadable or unsafe file, weights that do not fit.
+    """
+    path = Path(name_or_path)
+    if not path.exists():
+        if isinstance(name_or_path, str) and os.sep not in name_or_path and "/" not in name_or_path:
+            path = find_model(name_or_path).path
+        else:
+            raise ModelError(f"The model {name_or_path} does not exist.")
+    if path.is_dir() and (path / CARD_FILE).is_file():
+        module, card = _load_package_format(path)
+    elif _is_bundle(path):
+        module, card = _load_bundle(path, card)
+    elif path.is_file() and path.suffix in (".safetensors", ".pt", ".pth"):
+        module, card = _load_weights_file(path, architecture, config, card)
+    elif path.suffix in (".ts", ".jit") or path.name.endswith(".torchscript"):
+        raise ModelError(f"{path.name} is a TorchScript program, which is code; load a "
+                         f"state dict or safetensors instead.")
+    else:
+        raise ModelError(f"{path} is not a model folder, a weights file (.safetensors, .pt) "
+                         f"or a MONAI bundle.")
+    return module.to(device).eval(), card
+
+
+def _load_package_format(folder: Path) -> tuple[nn.Module, ModelCard]:
+    card = ModelCard.read(folder / CARD_FILE)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelError(f"The model folder {folder.name} has a card but no {WEIGHTS_FILE}.")
+    if card.weights_sha256 and weights_sha256(weights) != card.weights_sha256:
+        raise ModelError(f"The weights of {card.name!r} do not match the hash in its card "
+                         f"(the file is damaged or was replaced).")
+    module = _create(card.architecture, card.config)
+    _load_into(module, read_state_dict(weights), f"of {card.name!r}")
+    return module, card
+
+
+def _load_weights_file(path: Path, architecture: Architecture | None,
+                       config: Mapping[str, Any] | None,
+                       card: ModelCard | None) -> tuple[nn.Module, ModelCard]:
+    beside = path.with_suffix(".json")
+    if card is None and beside.is_file():
+        card = ModelCard.read(beside)
+    if architecture is None:
+        if card is None:
+            raise ModelError(f"{path.name} holds weights only; say which architecture (and "
+                             f"config) they belong to, or put a card beside them.")
+        architecture, config = card.architecture, card.config
+    config = dict(config or {})
+    state = read_state_dict(path)  # before building: an unsafe file stops here
+    module = _create(architecture, config)
+    _load_into(module, state, path.name)
+    if card is None:
+        card = _card_for_bare_weights(path, architecture, config, module)
+    return module, card
+
+
+def _card_for_bare_weights(path: Path, architecture: Architecture, config: dict,
+                           module: nn.Module) -> ModelCard:
+    classes = config.get("out_channels", config.get("num_classes"))
+    patch = config.get("patch_size", config.get("img_size"))
+    if not isinstance(classes, int) or patch is None:
+        raise ModelError(f"{path.name} comes without a card and its config does not say the "
+                         f"number of classes (out_channels) and window size (patch_size); "
+                         f"pass a card.")
+    name = architecture if isinstance(architecture, str) else getattr(
+        architecture, "__name__", type(module).__name__)
+    return ModelCard(
+        name=path.stem, architecture=name, config=config,
+        classes=default_classes(["background"] + [f"class {i}" for i in range(1, classes)]),
+        patch_size=tuple(int(p) for p in (patch if not isinstance(patch, int) else [patch] * 3)),
+        in_channels=int(config.get("in_channels", 1)),
+        training_procedure=f"Unknown: a bare state dict loaded from {path.name}.",
+    )
+
+
+# ------------------------------------------------------------------------------ saving
+
+
+def save_model(module: nn.Module, card: ModelCard, folder: str | Path) -> Path:
+    """Write ``weights.safetensors`` and ``card.json`` into ``folder``, atomically.
+
+    Each file is written under a temporary name in ``folder`` and renamed into place, so
+    a crash never leaves a half-written model; the card records the weights' SHA-256.
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Shared or non-contiguous tensors cannot be stored as is: store detached copies.
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
+        tmp_weights = Path(handle.name)
+    try:
+        save_file(state, str(tmp_weights), metadata={"format": "pt", "name": card.name})
+        card = dataclasses.replace(card, weights_sha256=weights_sha256(tmp_weights))
+        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False,
+                                         encoding="utf-8") as handle:
+            handle.write(card.to_json())
+            tmp_card = Path(handle.name)
+        os.replace(tmp_weights, folder / WEIGHTS_FILE)
+        os.replace(tmp_card, folder / CARD_FILE)
+    finally:
+        for tmp in folder.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+    return folder
+
+
+# ------------------------------------------------------------------------------ MONAI
+
+
+def _is_bundle(path: Path) -> bool:
+    if path.is_dir():
+        return (path / "configs").is_dir()
+    if path.suffix == ".zip" and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(Path(n).parent.name == "configs" for n in archive.namelist())
+    return False
+
+
+def _load_bundle(path: Path, card: ModelCard | None) -> tuple[nn.Module, ModelCard]:
+    try:
+        from monai.bundle import ConfigParser
+    except ImportError:
+        raise ModelError("Loading a MONAI bundle needs MONAI; install it "
+                         "(pip install monai).") from None
+    if path.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            return _load_bundle(_extract_zip(path, Path(tmp)), card)
+    configs = path / "configs"
+    config_file = next((configs / f"inference.{ext}" for ext in ("json", "yaml", "yml")
+                        if (configs / f"inference.{ext}").is_file()), None)
+    meta_file = configs / "metadata.json"
+    if config_file is None:
+        raise ModelError(f"The MONAI bundle {path.name} has no configs/inference.json.")
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    if meta_file.is_file():
+        parser.read_meta(str(meta_file))
+    if "network_def" not in parser.config:
+        raise ModelError(f"The MONAI bundle {path.name} defines no network_def.")
+    # Resolve references only: expressions are not evaluated and nothing is instantiated.
+    definition = parser.get_parsed_content("network_def", instantiate=False, eval_expr=False)
+    target, kwargs = _network_from_definition(definition, path.name)
+    module = _create_monai(target, kwargs)
+    weights = _bundle_weights(path)
+    _load_into(module, read_state_dict(weights), f"of bundle {path.name}")
+    if card is None:
+        card = _bundle_card(path, parser, target, kwargs)
+    return module, card
+
+
+def _extract_zip(path: Path, into: Path) -> Path:
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            target = (into / member.filename).resolve()
+            if not target.is_relative_to(into.resolve()):
+                raise ModelError(f"The bundle {path.name} holds a path outside itself "
+                                 f"({member.filename}); refusing to extract it.")
+        archive.extractall(into)
+    roots = [p.parent for p in into.rglob("configs") if p.is_dir()]
+    if not roots:
+        raise ModelError(f"The zip {path.name} holds no MONAI bundle (no configs folder).")
+    return min(roots, key=lambda p: len(p.parts))
+
+
+def _has_expression(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.startswith(("$", "%", "@"))
+    if isinstance(value, Mapping):
+        return any(_has_expression(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_expression(v) for v in value)
+    return False
+
+
+def _network_from_definition(definition: Any, name: str) -> tuple[str, dict]:
+    if not isinstance(definition, Mapping) or "_target_" not in definition:
+        raise ModelError(f"The network_def of bundle {name} is not a component with _target_.")
+    target = str(definition["_target_"])
+    if "." in target:
+        if not target.startswith("monai.networks.nets."):
+            raise ModelError(f"The bundle {name} builds {target}; only networks of "
+                             f"monai.networks.nets are built from bundles.")
+        target = target.rsplit(".", 1)[1]
+    kwargs = {k: v for k, v in definition.items() if not k.startswith("_")}
+    if set(definition) - set(kwargs) - {"_target_"}:
+        raise ModelError(f"The network_def of bundle {name} uses "
+                         f"{', '.join(sorted(set(definition) - set(kwargs) - {'_target_'}))}, "
+                         f"which napari-medattn does not run.")
+    if _has_expression(kwargs):
+        raise ModelError(f"The network_def of bundle {name} contains a Python expression; "
+                         f"napari-medattn refuses to execute code from a model file.")
+    return target, kwargs
+
+
+def _bundle_weights(path: Path) -> Path:
+    for candidate in ("model.safetensors", "model.pt", "model.pth"):
+        if (path / "models" / candidate).is_file():
+            return path / "models" / candidate
+    if any((path / "models").glob("*.ts")):
+        raise ModelError(f"The bundle {path.name} holds only a TorchScript model, which is "
+                         f"code; it needs models/model.pt.")
+    raise ModelError(f"The bundle {path.name} has no weights (models/model.pt).")
+
+
+_MONAI_MODALITY = {"CT": "CT", "MR": "MR", "MRI": "MR", "PET": "PT", "PT": "PT"}
+
+
+def _bundle_card(path: Path, parser, target: str, kwargs: dict) -> ModelCard:
+    meta = parser.config.get("_meta_", {}) if isinstance(parser.config, dict) else {}
+    data_format = meta.get("network_data_format", {})
+    image = data_format.get("inputs", {}).get("image", {})
+    pred = data_format.get("outputs", {}).get("pred", {})
+    channel_def = pred.get("channel_def") or {}
+    classes_count = int(pred.get("num_channels") or kwargs.get("out_channels") or len(channel_def))
+    names = [str(channel_def.get(str(i), "background" if i == 0 else f"class {i}"))
+             for i in range(classes_count)]
+    transforms = _bundle_transforms(parser.config)
+    patch = _bundle_patch(parser.config, image)
+    if patch is None:
+        raise ModelError(f"The bundle {path.name} names no window size (inferer roi_size or "
+                         f"input spatial_shape); pass a card.")
+    spacing = transforms.get("pixdim")
+    unmapped = transforms.get("unmapped", [])
+    return ModelCard(
+        name=str(meta.get("name") or path.name),
+        architecture=MONAI_PREFIX + target,
+        config=kwargs,
+        classes=default_classes(names),
+        patch_size=patch,
+        modality=_MONAI_MODALITY.get(str(image.get("modality", "")).upper(), "OT"),
+        spacing=tuple(float(s) for s in spacing) if spacing else None,
+        orientation=transforms.get("axcodes"),
+        normalization=transforms.get("normalization", {"scheme": "none"}),
+        in_channels=int(image.get("num_channels") or kwargs.get("in_channels", 1)),
+        training_data=str(meta.get("data_source", "unknown")),
+        training_procedure=f"MONAI bundle {meta.get('version', '')}".strip()
+        + (f"; preprocessing not carried over: {', '.join(unmapped)}" if unmapped else ""),
+        license=str(meta.get("copyright", "unknown")),
+        intended_use=str(meta.get("description", "")) + " Research use only; not for "
+                                                         "clinical use.",
+    )
+
+
+def _bundle_transforms(config: Mapping) -> dict[str, Any]:
+    """Spacing, orientation and intensity scaling named in the bundle's preprocessing."""
+    found: dict[str, Any] = {"unmapped": []}
+    stack = [config.get("preprocessing", {})]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+            continue
+        if not isinstance(item, Mapping):
+            continue
+        name = str(item.get("_target_", "")).rsplit(".", 1)[-1].rstrip("d")
+        if name == "Spacing" and isinstance(item.get("pixdim"), list):
+            found["pixdim"] = item["pixdim"]
+        elif name == "Orientation" and isinstance(item.get("axcodes"), str):
+            found["axcodes"] = item["axcodes"]
+        elif (name == "ScaleIntensityRange" and item.get("clip")
+              and item.get("b_min", 0) == 0 and item.get("b_max", 1) == 1):
+            found["normalization"] = {"scheme": "ct_window",
+                                      "window": [float(item["a_min"]), float(item["a_max"])]}
+        elif name == "NormalizeIntensity":
+            found["normalization"] = {"scheme": "zscore"}
+            found["unmapped"].append("NormalizeIntensity (approximated by a robust z-score)")
+        elif name == "ScaleIntensityRangePercentiles" and item.get("clip"):
+            found["normalization"] = {"scheme": "percentile",
+                                      "percentiles": [float(item["lower"]),
+                                                      float(item["upper"])]}
+        elif name in ("ScaleIntensityRange", "ScaleIntensityRangePercentiles"):
+            found["unmapped"].append(name)
+        stack.extend(v for k, v in item.items() if isinstance(v, (list, Mapping)))
+    return found
+
+
+def _bundle_patch(config: Mapping, image: Mapping) -> tuple[int, ...] | None:
+    inferer = config.get("inferer", {})
+    for candidate in (inferer.get("roi_size") if isinstance(inferer, Mapping) else None,
+                      image.get("spatial_shape")):
+        if isinstance(candidate, list) and candidate and all(
+                isinstance(v, int) and v > 0 for v in candidate):
+            return tuple(candidate)
+    return None
