@@ -79,7 +79,7 @@ def test_oblique_volume_message_and_exact_affine_kept():
     # The exact rotation survives (only the display grid is axis-aligned).
     assert np.array_equal(kept.affine, volume.canonical().affine)
     assert abs(kept.affine[0, 1]) == pytest.approx(np.sin(angle))
-    assert kwargs["scale"] == (1.0, 1.0, 1.0)
+    assert kwargs["scale"] == pytest.approx((1.0, 1.0, 1.0))
     assert oblique_message(Volume(np.zeros((2, 2, 2)), np.eye(4))) is None
 
 
