@@ -69,11 +69,21 @@ def window_merge(tokens: torch.Tensor, grid: Sequence[int], window: Sequence[int
 
 
 def _window_mask(grid: Sequence[int], pads: Sequence[int], window: Sequence[int],
-                 shifts: Sequence[int], device: torch.device) -> torch.Tensor | None:
-    """Additive mask ``(nW, 1, Wn, Wn)`` for the rolled, padded grid, or None if not needed.
+                 shifts: Sequence[int], device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Which windows need a mask, and their additive masks, on the rolled, padded grid.
 
     A key is hidden from a query when the cyclic shift brought it from another part of
-    the volume (Swin's region labels) or when it is padding.
+    the volume (Swin's region labels) or when it is padding. Only windows on the far
+    border along a padded or shifted axis are affected, so masks are built for those alone
+    (a mask for every window would cost as much memory as the attention itself).
+
+    Returns
+    -------
+    (windows, mask) or None
+        ``windows`` (long, ``(nM,)``) the affected windows in ascending order; ``mask``
+        ``(nM, 1, Wn, Wn)`` with 0 (visible) or a large negative logit (hidden). None when
+        nothing is padded or shifted.
     """
     if not any(pads) and not any(shifts):
         return None
@@ -96,8 +106,10 @@ def _window_mask(grid: Sequence[int], pads: Sequence[int], window: Sequence[int]
         valid = torch.roll(valid, shifts=tuple(-s for s in shifts), dims=tuple(range(dims)))
     win_labels = window_partition(labels[None, None], window)[0, ..., 0]  # (nW, Wn)
     win_valid = window_partition(valid[None, None], window)[0, ..., 0]
+    affected = ((win_labels != win_labels[:, :1]).any(1) | ~win_valid.all(1)).nonzero()[:, 0]
+    win_labels, win_valid = win_labels[affected], win_valid[affected]
     hidden = (win_labels[:, :, None] != win_labels[:, None, :]) | ~win_valid[:, None, :]
-    return (hidden.to(torch.float32) * _MASKED).unsqueeze(1)
+    return affected, (hidden.to(torch.float32) * _MASKED).unsqueeze(1)
 
 
 class WindowAttention(nn.Module):
@@ -169,16 +181,30 @@ class WindowAttention(nn.Module):
         index = relative_position_index(window, self.window_size).to(x.device)
         bias = self.relative_position_bias_table[index.flatten()]
         bias = bias.reshape(n_tok, n_tok, self.num_heads).permute(2, 0, 1)  # (H, Wn, Wn)
+        bias = bias.to(q.dtype)
         mask = _window_mask(padded, pads, window, shifts, x.device)
-        attn_bias = bias if mask is None else bias + mask  # (H | nW x H, Wn, Wn)
-        attn_bias = attn_bias.to(q.dtype)
 
         if capture.active():
             query = capture.query_tokens(grid)
             if query is not None:
-                self._record_query(query, grid, padded, window, shifts, q, k, attn_bias)
+                self._record_query(query, grid, padded, window, shifts, q, k, bias, mask)
 
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        else:
+            # Windows without padding or wrapped keys share one bias; the rest add a mask.
+            masked, window_mask = mask
+            plain = torch.ones(n_win, dtype=torch.bool, device=x.device)
+            plain[masked] = False
+            plain = plain.nonzero()[:, 0]
+            parts = [F.scaled_dot_product_attention(
+                q[:, masked], k[:, masked], v[:, masked],
+                attn_mask=bias + window_mask.to(q.dtype), scale=self.scale)]
+            if plain.numel():
+                parts.append(F.scaled_dot_product_attention(
+                    q[:, plain], k[:, plain], v[:, plain], attn_mask=bias, scale=self.scale))
+            order = torch.cat([masked, plain])
+            out = torch.cat(parts, dim=1)[:, torch.argsort(order)]
         out = self.proj(out.transpose(2, 3).reshape(b, n_win, n_tok, c))
         out = window_merge(out, padded, window)
         if any(shifts):
@@ -187,7 +213,8 @@ class WindowAttention(nn.Module):
 
     def _record_query(self, query: int, grid: Sequence[int], padded: Sequence[int],
                       window: Sequence[int], shifts: Sequence[int], q: torch.Tensor,
-                      k: torch.Tensor, attn_bias: torch.Tensor) -> None:
+                      k: torch.Tensor, bias: torch.Tensor,
+                      mask: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """Record the query token's window row, scattered onto the (unpadded) grid."""
         position = [int(p) for p in torch.unravel_index(torch.tensor(query), tuple(grid))]
         rolled = [(p - s) % n for p, s, n in zip(position, shifts, padded)]
@@ -197,9 +224,10 @@ class WindowAttention(nn.Module):
         for r, w, n_w in zip(rolled, window, counts):
             win = win * n_w + r // w
             tok = tok * w + r % w
-        row_bias = attn_bias[win] if attn_bias.ndim == 4 else attn_bias  # (H, Wn, Wn)
-        row = query_attention_row(q[:, win], k[:, win], tok, self.scale,
-                                  bias=row_bias[:, tok:tok + 1])  # (B, H, 1, Wn)
+        row_bias = bias[:, tok:tok + 1]  # (H, 1, Wn)
+        if mask is not None and bool((mask[0] == win).any()):
+            row_bias = row_bias + mask[1][mask[0] == win][0, :, tok:tok + 1].to(bias.dtype)
+        row = query_attention_row(q[:, win], k[:, win], tok, self.scale, bias=row_bias)
         b, n_win = q.shape[:2]
         scattered = row.new_zeros(b, n_win, row.shape[-1], self.num_heads)
         scattered[:, win] = row[:, :, 0].transpose(1, 2)
