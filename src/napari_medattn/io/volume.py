@@ -237,3 +237,25 @@ def require_3d(volume: Volume) -> Volume:
             f"volume with more than one voxel along every axis."
         )
     return volume
+
+
+def affine_from_itk(origin, spacing, direction) -> np.ndarray:
+    """The array-order LPS affine of an ITK/SimpleITK image (``GetArrayFromImage`` order).
+
+    ITK indexes ``(i, j, k)`` = (column, row, slice) and maps them to LPS mm as
+    ``origin + direction @ diag(spacing) @ [i, j, k]``; its numpy array is ``[k, j, i]``.
+
+    Parameters
+    ----------
+    origin : (3,) sequence of float
+        ``GetOrigin()``, LPS mm.
+    spacing : (3,) sequence of float
+        ``GetSpacing()``, mm.
+    direction : (9,) sequence of float
+        ``GetDirection()``, row-major 3x3.
+    """
+    linear = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing)
+    affine = np.eye(4)
+    affine[:3, :3] = linear[:, ::-1]
+    affine[:3, 3] = origin
+    return affine
