@@ -122,7 +122,12 @@ class RadiologyView:
                 vertical_dir, horizontal_dir = radiological_orientation_2d(*pair)
                 depth = viewer.camera.orientation[0]
             else:
-                vertical_dir, horizontal_dir = "down", "right"
+                # 3D starts from the radiological view of its vertical/horizontal pair, seen
+                # from the side that makes the rendering a rotation, not a mirror image.
+                _depth_axis, vertical, horizontal = spatial
+                vertical_dir, horizontal_dir = (
+                    radiological_orientation_2d(vertical, horizontal)
+                    if vertical < horizontal else ("down", "right"))
                 depth = depth_direction_3d(tuple(spatial), vertical_dir, horizontal_dir)
             viewer.camera.orientation = (depth, vertical_dir, horizontal_dir)
         finally:
