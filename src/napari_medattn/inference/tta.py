@@ -80,25 +80,23 @@ def predict_members(
     variance : torch.Tensor or None
         (B, *patch) float32, the member variance averaged over classes.
     """
-    total = None
-    total_sq = None
+    outputs = []
     for flip in members:
         dims = [2 + a for a in flip]
         x = torch.flip(batch, dims) if dims else batch
         out = forward(x).float()
         if activation == "softmax":
             out = torch.softmax(out, dim=1)
-        if dims:
-            out = torch.flip(out, dims)
-        total = out if total is None else total + out
-        if want_variance:
-            total_sq = out * out if total_sq is None else total_sq + out * out
-    n = len(members)
-    mean = total / n if n > 1 else total
+        outputs.append(torch.flip(out, dims) if dims else out)
+    if len(outputs) == 1:
+        return outputs[0], torch.zeros_like(outputs[0][:, 0]) if want_variance else None
+    stack = torch.stack(outputs)
+    mean = stack.mean(dim=0)
     if not want_variance:
         return mean, None
-    # E[p^2] - E[p]^2 can dip below zero by rounding; variance is non-negative.
-    variance = (total_sq / n - mean * mean).clamp_min_(0).mean(dim=1)
+    # Two passes (deviations from the mean), so members that agree give exactly zero
+    # instead of the rounding noise of E[p^2] - E[p]^2.
+    variance = ((stack - mean) ** 2).mean(dim=0).mean(dim=1)
     return mean, variance
 
 
