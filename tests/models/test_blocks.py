@@ -446,9 +446,15 @@ def test_recorded_row_reproduces_the_output_token(name, dims, corner):
 # ---------------------------------------------------------------- windows
 
 
-def _copy_projections(window, mhsa):
+def _window_and_global(dims, window_size, shift=False):
+    """A window attention without position bias, and global attention with its weights."""
+    window = WindowAttention(dims, C, 2, window_size=window_size, shift=shift)
+    with torch.no_grad():
+        window.relative_position_bias_table.zero_()
+    mhsa = MultiHeadSelfAttention(dims, C, num_heads=2)
     mhsa.qkv.load_state_dict(window.qkv.state_dict())
     mhsa.proj.load_state_dict(window.proj.state_dict())
+    return window, mhsa
 
 
 @pytest.mark.parametrize("dims", DIMS)
@@ -456,11 +462,7 @@ def _copy_projections(window, mhsa):
 def test_one_window_covering_the_input_equals_global_attention(dims, window_size):
     x = _x(dims)
     size = GRID[dims] if window_size == "exact" else 16  # 16 is clipped to the input
-    window = WindowAttention(dims, C, 2, window_size=size)
-    with torch.no_grad():
-        window.relative_position_bias_table.zero_()
-    mhsa = MultiHeadSelfAttention(dims, C, num_heads=2)
-    _copy_projections(window, mhsa)
+    window, mhsa = _window_and_global(dims, size)
     with torch.no_grad():
         torch.testing.assert_close(window(x), mhsa(x), atol=1e-5, rtol=0)
     shifted = WindowAttention(dims, C, 2, window_size=size, shift=True)
@@ -478,11 +480,7 @@ def test_windows_are_independent_global_attentions_and_padding_is_masked(dims):
     window_size = (4, 3, 4)[:dims]
     grid = GRID[dims]  # 7 x 9 (x 11): padded to 8 x 9 (x 12)
     x = _x(dims)
-    block = WindowAttention(dims, C, 2, window_size=window_size)
-    with torch.no_grad():
-        block.relative_position_bias_table.zero_()
-    mhsa = MultiHeadSelfAttention(dims, C, num_heads=2)
-    _copy_projections(block, mhsa)
+    block, mhsa = _window_and_global(dims, window_size)
     with torch.no_grad():
         out = block(x)
         counts = [math.ceil(n / w) for n, w in zip(grid, window_size)]
@@ -498,11 +496,7 @@ def test_windows_are_independent_global_attentions_and_padding_is_masked(dims):
 def test_shifted_windows_keep_wrapped_regions_apart(dims):
     grid = (8,) * dims
     x = _x(dims, grid=grid)
-    block = WindowAttention(dims, C, 2, window_size=4, shift=True)
-    with torch.no_grad():
-        block.relative_position_bias_table.zero_()
-    mhsa = MultiHeadSelfAttention(dims, C, num_heads=2)
-    _copy_projections(block, mhsa)
+    block, mhsa = _window_and_global(dims, 4, shift=True)
     with torch.no_grad():
         out = block(x)
         # Rolled by 2, the first window covers original voxels 2..5; the last window holds

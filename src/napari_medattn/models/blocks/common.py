@@ -28,6 +28,7 @@ __all__ = [
     "ChannelsLayerNorm",
     "DropPath",
     "ConvMLP",
+    "PreNormBlock",
     "global_pool",
     "pad_to_multiple",
     "crop_to",
@@ -215,6 +216,43 @@ def global_pool(x: torch.Tensor, kind: str = "avg") -> torch.Tensor:
     if kind == "max":
         return x.amax(dim=axes, keepdim=True)
     raise ValueError(f"Unknown global pooling {kind!r}; choose 'avg' or 'max'.")
+
+
+class PreNormBlock(nn.Module):
+    """Pre-norm transformer block around any token mixer, on channels-first maps.
+
+    ``x = x + DropPath(attn(LN(x)))`` then ``x = x + DropPath(MLP(LN(x)))``, the layout of
+    ViT and Swin (layer norm over channels, :class:`ChannelsLayerNorm`).
+
+    Parameters
+    ----------
+    spatial_dims : int
+        2 or 3.
+    channels : int
+        Channels C of input and output.
+    attn : nn.Module
+        The token mixer, mapping ``(B, C, *grid)`` to the same shape.
+    mlp_ratio : float
+        MLP hidden width relative to C.
+    drop_path : float
+        Stochastic-depth probability of each residual branch, in [0, 1).
+    """
+
+    def __init__(self, spatial_dims: int, channels: int, attn: nn.Module,
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.channels = channels
+        self.norm1 = ChannelsLayerNorm(channels)
+        self.attn = attn
+        self.norm2 = ChannelsLayerNorm(channels)
+        self.mlp = ConvMLP(spatial_dims, channels, mlp_ratio=mlp_ratio)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.spatial_dims, self.channels)
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 def pad_to_multiple(x: torch.Tensor, multiples: int | Sequence[int],

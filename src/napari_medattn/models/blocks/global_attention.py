@@ -12,9 +12,7 @@ from torch import nn
 from napari_medattn.errors import ModelError
 from napari_medattn.models import capture
 from napari_medattn.models.blocks.common import (
-    ChannelsLayerNorm,
-    ConvMLP,
-    DropPath,
+    PreNormBlock,
     check_input,
     check_spatial_dims,
     flatten_tokens,
@@ -101,7 +99,7 @@ class MultiHeadSelfAttention(nn.Module):
         return self.proj_drop(self.proj(out))
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(PreNormBlock):
     """Pre-norm transformer block on a feature map: ``x + MHSA(LN(x))``, then
     ``x + MLP(LN(x))``, each residual branch with stochastic depth.
 
@@ -126,19 +124,8 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, spatial_dims: int, channels: int, num_heads: int,
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, qkv_bias: bool = True) -> None:
-        super().__init__()
-        self.spatial_dims = check_spatial_dims(spatial_dims)
-        self.channels = channels
-        self.norm1 = ChannelsLayerNorm(channels)
-        self.attn = MultiHeadSelfAttention(spatial_dims, channels, num_heads, qkv_bias=qkv_bias)
-        self.norm2 = ChannelsLayerNorm(channels)
-        self.mlp = ConvMLP(spatial_dims, channels, mlp_ratio=mlp_ratio)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.spatial_dims, self.channels)
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        attn = MultiHeadSelfAttention(spatial_dims, channels, num_heads, qkv_bias=qkv_bias)
+        super().__init__(spatial_dims, channels, attn, mlp_ratio=mlp_ratio, drop_path=drop_path)
 
     def forward_tokens(self, tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
         """The same block on a token sequence ``(B, N, C)`` laid out row-major on ``grid``."""

@@ -13,9 +13,7 @@ from torch import nn
 
 from napari_medattn.models import capture
 from napari_medattn.models.blocks.common import (
-    ChannelsLayerNorm,
-    ConvMLP,
-    DropPath,
+    PreNormBlock,
     as_tuple,
     check_input,
     check_spatial_dims,
@@ -238,7 +236,7 @@ class WindowAttention(nn.Module):
                        capture.MapKind.TOKEN, window=tuple(window), shift=tuple(shifts))
 
 
-class SwinBlock(nn.Module):
+class SwinBlock(PreNormBlock):
     """Swin transformer block on a feature map: ``x + W-MSA(LN(x))`` then ``x + MLP(LN(x))``.
 
     Stack blocks with ``shift`` alternating False, True to connect neighbouring windows
@@ -265,16 +263,5 @@ class SwinBlock(nn.Module):
     def __init__(self, spatial_dims: int, channels: int, num_heads: int,
                  window_size: int | Sequence[int] = 7, shift: bool = False,
                  mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
-        super().__init__()
-        self.spatial_dims = check_spatial_dims(spatial_dims)
-        self.channels = channels
-        self.norm1 = ChannelsLayerNorm(channels)
-        self.attn = WindowAttention(spatial_dims, channels, num_heads, window_size, shift=shift)
-        self.norm2 = ChannelsLayerNorm(channels)
-        self.mlp = ConvMLP(spatial_dims, channels, mlp_ratio=mlp_ratio)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.spatial_dims, self.channels)
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        attn = WindowAttention(spatial_dims, channels, num_heads, window_size, shift=shift)
+        super().__init__(spatial_dims, channels, attn, mlp_ratio=mlp_ratio, drop_path=drop_path)
