@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_medattn.errors import ReadError
+from napari_medattn.io.dicom import read_dicom
 from napari_medattn.io.nifti import is_nifti, read_nifti
 from napari_medattn.io.volume import Volume
 
@@ -51,8 +52,6 @@ def read(path: str | os.PathLike, *, modality: str | None = None) -> list[Volume
     if path.is_file() and is_nifti(path):
         volumes = [read_nifti(path, modality=modality)]
     else:
-        from napari_medattn.io.dicom import read_dicom
-
         volumes = read_dicom(path)
         if modality is not None:
             for volume in volumes:

@@ -1,0 +1,105 @@
+"""The ``medattn`` command line: one subcommand per capability, mirroring the widgets.
+
+Adding a subcommand: write ``add_<name>(subparsers)`` that creates its parser and sets
+``func`` (a function ``args -> exit code``) with ``set_defaults``, then append it to
+:data:`SUBCOMMANDS`. Library errors (:class:`MedAttnError`) are printed as one sentence
+on stderr with a non-zero exit; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from napari_medattn import __version__
+from napari_medattn.errors import MedAttnError
+
+
+def add_info(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``medattn info PATH...``."""
+    parser = subparsers.add_parser(
+        "info",
+        help="describe the volumes/series in NIfTI files, DICOM files, folders or DICOMDIRs",
+        description="For each volume or DICOM series found: name, modality, shape, voxel "
+                    "spacing (mm), orientation code, the voxel-to-patient affine (array "
+                    "index -> LPS mm) and warnings. Bad paths are reported on stderr and "
+                    "the others are still processed.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH")
+    parser.add_argument("--modality", help="override the modality (e.g. CT for a NIfTI)")
+    parser.set_defaults(func=run_info)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Print a description of every volume in ``args.paths``; 1 if any path failed."""
+    from napari_medattn.io import read  # keeps ``medattn --help`` fast
+
+    status = 0
+    for path in args.paths:
+        try:
+            volumes = read(path, modality=args.modality)
+        except MedAttnError as error:
+            print(f"medattn info: {error}", file=sys.stderr)
+            status = 1
+            continue
+        print(path)
+        for number, volume in enumerate(volumes, start=1):
+            print(describe_volume(volume, number))
+    return status
+
+
+def describe_volume(volume, number: int = 1) -> str:
+    """A human-readable block describing one volume (used by ``medattn info``)."""
+    shape = " x ".join(str(n) for n in volume.data.shape)
+    if volume.data.ndim == 4:
+        shape += f"  ({volume.meta.get('frame_axis', 'frames')} first)"
+    lines = [
+        f"  [{number}] {volume.name}",
+        f"      modality     {volume.modality}",
+        f"      shape        {shape}",
+        f"      dtype        {volume.data.dtype}",
+        f"      spacing mm   {' x '.join(f'{s:.6g}' for s in volume.spacing)}",
+        f"      orientation  {volume.orientation}{' (oblique)' if volume.is_oblique else ''}",
+    ]
+    if volume.meta.get("units"):
+        lines.append(f"      units        {volume.meta['units']}")
+    lines.append("      affine (array index -> LPS mm)")
+    lines += ["        " + " ".join(f"{v:12.6f}" for v in row) for row in volume.affine]
+    lines += [f"      warning: {text}" for text in volume.meta.get("warnings", [])]
+    return "\n".join(lines)
+
+
+#: Registration functions of the subcommands, in the order ``--help`` lists them.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_info]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medattn",
+        description="Attention-based medical image analysis (CT, MR, PET) from the command "
+                    "line; the same library the napari plugin uses.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for register in SUBCOMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medattn`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except MedAttnError as error:
+        print(f"medattn: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
