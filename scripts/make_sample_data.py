@@ -11,22 +11,18 @@ See src/napari_medattn/sample_data/README.md for each file's source and licence.
 
 from __future__ import annotations
 
-import datetime
 import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 from nibabel.affines import from_matvec
 from nibabel.eulerangles import euler2mat
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from napari_medattn.io import Volume, read_volume
+from napari_medattn.io.dicom_write import write_dicom_series
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "napari_medattn" / "sample_data"
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-# Fixed UID root + seed-free derivation keeps re-runs byte-identical (reproducible files).
-UID_PREFIX = "1.2.826.0.1.3680043.8.498."
 # MR intensities on the scale of a typical 12-bit T1 scan instead of nilearn's 0..1.
 MR_SCALE = 1000.0
 
@@ -48,7 +44,7 @@ def mni152(out: Path) -> None:
     labels[~brain] = 0
     _save(labels, t1.affine, out / "mni152_tissue_labels.nii.gz",
           "SEG 0 background 1 CSF 2 GM 3 WM", intent_label=True)
-    mr_dicom_series(t1_data, t1.affine, out / "mr_series")
+    mr_dicom_series(out / "mni152_t1.nii.gz", out / "mr_series")
 
 
 def _save(data: np.ndarray, affine: np.ndarray, path: Path, description: str,
@@ -101,84 +97,24 @@ def pydicom_ct(out: Path) -> None:
     shutil.copyfile(get_testdata_file("CT_small.dcm"), out / "CT_small.dcm")
 
 
-def mr_dicom_series(t1: np.ndarray, affine_ras: np.ndarray, folder: Path) -> None:
+def mr_dicom_series(t1_path: Path, folder: Path) -> None:
     """An axial MR DICOM series of the MNI152 T1: 2 mm pixels, 4 mm slices, LPS geometry.
 
-    The 1 mm volume is brought to LPS (x left, y posterior, z superior) by flipping its
-    RAS i and j axes, then every 4th slice and every 2nd row/column is kept (nearest
-    sampling, so voxel values are the template's own). Slices carry exact
-    ImagePositionPatient / ImageOrientationPatient, so a reader can rebuild the geometry.
+    The 1 mm volume is read with the plugin's reader and taken in its canonical (z, y, x)
+    LPS view; every 4th slice and every 2nd row/column is kept (nearest sampling, so voxel
+    values are the template's own) and the affine steps are scaled to match. The plugin's
+    series writer stores exact ImagePositionPatient / ImageOrientationPatient per slice.
     """
     if folder.exists():
         shutil.rmtree(folder)
-    folder.mkdir()
-    affine = RAS_TO_LPS @ affine_ras
-    if not np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3]))):
-        raise RuntimeError("The MNI152 template is expected to be axis-aligned.")
-    # Make every array axis increase along +x, +y, +z of LPS.
-    volume, origin_index = t1, np.zeros(3)
-    for axis in range(3):
-        if affine[axis, axis] < 0:
-            volume = np.flip(volume, axis)
-            origin_index[axis] = t1.shape[axis] - 1
-    origin = (affine @ np.append(origin_index, 1.0))[:3]
-    step = np.abs(np.diag(affine)[:3])
-    pixel_stride, slice_stride = 2, 4
-    volume = volume[::pixel_stride, ::pixel_stride, ::slice_stride]  # (x, y, z)
-    study, series = _uid("study"), _uid("series-mr-t1")
-    frame = _uid("frame-of-reference")
-    now = datetime.date(2024, 1, 1).strftime("%Y%m%d")
-    for k in range(volume.shape[2]):
-        position = origin + np.array([0.0, 0.0, k * slice_stride * step[2]])
-        ds = _mr_slice(volume[:, :, k].T, position, pixel_stride * step[:2],
-                       slice_stride * step[2], k + 1, study, series, frame, now)
-        ds.save_as(folder / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
-
-
-def _uid(name: str) -> str:
-    digits = int.from_bytes(name.encode(), "big") % 10**30
-    return f"{UID_PREFIX}{digits}"
-
-
-def _mr_slice(pixels: np.ndarray, position: np.ndarray, pixel_spacing: np.ndarray,
-              slice_spacing: float, number: int, study: str, series: str, frame: str,
-              date: str) -> Dataset:
-    # pixels[row, column]: rows run along +y (posterior), columns along +x (left).
-    sop = _uid(f"{series}-{number}")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = sop
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.FrameOfReferenceUID = frame
-    ds.Modality = "MR"
-    ds.PatientName = "MNI152^Template"
-    ds.PatientID = "MNI152"
-    ds.StudyDate = ds.SeriesDate = date
-    ds.StudyDescription = "napari-medattn sample"
-    ds.SeriesDescription = "T1 MNI152 axial"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = number
-    ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
-    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-    ds.PixelSpacing = [f"{pixel_spacing[1]:g}", f"{pixel_spacing[0]:g}"]  # row, column
-    ds.SliceThickness = f"{slice_spacing:g}"
-    ds.SpacingBetweenSlices = f"{slice_spacing:g}"
-    ds.SliceLocation = f"{position[2]:.4f}"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
-    return ds
+    view = read_volume(t1_path).canonical()
+    strides = (4, 2, 2)  # slices, rows, columns
+    data = view.data[::strides[0], ::strides[1], ::strides[2]]
+    affine = view.affine.copy()
+    affine[:3, :3] = affine[:3, :3] * np.array(strides)
+    series = Volume(np.ascontiguousarray(data), affine, "MR", {"name": "MNI152 T1 axial"})
+    write_dicom_series(folder, series, series_description="T1 MNI152 axial",
+                       patient={"PatientName": "MNI152^Template", "PatientID": "MNI152"})
 
 
 def main() -> None:

@@ -77,7 +77,7 @@ def volume_layer_data(volume: Volume, layer_type: str | None = None) -> tuple[An
     if layer_type == "image":
         kwargs["colormap"] = "gray"
         kwargs["contrast_limits"] = initial_limits(data, volume.modality,
-                                                   volume.meta.get("window"))
+                                                   header_window(volume.meta))
     elif not np.issubdtype(data.dtype, np.integer):
         raise DimensionError(f"{volume.name} has {data.dtype} voxels; a label map needs "
                              f"integer labels.")
@@ -112,6 +112,20 @@ def layer_volume(data: Any, metadata: dict, modality: str | None = None,
                              "napari-medattn, nor drawn on a scan that was).")
     return volume_like(reference, np.asarray(data), modality=modality or reference.modality,
                        name=name)
+
+
+def header_window(meta: dict) -> tuple[float, float] | None:
+    """The (window, level) the DICOM header recommends (first value if several), or None."""
+    header = meta.get("dicom_header")
+    if header is None:
+        return None
+    width, centre = header.get("WindowWidth"), header.get("WindowCenter")
+    if width is None or centre is None:
+        return None
+    # Multi-valued tags list several windows; the first is the default the site chose.
+    first = [float(v[0]) if hasattr(v, "__len__") and not isinstance(v, str) else float(v)
+             for v in (width, centre)]
+    return first[0], first[1]
 
 
 def intensity_unit(modality: str, meta: dict) -> str:

@@ -1,0 +1,118 @@
+"""npe2 reader, writers, sample data and error notifications in a real viewer."""
+
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from napari.utils.notifications import NotificationSeverity, notification_manager
+from npe2 import PluginManager
+
+from napari_medattn.display.layers import GEOMETRY_KEY
+from napari_medattn.io import Volume, read, read_volume
+from napari_medattn.io.dicom_write import write_dicom_series
+
+SAMPLES = Path(__file__).parents[2] / "src" / "napari_medattn" / "sample_data"
+
+
+@pytest.fixture
+def notes():
+    """Collect (severity, message) of every napari notification during the test."""
+    seen = []
+
+    def record(notification):
+        seen.append((notification.severity, str(notification.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+def test_every_manifest_sample_exists_and_loads_small_ones(make_napari_viewer):
+    viewer = make_napari_viewer()  # discovers the installed plugins
+    manifest = PluginManager.instance().get_manifest("napari-medattn")
+    keys = {sample.key for sample in manifest.contributions.sample_data}
+    assert keys == {"mni152_t1", "mni152_tissue", "nibabel_anatomical",
+                    "nibabel_anatomical_moved", "dipy_aniso_vox", "ct_small", "mr_series"}
+    for key, name, modality in [("nibabel_anatomical", "nibabel_anatomical", "MR"),
+                                ("ct_small", "CT #1", "CT"),
+                                ("mr_series", "T1 MNI152 axial MR #1", "MR")]:
+        layers = viewer.open_sample("napari-medattn", key)
+        assert [layer.name for layer in layers] == [name]
+        assert layers[0].metadata[GEOMETRY_KEY].modality == modality
+    # The CT opens in a soft-tissue window (HU), the MR in percentile limits.
+    assert tuple(viewer.layers["CT #1"].contrast_limits) == (-135.0, 215.0)
+
+
+def test_folder_with_two_series_gives_one_named_layer_each(make_napari_viewer, tmp_path):
+    anatomy = read_volume(SAMPLES / "nibabel_anatomical.nii.gz").canonical()
+    data = np.ascontiguousarray(anatomy.data)
+    study = "1.2.826.0.1.3680043.8.498.1"
+    write_dicom_series(tmp_path, Volume(data, anatomy.affine, "MR"), study_uid=study,
+                       series_description="T1 axial", series_number=3,
+                       file_names=[f"a{i:03d}.dcm" for i in range(data.shape[0])])
+    write_dicom_series(tmp_path, Volume(data - 1000, anatomy.affine, "CT"), study_uid=study,
+                       series_description="CT body", series_number=4,
+                       rescale_intercept=-1024,
+                       file_names=[f"b{i:03d}.dcm" for i in range(data.shape[0])])
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(tmp_path), plugin="napari-medattn")
+    expected = {volume.name: volume for volume in read(tmp_path)}
+    assert len(layers) == 2 and {layer.name for layer in layers} == set(expected)
+    for layer in layers:
+        assert np.array_equal(layer.data, expected[layer.name].canonical().data)
+    ct = next(layer for layer in layers if layer.metadata[GEOMETRY_KEY].modality == "CT")
+    assert np.array_equal(ct.data, data - 1000)
+
+
+def test_labels_drawn_on_a_scan_save_with_its_exact_affine(make_napari_viewer, tmp_path):
+    source = tmp_path / "moved.nii.gz"
+    shutil.copy(SAMPLES / "nibabel_anatomical_moved.nii.gz", source)  # oblique + LAS
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(source), plugin="napari-medattn")
+    labels = viewer.add_labels(np.zeros(image.data.shape, np.uint8), scale=image.scale,
+                               translate=image.translate)
+    labels.data[10:14, 5:9, 7:9] = 2
+    out = tmp_path / "labels.nii.gz"
+    assert labels.save(str(out), plugin="napari-medattn") == [str(out)]
+    written, original = nib.load(out), nib.load(source)
+    assert np.array_equal(written.affine, original.affine)
+    assert written.shape == original.shape
+    back = read_volume(out)
+    assert np.array_equal(back.affine, read_volume(source).affine)
+    assert np.array_equal(back.canonical().data, labels.data)
+
+
+def test_writer_refuses_layers_without_geometry(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(np.zeros((4, 5, 6), np.uint8))
+    with pytest.warns(UserWarning, match="no patient geometry"):
+        assert labels.save(str(tmp_path / "x.nii.gz"), plugin="napari-medattn") == []
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_corrupt_file_gives_one_error_sentence(make_napari_viewer, tmp_path, notes):
+    raw = gzip.decompress((SAMPLES / "nibabel_anatomical.nii.gz").read_bytes())
+    broken = tmp_path / "broken.nii"
+    broken.write_bytes(raw[: len(raw) // 2])  # truncated voxel data
+    viewer = make_napari_viewer()
+    assert viewer.open(str(broken), plugin="napari-medattn") == []
+    assert len(viewer.layers) == 0
+    errors = [message for severity, message in notes
+              if severity == NotificationSeverity.ERROR]
+    assert len(errors) == 1 and "broken.nii" in errors[0]
+    assert "\n" not in errors[0] and "Traceback" not in errors[0]
+
+
+def test_oblique_scan_one_notice_and_exact_affine(make_napari_viewer, notes):
+    path = SAMPLES / "nibabel_anatomical_moved.nii.gz"
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-medattn")
+    warnings = [message for severity, message in notes
+                if severity == NotificationSeverity.WARNING]
+    assert len(warnings) == 1 and "oblique" in warnings[0]
+    kept = layer.metadata[GEOMETRY_KEY]
+    assert np.array_equal(kept.affine, read_volume(path).canonical().affine)
+    assert kept.is_oblique
