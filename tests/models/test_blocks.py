@@ -630,6 +630,7 @@ def test_drop_path_drops_whole_samples_and_keeps_the_expectation():
         (lambda: SqueezeExcitation(4, C), DimensionError),
         (lambda: MultiHeadSelfAttention(2, C, num_heads=3), ModelError),
         (lambda: WindowAttention(3, C, 2, window_size=(4, 4)), DimensionError),
+        (lambda: WindowAttention(2, C, 2, window_size=(4, 0)), ModelError),
         (lambda: SelectiveKernel(2, C, C, kernel_sizes=(3,)), ModelError),
         (lambda: SelectiveKernel(2, C, C, kernel_sizes=(3, 4)), ModelError),
         (lambda: CBAM(2, C, spatial_kernel=4), ModelError),

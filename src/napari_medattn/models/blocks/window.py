@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_medattn.errors import ModelError
 from napari_medattn.models import capture
 from napari_medattn.models.blocks.common import (
     PreNormBlock,
@@ -152,6 +153,8 @@ class WindowAttention(nn.Module):
         self.head_dim = head_dim(channels, num_heads)
         self.scale = self.head_dim ** -0.5
         self.window_size = as_tuple(window_size, spatial_dims, "window_size")
+        if min(self.window_size) < 1:
+            raise ModelError(f"Window sizes must be positive, not {self.window_size}.")
         self.shift = bool(shift)
         table_rows = math.prod(2 * w - 1 for w in self.window_size)
         self.relative_position_bias_table = nn.Parameter(torch.zeros(table_rows, num_heads))
