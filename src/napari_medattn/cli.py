@@ -12,6 +12,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from napari_medattn import __version__
 from napari_medattn.errors import MedAttnError
 
@@ -65,7 +67,9 @@ def describe_volume(volume, number: int = 1) -> str:
     if volume.meta.get("units"):
         lines.append(f"      units        {volume.meta['units']}")
     lines.append("      affine (array index -> LPS mm)")
-    lines += ["        " + " ".join(f"{v:12.6f}" for v in row) for row in volume.affine]
+    # Rounded and + 0.0 so that tiny negatives do not print as "-0.000000".
+    lines += ["        " + " ".join(f"{np.round(v, 6) + 0.0:12.6f}" for v in row)
+              for row in volume.affine]
     lines += [f"      warning: {text}" for text in volume.meta.get("warnings", [])]
     return "\n".join(lines)
 

@@ -353,3 +353,39 @@ def test_slices_stepping_against_normal_are_reordered_consistently(tmp_path):
         point = source.affine @ np.r_[index, 1]
         ours = np.round(np.linalg.solve(volume.affine, point)[:3]).astype(int)
         assert volume.data[tuple(ours)] == data[index]
+
+
+def test_labels_on_dicom_series_written_to_nifti_with_its_geometry(tmp_path):
+    import nibabel as nib
+
+    from napari_medattn.io import volume_like, write_nifti
+
+    ct = _axial_ct(tilt_deg=10.0)
+    write_dicom_series(tmp_path / "ct", ct)
+    scan = read_volume(tmp_path / "ct")
+    view = scan.canonical()
+    labels = (view.data > 500).astype(np.uint8)
+    written = write_nifti(tmp_path / "labels.nii.gz", volume_like(view, labels))
+    header = nib.load(written).header
+    assert header["sform_code"] == 1 and header["qform_code"] == 0  # sheared: sform only
+    again = read_volume(written)
+    # NIfTI stores the sform in float32: equal to that precision.
+    np.testing.assert_allclose(again.affine, scan.affine, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(again.data, scan.data > 500)
+    # A name without a NIfTI suffix gets one: a source slice file is never replaced.
+    first_slice = scan.meta["source_files"][0]
+    before = open(first_slice, "rb").read()
+    assert write_nifti(first_slice, volume_like(view, labels)).name.endswith(".dcm.nii.gz")
+    assert open(first_slice, "rb").read() == before
+
+
+def test_series_writer_refuses_what_dicom_cannot_hold(tmp_path):
+    from napari_medattn.errors import DimensionError
+
+    ct = _axial_ct(shape=(2, 3, 3))
+    with pytest.raises(DimensionError, match="whole-number"):
+        write_dicom_series(tmp_path, Volume(ct.data + 0.5, ct.affine, "CT", {}))
+    skewed = ct.affine.copy()
+    skewed[:3, 1] = [0.3, 0.7, 0.0]
+    with pytest.raises(GeometryError, match="orthogonal"):
+        write_dicom_series(tmp_path, Volume(ct.data, skewed, "CT", {}))
