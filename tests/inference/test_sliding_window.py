@@ -220,3 +220,18 @@ def test_bad_inputs_raise_typed_errors(net3d, volume3d):
     with pytest.raises(ModelError, match="classes"):
         sliding_window_inference(volume3d, net3d, (12, 16, 10), num_classes=2, skip_empty=False,
                                  device="cpu")
+
+
+def test_streaming_with_sparse_foreground_equals_whole_volume(net3d):
+    # Blobs far apart along axis 0: the windows batched together lie rows apart, so the
+    # engine must run batches early to keep the slab bounded, without changing results.
+    volume = np.zeros((70, 16, 16), np.float32)
+    for z in (3, 30, 62):
+        volume[z:z + 3, 5:9, 6:10] = 1.0
+    kwargs = dict(overlap=0.5, batch_size=6, keep_probabilities=(1,), device="cpu")
+    counting = CountingPredictor(net3d)
+    streamed = sliding_window_inference(volume, counting, (8, 8, 8), stream=True, **kwargs)
+    whole = sliding_window_inference(volume, net3d, (8, 8, 8), stream=False, **kwargs)
+    np.testing.assert_array_equal(streamed.labels, whole.labels)
+    np.testing.assert_array_equal(streamed.probabilities[1], whole.probabilities[1])
+    assert max(counting.calls) < 6 and sum(counting.calls) == whole.windows_predicted

@@ -22,6 +22,9 @@ FLOAT_BYTES = 4
 #: maps of 32-64 channels alive at full resolution (~0.4-0.8 kB); 1 kB leaves a margin.
 DEFAULT_ACTIVATION_BYTES_PER_VOXEL = 1024
 GIB = 1024**3
+#: Finalising divides the buffer in chunks of planes holding at most this many floats
+#: (all classes together), so its temporary stays small.
+FINALISE_CHUNK_FLOATS = 1 << 24
 
 
 class InsufficientMemoryError(MedAttnError):
@@ -55,14 +58,17 @@ def slab_planes(shape: Sequence[int], patch_size: Sequence[int], overlap: float,
                 batch_size: int) -> int:
     """Planes along axis 0 that the streamed blending buffer holds at most.
 
-    A batch can span several window rows along axis 0 (``rows`` below); the buffer holds
-    their union plus the planes not yet final, never more than the whole axis.
+    Planes before the first window not yet added are final, so the buffer spans from
+    that window's row to the end of the last window of the batch being added. A batch
+    of ``batch_size`` consecutive windows reaches at most ``ceil(batch_size / per_row)``
+    rows further (``per_row`` windows share an axis-0 start), each a step further along
+    axis 0; the engine runs a batch early rather than exceed this.
     """
     interval = [max(1, int(p * (1 - overlap))) if p < s else p for s, p in zip(shape, patch_size)]
     per_row = 1
     for s, p, i in zip(shape[1:], patch_size[1:], interval[1:]):
         per_row *= _windows_along(s, p, i)
-    rows = math.ceil(batch_size / per_row) + 1
+    rows = math.ceil(batch_size / per_row)
     return min(max(shape[0], patch_size[0]), patch_size[0] + interval[0] * rows)
 
 
@@ -122,9 +128,10 @@ def estimate_memory(
     planes = slab_planes(shape, patch_size, overlap, batch_size) if stream else max(
         shape[0], patch_size[0])
     # Per-class accumulators, the weight sum, the background weight of skipped windows,
-    # and the variance accumulator.
+    # and the variance accumulator; finalising holds one more chunk of class planes.
     buffer_maps = num_classes + 2 + (1 if uncertainty else 0)
-    stitching = buffer_maps * planes * rest * FLOAT_BYTES
+    finalise_chunk = min(planes * rest, max(rest, FINALISE_CHUNK_FLOATS // num_classes))
+    stitching = (buffer_maps * planes * rest + num_classes * finalise_chunk) * FLOAT_BYTES
     label_bytes = 1 if num_classes <= 256 else 2
     outputs = voxels * label_bytes + (kept_probabilities + int(uncertainty)) * voxels * FLOAT_BYTES
     inputs = voxels * in_channels * FLOAT_BYTES

@@ -39,9 +39,10 @@ from napari_medattn.errors import DimensionError, MedAttnError, ModelError
 from napari_medattn.inference.devices import autocast, free_gpu_memory, resolve_device
 from napari_medattn.inference.memory import (
     DEFAULT_ACTIVATION_BYTES_PER_VOXEL,
-    FLOAT_BYTES,
+    FINALISE_CHUNK_FLOATS,
     available_ram,
     plan_inference,
+    slab_planes,
 )
 from napari_medattn.inference.tta import (
     UNCERTAINTY_KINDS,
@@ -53,9 +54,6 @@ from napari_medattn.inference.tta import (
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool] | threading.Event
 
-# Finalising divides the buffer plane by plane in chunks of at most this many floats,
-# so the temporary probabilities stay small even when a whole volume is finalised.
-_FINALISE_CHUNK_FLOATS = 1 << 24
 
 
 class Cancelled(MedAttnError):
@@ -210,40 +208,48 @@ class _Outputs:
 
 
 class _SlabAccumulator:
-    """Weighted sums of the planes [lo, hi) along axis 0 that are not final yet."""
+    """Weighted sums of the planes [lo, hi) along axis 0 that are not final yet.
 
-    def __init__(self, rest_shape, device, outputs: _Outputs):
+    The buffers have a fixed capacity of planes allocated once; plane ``lo`` is always at
+    buffer offset 0. Finalising moves the remaining planes to the front in place, so the
+    peak memory is the capacity itself (no reallocation, no second copy).
+    """
+
+    def __init__(self, rest_shape, capacity: int, device, outputs: _Outputs):
         self.rest = tuple(rest_shape)
+        self.capacity = capacity
         self.device = device
         self.out = outputs
         self.lo = 0
         self.hi = 0
-        self.classes: torch.Tensor | None = None  # (C, planes, *rest)
-        self.weight = torch.zeros((0, *self.rest), device=device)
-        self.background = torch.zeros((0, *self.rest), device=device)
-        self.variance = (torch.zeros((0, *self.rest), device=device)
+        self.classes: torch.Tensor | None = None  # (C, capacity, *rest)
+        self.weight = torch.zeros((capacity, *self.rest), device=device)
+        self.background = torch.zeros((capacity, *self.rest), device=device)
+        self.variance = (torch.zeros((capacity, *self.rest), device=device)
                          if outputs.uncertainty_kind == "variance" else None)
 
-    def _grow(self, tensor: torch.Tensor, planes: int, axis: int) -> torch.Tensor:
-        shape = list(tensor.shape)
-        shape[axis] = planes
-        return torch.cat([tensor, torch.zeros(shape, device=self.device)], dim=axis)
+    def _planes(self) -> list[torch.Tensor]:
+        """Every buffer with planes on its first axis (the class buffer is moved to it)."""
+        buffers = [self.weight, self.background]
+        if self.variance is not None:
+            buffers.append(self.variance)
+        if self.classes is not None:
+            buffers.append(self.classes.transpose(0, 1))
+        return buffers
+
+    def fits(self, hi: int) -> bool:
+        return hi - self.lo <= self.capacity
 
     def extend_to(self, hi: int) -> None:
         if hi <= self.hi:
             return
-        extra = hi - self.hi
-        self.weight = self._grow(self.weight, extra, 0)
-        self.background = self._grow(self.background, extra, 0)
-        if self.variance is not None:
-            self.variance = self._grow(self.variance, extra, 0)
-        if self.classes is not None:
-            self.classes = self._grow(self.classes, extra, 1)
+        # The engine flushes its batch before a window would overflow the slab.
+        assert self.fits(hi), "slab capacity exceeded"
         self.hi = hi
 
     def ensure_classes(self, num_classes: int) -> None:
         if self.classes is None:
-            self.classes = torch.zeros((num_classes, self.hi - self.lo, *self.rest),
+            self.classes = torch.zeros((num_classes, self.capacity, *self.rest),
                                        device=self.device)
             self.out.set_classes(num_classes)
 
@@ -271,17 +277,17 @@ class _SlabAccumulator:
         if self.out.labels is None:
             self.out.allocate(None)
         num_classes = self.classes.shape[0] if self.classes is not None else 1
-        step = max(1, _FINALISE_CHUNK_FLOATS // max(1, num_classes * math.prod(self.rest)))
+        step = max(1, FINALISE_CHUNK_FLOATS // max(1, num_classes * math.prod(self.rest)))
         for a in range(self.lo, upto, step):
             b = min(a + step, upto)
             self._finalise_chunk(a, b)
         drop = upto - self.lo
-        self.weight = self.weight[drop:]
-        self.background = self.background[drop:]
-        if self.variance is not None:
-            self.variance = self.variance[drop:]
-        if self.classes is not None:
-            self.classes = self.classes[:, drop:]
+        keep = self.hi - upto
+        for buffer in self._planes():
+            # Forward plane copies never overwrite a plane not yet moved (drop >= 1).
+            for k in range(keep):
+                buffer[k].copy_(buffer[drop + k])
+            buffer[keep:keep + drop].zero_()
         self.lo = upto
 
     def _finalise_chunk(self, a: int, b: int) -> None:
@@ -456,9 +462,8 @@ def sliding_window_inference(
     weights = weights_cpu.to(compute)
 
     outputs = _Outputs(shape, pad_before, keep_probabilities, uncertainty)
-    acc = _SlabAccumulator(padded[1:], stitch, outputs)
-    if not stream:
-        acc.extend_to(padded[0])
+    capacity = slab_planes(padded, patch, overlap, batch_size) if stream else padded[0]
+    acc = _SlabAccumulator(padded[1:], capacity, stitch, outputs)
     if num_classes is not None:
         acc.ensure_classes(num_classes)
 
@@ -495,30 +500,44 @@ def sliding_window_inference(
 
     total = len(starts)
     predicted = 0
+    reported = 0
     pending: list[tuple[int, ...]] = []
     w_stitch = weights_cpu.to(stitch)
+
+    def flush(handled: int) -> None:
+        nonlocal pending, predicted, reported
+        _check_cancel(cancel)
+        run_batch(pending)
+        predicted += len(pending)
+        pending = []
+        if progress is not None:
+            progress(handled, total)
+            reported = handled
+
     with torch.inference_mode():
         for index, start in enumerate(starts):
+            if pending and not acc.fits(start[0] + patch[0]):
+                # Skipped windows between the batched ones would push the slab past its
+                # capacity: run the (smaller) batch now so its planes can be finalised.
+                flush(index)
+                acc.finalise(start[0])
             if skip_empty and float(x[window_slices(start)].max()) <= threshold:
                 acc.extend_to(start[0] + patch[0])
                 acc.add_background(start, w_stitch)
             else:
                 pending.append(start)
-            last = index == total - 1
-            if len(pending) == batch_size or (last and pending):
-                _check_cancel(cancel)
-                run_batch(pending)
-                predicted += len(pending)
-                pending = []
-                if progress is not None:
-                    progress(index + 1, total)
-            elif last and progress is not None:
-                progress(total, total)
+            if len(pending) == batch_size:
+                flush(index + 1)
             if stream:
                 # Planes before the first window still to be added are final.
+                last = index == total - 1
                 next_start = pending[0][0] if pending else (
                     starts[index + 1][0] if not last else padded[0])
                 acc.finalise(next_start)
+        if pending:
+            flush(total)
+        if progress is not None and reported != total:
+            progress(total, total)
         acc.finalise(padded[0])
 
     return InferenceResult(

@@ -1,0 +1,133 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medattn.errors import ModelError
+from napari_medattn.inference.devices import autocast, autocast_dtype, resolve_device
+from napari_medattn.inference.memory import (
+    FINALISE_CHUNK_FLOATS,
+    FLOAT_BYTES,
+    InsufficientMemoryError,
+    estimate_memory,
+    plan_inference,
+    slab_planes,
+)
+from napari_medattn.inference.sliding_window import sliding_window_inference
+
+CT = (300, 512, 512)
+PATCH = (96, 96, 96)
+MB = 1024**2
+
+
+def test_estimate_adds_up_the_parts():
+    est = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=2,
+                          kept_probabilities=1, uncertainty=True, model_bytes=10 * MB,
+                          activation_bytes_per_voxel=100)
+    voxels = math.prod(CT)
+    planes = slab_planes(CT, PATCH, 0.5, 2)
+    assert planes == 96 + 48  # a batch of 2 reaches at most one row (of 81 windows) further
+    chunk = 5 * (FINALISE_CHUNK_FLOATS // 5)  # finalising temporary: planes of 5 classes
+    assert est.parts["stitching"] == ("RAM", ((5 + 3) * planes * 512 * 512 + chunk) * FLOAT_BYTES)
+    assert est.parts["outputs"] == ("RAM", voxels * (1 + 2 * FLOAT_BYTES))
+    assert est.parts["input"] == ("RAM", voxels * FLOAT_BYTES)
+    window = math.prod(PATCH)
+    network = 10 * MB + 2 * window * FLOAT_BYTES * (1 + 5 * 3) + 2 * window * 100
+    assert est.parts["network"] == ("RAM", network)
+    assert est.ram_bytes == sum(size for _, size in est.parts.values()) and est.gpu_bytes == 0
+    # Streaming holds a slab: far less than the whole volume of every class.
+    whole = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=2,
+                            uncertainty=True, stream=False)
+    assert whole.parts["stitching"][1] == (8 * voxels + chunk) * FLOAT_BYTES
+    # 144 of 300 planes.
+    assert est.parts["stitching"][1] < 0.52 * whole.parts["stitching"][1]
+
+
+def test_plan_keeps_a_job_that_fits():
+    plan = plan_inference(CT, PATCH, in_channels=1, num_classes=5, batch_size=4, on_gpu=False,
+                          free_ram=64 * 1024 * MB, free_gpu=None)
+    assert plan.batch_size == 4 and not plan.stitch_on_gpu and plan.notes == ()
+
+
+def test_plan_reduces_the_batch_to_fit_ram():
+    options = dict(in_channels=1, num_classes=5, on_gpu=False, free_gpu=None)
+    one = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=1)
+    two = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=2)
+    free = (one.ram_bytes + two.ram_bytes) // 2
+    plan = plan_inference(CT, PATCH, batch_size=8, free_ram=free, **options)
+    assert plan.batch_size == 1 and plan.estimate.ram_bytes <= free
+    assert "Batch reduced from 8 to 1" in plan.notes[0]
+
+
+def test_plan_moves_stitching_to_cpu_when_the_gpu_is_small():
+    on_gpu = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=1,
+                             on_gpu=True, stitch_on_gpu=True)
+    network_only = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=1,
+                                   on_gpu=True, stitch_on_gpu=False)
+    free_gpu = (on_gpu.gpu_bytes + network_only.gpu_bytes) // 2
+    plan = plan_inference(CT, PATCH, in_channels=1, num_classes=5, batch_size=1, on_gpu=True,
+                          free_ram=64 * 1024 * MB, free_gpu=free_gpu)
+    assert not plan.stitch_on_gpu and plan.estimate.gpu_bytes <= free_gpu
+    assert plan.notes == ("Blending moved to the CPU to fit in GPU memory.",)
+
+
+def test_plan_refuses_with_the_numbers():
+    with pytest.raises(InsufficientMemoryError) as info:
+        plan_inference(CT, PATCH, in_channels=1, num_classes=5, batch_size=4, on_gpu=False,
+                       free_ram=512 * MB, free_gpu=None)
+    message = str(info.value)
+    one = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=1)
+    assert f"{one.ram_bytes / 1024**3:.2f} GB of RAM" in message
+    assert "only 0.50 GB is free" in message and "stitching" in message
+
+
+def test_engine_replans_and_refuses(volume3d, net3d):
+    kwargs = dict(skip_empty=False, device="cpu", keep_probabilities=(1,))
+    reference = sliding_window_inference(volume3d, net3d, (12, 16, 10), batch_size=8, **kwargs)
+    one = estimate_memory((23, 30, 27), (12, 16, 10), in_channels=1, num_classes=2,
+                          batch_size=1, kept_probabilities=1)
+    two = estimate_memory((23, 30, 27), (12, 16, 10), in_channels=1, num_classes=2,
+                          batch_size=2, kept_probabilities=1)
+    replanned = sliding_window_inference(volume3d, net3d, (12, 16, 10), batch_size=8,
+                                         free_ram=(one.ram_bytes + two.ram_bytes) // 2, **kwargs)
+    assert any("Batch reduced from 8 to 1" in n for n in replanned.notes)
+    np.testing.assert_allclose(replanned.probabilities[1], reference.probabilities[1], atol=1e-6)
+    with pytest.raises(InsufficientMemoryError, match="GB of RAM"):
+        sliding_window_inference(volume3d, net3d, (12, 16, 10), free_ram=1000, **kwargs)
+
+
+def test_device_resolution_on_this_machine():
+    assert resolve_device("cpu").device == torch.device("cpu")
+    auto = resolve_device("auto")
+    if torch.cuda.is_available():
+        assert auto.device.type == "cuda" and autocast_dtype(auto.device) is not None
+    else:
+        assert auto.device.type in ("cpu", "mps")
+        fallback = resolve_device("cuda:0")
+        assert fallback.device == torch.device("cpu")
+        assert fallback.note == "CUDA:0 was requested but no CUDA GPU is available; running on " \
+                                "the CPU."
+    with pytest.raises(ModelError, match="Unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_autocast_is_float32_on_cpu():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu) is None
+    with autocast(cpu):
+        out = torch.nn.Linear(3, 2)(torch.ones(1, 3))
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_autocast_matches_cpu(volume3d, net3d):
+    cpu = sliding_window_inference(volume3d, net3d, (12, 16, 10), skip_empty=False,
+                                   keep_probabilities="all", device="cpu")
+    gpu = sliding_window_inference(volume3d, net3d, (12, 16, 10), skip_empty=False,
+                                   keep_probabilities="all", device="cuda")
+    assert gpu.device.startswith("cuda")
+    for c in range(3):
+        # bfloat16 has 8 bits of mantissa: probabilities agree to about 1e-2.
+        np.testing.assert_allclose(gpu.probabilities[c], cpu.probabilities[c], atol=3e-2)
+    assert (gpu.labels == cpu.labels).mean() > 0.95
