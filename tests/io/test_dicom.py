@@ -389,3 +389,22 @@ def test_series_writer_refuses_what_dicom_cannot_hold(tmp_path):
     skewed[:3, 1] = [0.3, 0.7, 0.0]
     with pytest.raises(GeometryError, match="orthogonal"):
         write_dicom_series(tmp_path, Volume(ct.data, skewed, "CT", {}))
+
+
+@pytest.mark.parametrize("name, blob", [("notes.txt", b"hello"),
+                                        ("image.png", b"\x89PNG\r\n\x1a\n" + bytes(100))])
+def test_unsupported_file_refused(tmp_path, name, blob):
+    (tmp_path / name).write_bytes(blob)
+    with pytest.raises(ReadError, match=f"{name} is not a DICOM file"):
+        read(tmp_path / name)
+
+
+def test_corrupt_file_in_folder_skipped_with_note(tmp_path):
+    paths = write_dicom_series(tmp_path, _axial_ct(shape=(3, 4, 4)))
+    shutil.copy(get_testdata_file("MR_truncated.dcm"), tmp_path / "zz_truncated.dcm")
+    volume = read_volume(tmp_path)
+    assert len(volume.meta["source_files"]) == len(paths)
+    # The truncated file is a series of its own: it is named, not silently dropped.
+    assert volume.meta["not_loaded"] == ["zz_truncated.dcm is truncated: its pixel data end "
+                                         "early."]
+    assert "Not loaded: zz_truncated.dcm is truncated" in " ".join(volume.meta["warnings"])

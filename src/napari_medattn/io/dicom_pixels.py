@@ -90,7 +90,7 @@ def _read_file(out: np.ndarray, source: PixelSource, pairs: list[tuple[int, int]
                     target[...] = buffer
         return
     try:
-        dataset = pydicom.dcmread(source.path)
+        dataset = pydicom.dcmread(source.path, force=True)  # files without a preamble too
         pixels = dataset.pixel_array
     except Exception as error:  # decoders raise many types; the user needs the file and why
         raise ReadError(f"The pixel data of {name} cannot be decoded ({first_line(error)}).") \
