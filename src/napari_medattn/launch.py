@@ -95,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
 
         viewer = napari.Viewer(title="napari-medattn")
         viewer.window.resize(*WINDOW_SIZE)
-        dock_plugin_widgets(viewer)
+        docked = dock_plugin_widgets(viewer)
         open_scan(viewer, args.path)
         if args.screenshot is not None:
             written = save_window_screenshot(viewer, args.screenshot)
-            print(f"screenshot saved to {written}")
+            print(f"screenshot saved to {written}; layers: "
+                  f"{', '.join(layer.name for layer in viewer.layers)}; widgets: "
+                  f"{', '.join(docked)}")
             viewer.close()
             return 0
         napari.run()
