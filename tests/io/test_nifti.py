@@ -251,3 +251,27 @@ def test_volume_from_scratch_gets_exact_sform(tmp_path):
     header = nib.load(written).header
     assert header["sform_code"] > 0 and header["qform_code"] == 0
     np.testing.assert_allclose(read_volume(written).affine, affine, atol=1e-5)
+
+
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+def test_lps_affine_matches_simpleitk(tmp_path, geometry):
+    import SimpleITK as sitk
+
+    from napari_medattn.io import affine_from_itk
+
+    data = np.arange(7 * 9 * 5, dtype=np.int16).reshape(7, 9, 5)
+    path = _write(tmp_path, "scan.nii.gz", data, GEOMETRIES[geometry])
+    ours = read_volume(path)
+    image = sitk.ReadImage(str(path))
+    itk = affine_from_itk(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+    # SimpleITK's array is (k, j, i): the same voxels with the axes reversed.
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), ours.data.transpose(2, 1, 0))
+    np.testing.assert_allclose(ours.affine[:, [2, 1, 0, 3]], itk, atol=1e-5)
+
+
+def test_canonical_of_canonical_still_writes_source_geometry(tmp_path):
+    view = read_volume(ANATOMICAL).canonical().canonical()
+    written = write_nifti(tmp_path / "x.nii.gz", view)
+    assert _headers_equal(nib.load(ANATOMICAL).header, nib.load(written).header) == []
+    np.testing.assert_array_equal(np.asanyarray(nib.load(written).dataobj),
+                                  np.asanyarray(nib.load(ANATOMICAL).dataobj))

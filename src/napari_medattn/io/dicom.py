@@ -309,9 +309,11 @@ def _planes(file: _File) -> list[_Plane]:
         thickness = thickness or _functional(groups, "PixelMeasuresSequence", "SliceThickness")
         slope = _functional(groups, "PixelValueTransformationSequence", "RescaleSlope")
         intercept = _functional(groups, "PixelValueTransformationSequence", "RescaleIntercept")
-        position = _vector(position if position is not None
-                           else header.get("ImagePositionPatient") if frames == 1 or offsets
-                           else None, 3)
+        if position is None and (frames == 1 or offsets is not None):
+            # The top-level position is the first frame's: it places a single frame, or
+            # all frames together with the dose grid offsets.
+            position = header.get("ImagePositionPatient")
+        position = _vector(position, 3)
         orientation = _vector(orientation if orientation is not None
                               else header.get("ImageOrientationPatient"), 6)
         spacing = _vector(spacing if spacing is not None
