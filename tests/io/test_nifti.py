@@ -275,3 +275,12 @@ def test_canonical_of_canonical_still_writes_source_geometry(tmp_path):
     assert _headers_equal(nib.load(ANATOMICAL).header, nib.load(written).header) == []
     np.testing.assert_array_equal(np.asanyarray(nib.load(written).dataobj),
                                   np.asanyarray(nib.load(ANATOMICAL).dataobj))
+
+
+def test_nifti2_round_trip_stays_nifti2(tmp_path):
+    path = os.path.join(data_path, "example_nifti2.nii.gz")
+    written = write_nifti(tmp_path / "x.nii.gz", read_volume(path).canonical())
+    source, again = nib.load(path), nib.load(written)
+    assert isinstance(again, nib.Nifti2Image)
+    np.testing.assert_array_equal(np.asanyarray(again.dataobj), np.asanyarray(source.dataobj))
+    assert _headers_equal(source.header, again.header) == []

@@ -167,8 +167,9 @@ def write_nifti(path: str | os.PathLike, volume: Volume, *, source: Volume | Non
         source_shape = tuple(meta.get("nifti_shape", ()))
         if source_shape and np.prod(source_shape) == data.size and len(source_shape) < 3:
             data = data.reshape(source_shape)
-    image = nib.Nifti1Image(data, None, header=header) if isinstance(
-        header, nib.Nifti1Header) else nib.Nifti2Image(data, None, header=header)
+    # Nifti2Header subclasses Nifti1Header: test for the newer format first.
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_class(data, None, header=header)
     if volume.modality == "SEG":
         image.header.set_intent(INTENT_LABEL)
     _atomic_save(image, path)
