@@ -50,15 +50,16 @@ def start_virtual_display():
     return display
 
 
-def dock_plugin_widgets(viewer) -> list[str]:
-    """Dock every widget this plugin's manifest contributes; return their names."""
+def dock_plugin_widgets(viewer) -> dict:
+    """Dock every widget this plugin's manifest contributes; return them by display name."""
     from npe2 import PluginManager
 
     manifest = PluginManager.instance().get_manifest(PLUGIN)
-    names = [widget.display_name for widget in manifest.contributions.widgets or []]
-    for name in names:
-        viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return names
+    docked = {}
+    for contribution in manifest.contributions.widgets or []:
+        _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, contribution.display_name)
+        docked[contribution.display_name] = widget
+    return docked
 
 
 def open_scan(viewer, path: str | None) -> None:

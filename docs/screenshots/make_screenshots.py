@@ -1,0 +1,60 @@
+"""Regenerate the screenshots in this folder (run from the repository root)::
+
+    .venv/bin/python docs/screenshots/make_screenshots.py
+
+Without a display, a virtual one is started (as ``python -m napari_medattn.launch`` does).
+"""
+
+from pathlib import Path
+
+from napari_medattn.launch import (
+    WINDOW_SIZE,
+    dock_plugin_widgets,
+    needs_virtual_display,
+    open_scan,
+    save_window_screenshot,
+    start_virtual_display,
+)
+
+HERE = Path(__file__).parent
+SAMPLES = HERE.parents[1] / "src" / "napari_medattn" / "sample_data"
+# dims.order per view (the last two axes are displayed) and the world axis that is sliced.
+VIEWS = {"axial": ((0, 1, 2), 0), "coronal": ((1, 0, 2), 1), "sagittal": ((2, 0, 1), 2)}
+
+
+def main() -> None:
+    display = start_virtual_display() if needs_virtual_display() else None
+    import napari
+
+    try:
+        viewer = napari.Viewer(title="napari-medattn")
+        viewer.window.resize(*WINDOW_SIZE)
+        widgets = dock_plugin_widgets(viewer)
+        open_scan(viewer, None)
+        save_window_screenshot(viewer, HERE / "main_window.png")
+
+        # The three radiological views of the T1 with the tissue label map on top.
+        viewer.open_sample("napari-medattn", "mni152_tissue")
+        viewer.layers["mni152_tissue_labels"].opacity = 0.35
+        for name, (order, sliced) in VIEWS.items():
+            viewer.dims.order = order
+            viewer.dims.set_point(sliced, {0: 10.0, 1: -10.0, 2: -20.0}[sliced])
+            viewer.reset_view()
+            viewer.screenshot(str(HERE / f"view_{name}.png"), canvas_only=True, flash=False)
+        viewer.layers.clear()
+
+        # Window/level on a CT slice: the lung preset from the widget.
+        viewer.dims.order = VIEWS["axial"][0]
+        open_scan(viewer, str(SAMPLES / "CT_small.dcm"))
+        widget = widgets["Window/Level"]
+        widget.preset.setCurrentText("bone")
+        viewer.reset_view()
+        save_window_screenshot(viewer, HERE / "window_level.png")
+        viewer.close()
+    finally:
+        if display is not None:
+            display.stop()
+
+
+if __name__ == "__main__":
+    main()
