@@ -408,3 +408,15 @@ def test_corrupt_file_in_folder_skipped_with_note(tmp_path):
     assert volume.meta["not_loaded"] == ["zz_truncated.dcm is truncated: its pixel data end "
                                          "early."]
     assert "Not loaded: zz_truncated.dcm is truncated" in " ".join(volume.meta["warnings"])
+
+
+def test_folder_where_every_series_fails_names_each_reason(tmp_path):
+    for number in (1, 2):
+        paths = write_dicom_series(tmp_path / str(number), _axial_ct(), series_number=number)
+        os.remove(paths[4])
+    with pytest.raises(GeometryError) as caught:
+        read(tmp_path / "1")
+    with pytest.raises(ReadError, match=r"None of the 2 series .* CT #1: slice spacing .*; "
+                                        r"Series CT #2: slice spacing .*missing slices\?\.$"):
+        read(tmp_path)
+    assert "missing slices" in str(caught.value)

@@ -136,8 +136,9 @@ def read_dicom(path: str | os.PathLike) -> list[Volume]:
     if not volumes:
         if len(failures) == 1:
             raise failures[0]
+        reasons = "; ".join(str(f).rstrip(".") for f in failures)
         raise ReadError(f"None of the {len(failures)} series in {path.name} could be read: "
-                        + " ".join(str(f) for f in failures))
+                        f"{reasons}.")
     volumes.sort(key=lambda v: (v.meta.get("series_number") is None,
                                 v.meta.get("series_number") or 0, v.name))
     _unique_names(volumes)

@@ -111,7 +111,9 @@ def write_nifti(path: str | os.PathLike, volume: Volume, *, source: Volume | Non
     A :meth:`Volume.canonical` view is turned back into the source array order first, so
     the file has the source's array order, affine and, for NIfTI sources, its header
     (qform/sform codes and matrices) bit for bit. The file is written under a temporary
-    name in the same folder and renamed, so a failed write leaves nothing half-made.
+    name in the same folder and renamed, so a failed write leaves nothing half-made. The
+    voxels are stored as they are (no rescaling): a source with a scale factor, read as
+    floats, is written as those floats, so only its datatype fields change.
 
     Parameters
     ----------
