@@ -228,10 +228,11 @@ def test_streaming_with_sparse_foreground_equals_whole_volume(net3d):
     volume = np.zeros((70, 16, 16), np.float32)
     for z in (3, 30, 62):
         volume[z:z + 3, 5:9, 6:10] = 1.0
-    kwargs = dict(overlap=0.5, batch_size=6, keep_probabilities=(1,), device="cpu")
+    kwargs = dict(overlap=0.5, batch_size=4, keep_probabilities=(1,), device="cpu")
     counting = CountingPredictor(net3d)
     streamed = sliding_window_inference(volume, counting, (8, 8, 8), stream=True, **kwargs)
     whole = sliding_window_inference(volume, net3d, (8, 8, 8), stream=False, **kwargs)
     np.testing.assert_array_equal(streamed.labels, whole.labels)
     np.testing.assert_array_equal(streamed.probabilities[1], whole.probabilities[1])
-    assert max(counting.calls) < 6 and sum(counting.calls) == whole.windows_predicted
+    # 18 windows hold the first blob: the last 2 run as a batch of their own.
+    assert 2 in counting.calls and sum(counting.calls) == whole.windows_predicted

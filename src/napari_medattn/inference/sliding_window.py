@@ -265,9 +265,9 @@ class _SlabAccumulator:
             self.variance[index] += weighted_variance
 
     def add_background(self, start, weight) -> None:
-        index = self._window(start, weight.shape)
-        self.background[index] += weight
-        self.weight[index] += weight
+        # Kept apart from the predicted windows' weights, so every buffer receives its
+        # contributions in window order however batches are cut (exact streaming).
+        self.background[self._window(start, weight.shape)] += weight
 
     def finalise(self, upto: int) -> None:
         """Write planes [lo, upto) to the outputs and drop them from the buffer."""
@@ -293,7 +293,7 @@ class _SlabAccumulator:
     def _finalise_chunk(self, a: int, b: int) -> None:
         buf, out = self.out.region(a, b)
         rel = slice(a - self.lo, b - self.lo)
-        weight = self.weight[rel]
+        weight = self.weight[rel] + self.background[rel]
         if self.classes is not None:
             probs = self.classes[:, rel].clone()
             probs[0] += self.background[rel]
