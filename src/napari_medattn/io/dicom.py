@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
-from napari_medattn.errors import GeometryError, MedAttnError, ReadError
+from napari_medattn.errors import MedAttnError, ReadError
 from napari_medattn.io.dicom_geometry import (
     ORIENTATION_TOLERANCE,
     POSITION_TOLERANCE_MM,
@@ -401,7 +401,7 @@ def _series_volume(uid: str, files: list[_File], source: Path) -> Volume:
     data = rescale(raw, slopes, intercepts)
 
     modality = str(header.get("Modality", "OT")) or "OT"
-    units = _units(header, modality, data)
+    units = _units(header, modality)
     if modality == "PT":
         factor, reason = suv_bw_factor(header)
         if factor is None:
@@ -458,7 +458,7 @@ def _unique_names(volumes: list[Volume]) -> None:
             volume.meta["name"] = f"{volume.name} ({seen[volume.name]})"
 
 
-def _units(header: Dataset, modality: str, data: np.ndarray) -> str | None:
+def _units(header: Dataset, modality: str) -> str | None:
     if modality == "CT" and str(header.get("RescaleType", "HU")).upper() in ("HU", "US", ""):
         return "HU"
     if modality == "PT":
