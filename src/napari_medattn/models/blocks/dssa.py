@@ -47,33 +47,36 @@ from napari_medattn.models.blocks.common import (
 __all__ = ["DualSparseSelectionAttention", "DSSABlock"]
 
 
-def _to_regions(x: torch.Tensor, n_win: int) -> torch.Tensor:
-    """``(B, L, *grid)`` with every axis a multiple of ``n_win`` to ``(B, R, T, L)``.
+def _to_regions(x: torch.Tensor, n_win: int, spatial_dims: int) -> torch.Tensor:
+    """``(*lead, F, *grid)``, every grid axis a multiple of ``n_win``, to ``(*lead, R, T, F)``.
 
     ``R = n_win ** d`` regions in row-major order of the region grid, ``T`` tokens per region
-    in row-major order inside the region, ``L`` features last.
+    in row-major order inside the region, the ``F`` features last. One copy.
     """
-    b, length = x.shape[:2]
-    grid = x.shape[2:]
-    d = len(grid)
+    n_lead = x.ndim - spatial_dims - 1
+    grid = x.shape[n_lead + 1:]
     region = [n // n_win for n in grid]
     split: list[int] = []
     for r in region:
         split += [n_win, r]
-    x = x.reshape(b, length, *split)
-    perm = [0] + [2 + 2 * i for i in range(d)] + [3 + 2 * i for i in range(d)] + [1]
-    return x.permute(perm).reshape(b, n_win ** d, math.prod(region), length)
+    x = x.reshape(*x.shape[:n_lead + 1], *split)
+    first = n_lead + 1
+    perm = (list(range(n_lead)) + [first + 2 * i for i in range(spatial_dims)]
+            + [first + 1 + 2 * i for i in range(spatial_dims)] + [n_lead])
+    return x.permute(perm).reshape(*x.shape[:n_lead], n_win ** spatial_dims,
+                                   math.prod(region), x.shape[n_lead])
 
 
 def _from_regions(y: torch.Tensor, n_win: int, region: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of :func:`_to_regions`: ``(B, R, T, L)`` to ``(B, L, *grid)``."""
-    b, _, _, length = y.shape
+    """Inverse of :func:`_to_regions`: ``(*lead, R, T, F)`` to ``(*lead, F, *grid)``."""
     d = len(region)
-    y = y.reshape(b, *([n_win] * d), *region, length)
-    perm = [0, 1 + 2 * d]
+    n_lead = y.ndim - 3
+    y = y.reshape(*y.shape[:n_lead], *([n_win] * d), *region, y.shape[-1])
+    perm = list(range(n_lead)) + [n_lead + 2 * d]
     for i in range(d):
-        perm += [1 + i, 1 + d + i]
-    return y.permute(perm).reshape(b, length, *(n_win * r for r in region))
+        perm += [n_lead + i, n_lead + d + i]
+    return y.permute(perm).reshape(*y.shape[:n_lead], y.shape[-1],
+                                   *(n_win * r for r in region))
 
 
 class DualSparseSelectionAttention(nn.Module):
@@ -185,13 +188,15 @@ class DualSparseSelectionAttention(nn.Module):
         padded = tuple(qkv.shape[2:])
         region = tuple(n // n_win for n in padded)
         n_reg, n_tok = n_win ** self.spatial_dims, math.prod(region)
-        q, k, v = (_to_regions(qkv, n_win).reshape(b, n_reg, n_tok, 3, heads, hd)
-                   .permute(3, 0, 4, 1, 2, 5).contiguous())  # each (B, H, R, T, hd)
+        # Q, K and V each (B, H, R, T, hd), contiguous, so the key/value regions a chunk
+        # needs are whole blocks of the merged (B, H, R) axis that one index_select copies.
+        q, k, v = _to_regions(qkv.reshape(b, 3, heads, hd, *padded).transpose(0, 1), n_win,
+                              self.spatial_dims)
 
         # Row-major index of every padded-grid token on the unpadded grid, -1 for padding.
         token_index = torch.arange(math.prod(grid), device=x.device).reshape(1, 1, *grid)
-        token_index = _to_regions(pad_to_multiple(token_index, n_win, value=-1)[0], n_win)
-        token_index = token_index.reshape(n_reg, n_tok)
+        token_index = pad_to_multiple(token_index, n_win, value=-1)[0]
+        token_index = _to_regions(token_index[0], n_win, self.spatial_dims).reshape(n_reg, n_tok)
         has_padding = any(pads)
         key_valid = token_index >= 0 if has_padding else None
 
@@ -215,6 +220,8 @@ class DualSparseSelectionAttention(nn.Module):
         per_region = 4 * b * heads * (2 * n_gathered * hd + 3 * n_tok * n_gathered)
         chunk = max(1, min(n_reg, self.max_chunk_bytes // max(per_region, 1)))
         out = q.new_empty(b, heads, n_reg, n_tok, hd)
+        # Offset of each (batch, head) block of regions on the merged (B, H, R) axis.
+        block_offset = torch.arange(b * heads, device=x.device).reshape(b, heads, 1) * n_reg
         kept_row = None
         for start in range(0, n_reg, chunk):
             stop = min(n_reg, start + chunk)
@@ -225,18 +232,20 @@ class DualSparseSelectionAttention(nn.Module):
                 valid = None if key_valid is None else key_valid.reshape(1, 1, 1, 1, -1)
             else:
                 sel = route[:, start:stop]  # (B, c, k)
-                index = sel.reshape(b, 1, -1, 1, 1).expand(b, heads, -1, n_tok, hd)
-                keys = torch.gather(k, 2, index).reshape(b, heads, stop - start, n_gathered, hd)
-                values = torch.gather(v, 2, index).reshape(b, heads, stop - start, n_gathered, hd)
+                flat = (sel.reshape(b, 1, -1) + block_offset).reshape(-1)
+                shape = (b, heads, stop - start, n_gathered, hd)
+                keys = k.reshape(-1, n_tok, hd).index_select(0, flat).reshape(shape)
+                values = v.reshape(-1, n_tok, hd).index_select(0, flat).reshape(shape)
                 valid = (None if key_valid is None
                          else key_valid[sel].reshape(b, 1, stop - start, 1, n_gathered))
             scores = (q[:, :, start:stop] * self.scale) @ keys.transpose(-2, -1)
             if valid is not None:
                 scores = scores.masked_fill(~valid, float("-inf"))
             if n_keep < n_gathered:
-                top_scores, top_index = scores.topk(n_keep, dim=-1)
+                # Unsorted top-k is cheaper; the softmax does not depend on the order.
+                top_scores, top_index = scores.topk(n_keep, dim=-1, sorted=False)
                 kept_weights = top_scores.softmax(dim=-1)
-                weights = torch.zeros_like(scores).scatter(-1, top_index, kept_weights)
+                weights = torch.zeros_like(scores).scatter_(-1, top_index, kept_weights)
             else:
                 top_index = None
                 weights = kept_weights = scores.softmax(dim=-1)
@@ -246,8 +255,7 @@ class DualSparseSelectionAttention(nn.Module):
                 kept_row = (kept_weights[:, :, row[0], row[1]],
                             None if top_index is None else top_index[:, :, row[0], row[1]])
 
-        attended = crop_to(_from_regions(out.permute(0, 2, 3, 1, 4).reshape(b, n_reg, n_tok, c),
-                                         n_win, region), grid)
+        attended = crop_to(_from_regions(out, n_win, region).reshape(b, c, *padded), grid)
         y = self.proj(attended + lepe)
 
         if recording:
@@ -266,8 +274,8 @@ class DualSparseSelectionAttention(nn.Module):
         if k_kept >= n_reg:
             return None
         with torch.no_grad():
-            q_sum = q.sum(dim=3).permute(0, 2, 1, 3).reshape(b, n_reg, heads * hd)
-            k_sum = k.sum(dim=3).permute(0, 2, 1, 3).reshape(b, n_reg, heads * hd)
+            q_sum = q.sum(dim=3).transpose(1, 2).reshape(b, n_reg, heads * hd)
+            k_sum = k.sum(dim=3).transpose(1, 2).reshape(b, n_reg, heads * hd)
             if key_valid is None:
                 count = q_sum.new_full((n_reg, 1), float(n_tok))
             else:
@@ -292,7 +300,12 @@ class DualSparseSelectionAttention(nn.Module):
         # Grid index of every gathered key of the query region, in gathered order.
         gathered = token_index[route[:, query_region]].reshape(b, 1, -1)
         gathered = gathered.expand(b, self.num_heads, -1)
-        kept = gathered if top_index is None else torch.gather(gathered, 2, top_index)
+        if top_index is None:
+            kept = gathered
+        else:
+            order = kept_weights.argsort(dim=-1, descending=True)  # best first
+            kept_weights = kept_weights.gather(2, order)
+            kept = gathered.gather(2, top_index.gather(2, order))
         capture.record(self, "tokens", kept, capture.MapKind.ROUTING, grid=grid, query=query)
         n = math.prod(grid)
         # Padding slots (-1) go to an extra bin that is dropped; their weight is zero anyway.
