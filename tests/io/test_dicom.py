@@ -331,7 +331,10 @@ def test_truncated_dicom_refused():
 
 def test_folder_without_dicom_refused(tmp_path):
     (tmp_path / "a.txt").write_text("x")
-    with pytest.raises(ReadError, match="no DICOM"):
+    with pytest.raises(ReadError, match="holds no DICOM files.$"):
+        read(tmp_path)
+    shutil.copy(ANATOMICAL, tmp_path / "t1.nii")
+    with pytest.raises(ReadError, match="it has NIfTI files: open those files themselves"):
         read(tmp_path)
 
 

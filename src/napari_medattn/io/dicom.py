@@ -39,6 +39,7 @@ from napari_medattn.io.dicom_pixels import (
     stored_dtype,
     worker_count,
 )
+from napari_medattn.io.nifti import is_nifti
 from napari_medattn.io.pet import suv_bw_factor
 from napari_medattn.io.volume import Volume
 
@@ -116,7 +117,11 @@ def read_dicom(path: str | os.PathLike) -> list[Volume]:
         candidates = [(path, True)]
         single = True
     if not candidates:
-        raise ReadError(f"{path} holds no DICOM files.")
+        hint = ""
+        if path.is_dir() and any(is_nifti(n) for _, _, names in os.walk(path)
+                                 for n in names):
+            hint = " (it has NIfTI files: open those files themselves)"
+        raise ReadError(f"{path} holds no DICOM files{hint}.")
 
     files, skipped = _scan(candidates, single)
     if not files:
