@@ -50,6 +50,29 @@ def start_virtual_display():
     return display
 
 
+#: File patterns napari's built-in reader also claims (it reads one DICOM slice, without
+#: patient geometry): this plugin is made the preferred reader for them.
+PREFERRED_PATTERNS = ("*.nii", "*.nii.gz", "*.dcm", "*.DCM", "*.dicom", "*.ima", "*.IMA",
+                      "*DICOMDIR")
+
+
+def prefer_plugin_reader() -> list[str]:
+    """Make this plugin napari's reader for NIfTI/DICOM patterns the user has not assigned.
+
+    This is the preference napari's "choose reader" dialog stores (it persists in napari's
+    settings); patterns the user already assigned to another reader are left alone.
+    Returns the patterns that were set.
+    """
+    from napari.settings import get_settings
+
+    preferences = dict(get_settings().plugins.extension2reader)
+    added = [pattern for pattern in PREFERRED_PATTERNS if pattern not in preferences]
+    if added:
+        preferences.update({pattern: PLUGIN for pattern in added})
+        get_settings().plugins.extension2reader = preferences
+    return added
+
+
 def dock_plugin_widgets(viewer) -> dict:
     """Dock every widget this plugin's manifest contributes; return them by display name."""
     from npe2 import PluginManager
@@ -96,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
         viewer = napari.Viewer(title="napari-medattn")
         viewer.window.resize(*WINDOW_SIZE)
+        prefer_plugin_reader()
         docked = dock_plugin_widgets(viewer)
         open_scan(viewer, args.path)
         if args.screenshot is not None:

@@ -14,6 +14,8 @@ def test_launch_screenshot_without_display(tmp_path):
     out = tmp_path / "window.png"
     env = {key: value for key, value in os.environ.items()
            if key not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    settings = tmp_path / "napari_settings.yaml"
+    env["NAPARI_CONFIG"] = str(settings)  # keep the user's napari settings untouched
     result = subprocess.run(
         [sys.executable, "-m", "napari_medattn.launch", "--screenshot", str(out)],
         env=env, capture_output=True, text=True, timeout=240)
@@ -28,3 +30,5 @@ def test_launch_screenshot_without_display(tmp_path):
     gold = (rgb[..., 0] > 200) & (rgb[..., 1] > 170) & (rgb[..., 2] < 80)  # letters
     assert white.mean() > 0.02, "the scan is not visible"
     assert gold.sum() > 50, "the orientation letters are not visible"
+    # DICOM and NIfTI files open with this plugin instead of napari's one-slice reader.
+    assert "'*.dcm': napari-medattn" in settings.read_text()
