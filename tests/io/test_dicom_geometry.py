@@ -96,3 +96,19 @@ def test_suv_admin_decay_correction_uses_injected_dose():
 def test_suv_refused_with_reason(changes, reason):
     factor, text = suv_bw_factor(_pet(**changes))
     assert factor is None and reason in text
+
+
+def test_scanner_style_tilt_tilted_planes_table_steps_along_z():
+    # How CT scanners record gantry tilt: the image planes are tilted (column cosines
+    # leave the axial plane) while the table moves straight along z.
+    tilt = np.deg2rad(12.0)
+    orientation = np.array([1.0, 0, 0, 0, np.cos(tilt), np.sin(tilt)])
+    positions = np.array([[-50.0, -40.0, 2.5 * k] for k in range(8)])
+    _, affine, warnings = stack_geometry(positions, orientation, np.array([0.5, 0.5]),
+                                         series="s")
+    np.testing.assert_allclose(affine[:3, 0], [0, 0, 2.5], atol=1e-12)
+    np.testing.assert_allclose(affine[:3, 1], [0, 0.5 * np.cos(tilt), 0.5 * np.sin(tilt)])
+    assert "12.00 degrees" in warnings[0]
+    # Pixel (row 10, column 3) of slice 5 is where the DICOM geometry puts it.
+    expected = positions[5] + 10 * 0.5 * orientation[3:] + 3 * 0.5 * orientation[:3]
+    np.testing.assert_allclose(affine @ [5, 10, 3, 1], np.r_[expected, 1], atol=1e-12)
