@@ -284,3 +284,16 @@ def test_nifti2_round_trip_stays_nifti2(tmp_path):
     assert isinstance(again, nib.Nifti2Image)
     np.testing.assert_array_equal(np.asanyarray(again.dataobj), np.asanyarray(source.dataobj))
     assert _headers_equal(source.header, again.header) == []
+
+
+@pytest.mark.parametrize("array, dtype", [
+    (np.ones((2, 2, 2), bool), np.uint8),
+    (np.full((2, 2, 2), 70000, np.int64), np.int32),
+    (np.full((2, 2, 2), -3, np.int64), np.int16),
+])
+def test_bool_and_64_bit_images_stored_in_smallest_exact_integer(tmp_path, array, dtype):
+    from napari_medattn.io import Volume
+
+    written = write_nifti(tmp_path / "x.nii.gz", Volume(array, np.eye(4), "OT", {}))
+    assert nib.load(written).get_data_dtype() == dtype
+    np.testing.assert_array_equal(read_volume(written).data, array)

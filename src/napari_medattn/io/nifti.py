@@ -157,12 +157,9 @@ def write_nifti(path: str | os.PathLike, volume: Volume, *, source: Volume | Non
     if data.ndim == 4:
         data = np.moveaxis(data, 0, 3)
     data = np.asarray(data)
-    if volume.modality == "SEG":
-        data = _label_array(data)
-    elif data.dtype == np.int64 or data.dtype == np.uint64:
-        data = _label_array(data)  # NIfTI tools handle 64-bit integers poorly
-    elif data.dtype == bool:
-        data = data.astype(np.uint8)
+    if volume.modality == "SEG" or data.dtype in (np.int64, np.uint64, np.bool_):
+        # Labels must be integers; NIfTI tools handle 64-bit integers and bool poorly.
+        data = _smallest_integer_array(data)
     header = _header_for(meta.get("nifti_header"), affine, data, meta)
     if data.ndim == 3 and tuple(meta.get("nifti_shape", ())) != data.shape:
         # A 2D source read as (i, j, 1) goes back to its own shape.
@@ -286,8 +283,8 @@ def _is_rigid(affine: np.ndarray) -> bool:
     return bool(np.allclose(direction.T @ direction, np.eye(3), atol=1e-6))
 
 
-def _label_array(data: np.ndarray) -> np.ndarray:
-    """The smallest integer dtype that holds the labels exactly."""
+def _smallest_integer_array(data: np.ndarray) -> np.ndarray:
+    """``data`` in the smallest integer dtype that holds its values exactly."""
     if data.dtype == bool:
         return data.astype(np.uint8)
     if data.size == 0:
@@ -301,7 +298,7 @@ def _label_array(data: np.ndarray) -> np.ndarray:
         info = np.iinfo(dtype)
         if info.min <= low and high <= info.max:
             return data.astype(dtype, copy=False)
-    raise WriteError(f"Label values from {low} to {high} do not fit in 32-bit integers.")
+    raise WriteError(f"Values from {low} to {high} do not fit in 32-bit integers.")
 
 
 def _refuse_overwriting_source(path: Path, meta: dict) -> None:
