@@ -6,9 +6,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from napari.utils.notifications import NotificationSeverity, notification_manager
 from npe2 import PluginManager
+from pydicom.data import get_testdata_file
 
 from napari_medattn.display.layers import GEOMETRY_KEY
 from napari_medattn.io import Volume, read, read_volume
@@ -104,6 +106,47 @@ def test_corrupt_file_gives_one_error_sentence(make_napari_viewer, tmp_path, not
               if severity == NotificationSeverity.ERROR]
     assert len(errors) == 1 and "broken.nii" in errors[0]
     assert "\n" not in errors[0] and "Traceback" not in errors[0]
+
+
+def _five_d(folder):
+    path = folder / "5d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, 2, 2), np.float32), np.eye(4)), path)
+    return path
+
+
+def _no_pixels(folder):
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del dataset.PixelData
+    path = folder / "nopix.dcm"
+    dataset.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("make, words", [
+    (_five_d, "5 dimensions"),
+    (lambda folder: get_testdata_file("test-SR.dcm"), "no images"),
+    (_no_pixels, "without pixel data"),
+])
+def test_bad_input_is_one_sentence_never_a_layer(make_napari_viewer, tmp_path, notes,
+                                                 make, words):
+    viewer = make_napari_viewer()
+    assert viewer.open(str(make(tmp_path)), plugin="napari-medattn") == []
+    errors = [message for severity, message in notes
+              if severity == NotificationSeverity.ERROR]
+    assert len(errors) == 1 and words in errors[0] and "\n" not in errors[0]
+
+
+def test_nan_voxels_open_with_one_warning(make_napari_viewer, tmp_path, notes):
+    data = np.ones((4, 4, 4), np.float32)
+    data[0, 0, 0] = np.nan
+    path = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-medattn")
+    warnings = [message for severity, message in notes
+                if severity == NotificationSeverity.WARNING]
+    assert len(warnings) == 1 and "NaN" in warnings[0]
+    assert np.isfinite(layer.contrast_limits).all()
 
 
 def test_oblique_scan_one_notice_and_exact_affine(make_napari_viewer, notes):

@@ -26,6 +26,7 @@ def test_presets_and_boxes_set_contrast(ct_viewer):
     viewer, layer, widget = ct_viewer
     assert tuple(layer.contrast_limits) == (-135.0, 215.0)  # CT opens in soft tissue
     assert (widget.window.value(), widget.level.value()) == (350.0, 40.0)
+    assert widget.preset.currentText() == "abdomen"
     widget.preset.setCurrentText("lung")
     assert tuple(layer.contrast_limits) == preset_limits("lung") == (-1200.0, 200.0)
     widget.preset.setCurrentText("bone")
@@ -35,11 +36,26 @@ def test_presets_and_boxes_set_contrast(ct_viewer):
     assert tuple(layer.contrast_limits) == (0.0, 80.0)
     assert widget.preset.currentText() == CUSTOM
     widget.preset.setCurrentText(AUTO)
+    assert widget.preset.currentText() == AUTO
     expected = np.percentile(layer.data[layer.data != 0], [0.5, 99.5])
     assert np.allclose(layer.contrast_limits, expected)
     # Changing limits elsewhere (layer controls) updates the boxes.
     layer.contrast_limits = (-50.0, 150.0)
     assert (widget.window.value(), widget.level.value()) == (200.0, 50.0)
+    assert widget.preset.currentText() == CUSTOM
+    layer.contrast_limits = (-45.0, 105.0)
+    assert widget.preset.currentText() == "liver"
+
+
+def test_mr_layer_is_labelled_automatic(make_napari_viewer):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(2)
+    mr = rng.gamma(3.0, 200.0, (6, 20, 20)).astype(np.float32)
+    layer = viewer._add_layer_from_data(*volume_layer_data(
+        Volume(mr, np.eye(4), "MR", {"name": "mr"})))[0]
+    widget = WindowLevelWidget(viewer)
+    assert widget.preset.currentText() == AUTO
+    assert np.allclose(layer.contrast_limits, np.percentile(mr, [0.5, 99.5]))
 
 
 def test_drag_right_widens_window_and_down_raises_level(ct_viewer, qtbot):

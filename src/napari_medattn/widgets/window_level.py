@@ -59,6 +59,7 @@ class WindowLevelWidget(QWidget):
         self.viewer = napari_viewer
         install_radiology_view(napari_viewer)
         self._syncing = False
+        self._auto_limits: tuple[float, float] | None = None
 
         self.preset = QComboBox()
         self.preset.addItems([CUSTOM, AUTO, *CT_PRESETS])
@@ -96,16 +97,30 @@ class WindowLevelWidget(QWidget):
         active = self.viewer.layers.selection.active
         self._layer = active if isinstance(active, Image) and not active.rgb else None
         self.setEnabled(self._layer is not None)
+        self._auto_limits = None
+        if self._layer is not None and GEOMETRY_KEY in self._layer.metadata:
+            if self._layer.metadata[GEOMETRY_KEY].modality.upper() != "CT":
+                # MR/PET open with these limits (display.window_level.initial_limits).
+                self._auto_limits = percentile_limits(self._layer.data)
         if self._layer is not None:
             self._layer.events.contrast_limits.connect(self._sync_from_layer)
             self._sync_from_layer()
 
     def _sync_from_layer(self, event: Any = None) -> None:
-        window, level = limits_to_window(*self._layer.contrast_limits)
+        low, high = self._layer.contrast_limits
+        window, level = limits_to_window(low, high)
         self._syncing = True
         try:
             self.window.setValue(window)
             self.level.setValue(level)
+            # Name what is shown: a CT preset, the automatic limits, or custom values.
+            name = next((preset for preset in CT_PRESETS
+                         if preset_limits(preset) == (low, high)), CUSTOM)
+            if name == CUSTOM and self._auto_limits == (low, high):
+                name = AUTO
+            self.preset.blockSignals(True)
+            self.preset.setCurrentText(name)
+            self.preset.blockSignals(False)
         finally:
             self._syncing = False
 
@@ -122,14 +137,14 @@ class WindowLevelWidget(QWidget):
         if self._layer is None or name == CUSTOM:
             return
         if name == AUTO:
-            self._set_limits(*percentile_limits(self._layer.data))
+            self._auto_limits = percentile_limits(self._layer.data)
+            self._set_limits(*self._auto_limits)
         else:
             self._set_limits(*preset_limits(name))
 
     def _apply_boxes(self, value: float = 0.0) -> None:
         if self._syncing or self._layer is None:
             return
-        self.preset.setCurrentText(CUSTOM)
         self._set_limits(*window_to_limits(self.window.value(), self.level.value()))
 
     def _toggle_drag(self, on: bool) -> None:
@@ -153,6 +168,5 @@ class WindowLevelWidget(QWidget):
             last = event.pos
             window, level = limits_to_window(*self._layer.contrast_limits)
             window, level = drag_window_level(window, level, dx, dy, units_per_pixel)
-            self.preset.setCurrentText(CUSTOM)
             self._set_limits(*window_to_limits(window, level))
             yield
