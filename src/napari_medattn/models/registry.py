@@ -393,6 +393,7 @@ def _load_bundle(path: Path, card: ModelCard | None) -> tuple[nn.Module, ModelCa
         raise ModelError(f"The MONAI bundle {path.name} defines no network_def.")
     # Resolve references only: expressions are not evaluated and nothing is instantiated.
     definition = parser.get_parsed_content("network_def", instantiate=False, eval_expr=False)
+    definition = definition.get_config() if hasattr(definition, "get_config") else definition
     target, kwargs = _network_from_definition(definition, path.name)
     module = _create_monai(target, kwargs)
     weights = _bundle_weights(path)
@@ -416,14 +417,16 @@ def _extract_zip(path: Path, into: Path) -> Path:
     return min(roots, key=lambda p: len(p.parts))
 
 
-def _has_expression(value: Any) -> bool:
+def _is_literal(value: Any) -> bool:
+    """Plain JSON data: no expression (``$``), macro (``%``) or unresolved reference."""
     if isinstance(value, str):
-        return value.startswith(("$", "%", "@"))
+        return not value.startswith(("$", "%", "@"))
     if isinstance(value, Mapping):
-        return any(_has_expression(v) for v in value.values())
+        return all(_is_literal(v) for v in value.values())
     if isinstance(value, (list, tuple)):
-        return any(_has_expression(v) for v in value)
-    return False
+        return all(_is_literal(v) for v in value)
+    # MONAI hands back unevaluated expressions as ConfigExpression objects.
+    return value is None or isinstance(value, (bool, int, float))
 
 
 def _network_from_definition(definition: Any, name: str) -> tuple[str, dict]:
@@ -440,7 +443,7 @@ def _network_from_definition(definition: Any, name: str) -> tuple[str, dict]:
         raise ModelError(f"The network_def of bundle {name} uses "
                          f"{', '.join(sorted(set(definition) - set(kwargs) - {'_target_'}))}, "
                          f"which napari-medattn does not run.")
-    if _has_expression(kwargs):
+    if not _is_literal(kwargs):
         raise ModelError(f"The network_def of bundle {name} contains a Python expression; "
                          f"napari-medattn refuses to execute code from a model file.")
     return target, kwargs
