@@ -101,7 +101,10 @@ class RadiologyView:
     def update(self, event: Any = None) -> None:
         """Re-apply canonical axis order and radiological camera orientation."""
         viewer = self.viewer
-        if viewer is None or self._updating or not has_patient_layers(viewer):
+        if viewer is None or self._updating:
+            # Re-entered through the dims.order change made below: the outer call finishes.
+            return
+        if not has_patient_layers(viewer):
             self._set_letters_visible(False)
             return
         self._updating = True
