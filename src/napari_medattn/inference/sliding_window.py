@@ -155,7 +155,8 @@ def _as_channels_first(inputs: Any, spatial_dims: int) -> torch.Tensor:
     return tensor
 
 
-def _check_cancel(cancel: CancelCheck | None) -> None:
+def check_cancel(cancel: CancelCheck | None) -> None:
+    """Raise :class:`Cancelled` if ``cancel`` (a callable or a threading.Event) says so."""
     if cancel is None:
         return
     cancelled = cancel.is_set() if isinstance(cancel, threading.Event) else cancel()
@@ -506,7 +507,7 @@ def sliding_window_inference(
 
     def flush(handled: int) -> None:
         nonlocal pending, predicted, reported
-        _check_cancel(cancel)
+        check_cancel(cancel)
         run_batch(pending)
         predicted += len(pending)
         pending = []

@@ -1,0 +1,219 @@
+"""Segment a Volume with a model as its card says, results on the source geometry.
+
+This is the call the napari widget and the ``medattn segment`` command make::
+
+    module, card = load_model("unet-ct-organs")
+    result = segment(volume, module, card, device="auto", tta=True, uncertainty="variance")
+    result.labels          # Volume: uint8/uint16 labels, the source affine and shape
+    result.provenance      # what to write beside an output
+
+Steps: reorient to the card's orientation (a view) -> optional crop to the body ->
+resample to the card's spacing (linear) -> normalise intensities -> sliding window ->
+resample back to the cropped source grid (labels nearest, probabilities and uncertainty
+linear) -> paste into the full grid -> undo the reorientation -> optional removal of
+small components. The returned volumes carry the source affine and meta bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import napari_medattn
+from napari_medattn.errors import DimensionError
+from napari_medattn.inference.preprocess import (
+    body_bounding_box,
+    crop,
+    normalize_intensity,
+    paste,
+    remove_small_components,
+    reorient,
+)
+from napari_medattn.inference.resample import LINEAR, NEAREST, resample_to_grid, spacing_grid
+from napari_medattn.inference.sliding_window import (
+    CancelCheck,
+    ProgressCallback,
+    check_cancel,
+    sliding_window_inference,
+)
+from napari_medattn.io.volume import Volume
+from napari_medattn.models.card import ModelCard
+
+#: CT voxels above this (HU) are body when cropping: between air (-1000) and fat (-100).
+CT_BODY_THRESHOLD_HU = -500.0
+
+
+@dataclasses.dataclass
+class Segmentation:
+    """A segmentation on the source grid.
+
+    Attributes
+    ----------
+    labels : Volume
+        Class index per voxel (``modality="SEG"``); ``meta["classes"]`` lists
+        ``(name, colour)`` by index.
+    probabilities : dict of int to Volume
+        Requested class probabilities in [0, 1].
+    uncertainty : Volume or None
+        Requested uncertainty in [0, 1].
+    provenance : dict
+        Model, weights hash, card, device, parameters, runtime, package version, notes.
+    """
+
+    labels: Volume
+    probabilities: dict[int, Volume]
+    uncertainty: Volume | None
+    provenance: dict[str, Any]
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.provenance["notes"])
+
+
+def segment(
+    volume: Volume,
+    model: nn.Module,
+    card: ModelCard,
+    *,
+    device: str | torch.device = "auto",
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    tta: bool = False,
+    uncertainty: str | None = None,
+    keep_probabilities: Sequence[int] = (),
+    crop_to_body: bool = False,
+    min_component_mm3: float | None = None,
+    skip_empty: bool = True,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+) -> Segmentation:
+    """Segment ``volume`` with ``model`` as ``card`` prescribes.
+
+    Parameters
+    ----------
+    volume : Volume
+        3D, or 4D with ``card.in_channels`` frames (channels) first.
+    model : nn.Module
+        The network (e.g. from :func:`napari_medattn.models.registry.load_model`).
+    card : ModelCard
+        Its card: orientation, spacing (mm), normalisation, window size, classes.
+    device, overlap, batch_size, tta, uncertainty, keep_probabilities, skip_empty,
+    progress, cancel
+        As for :func:`~napari_medattn.inference.sliding_window.sliding_window_inference`.
+    crop_to_body : bool
+        Run only inside the body's bounding box (CT: above -500 HU; otherwise Otsu);
+        outside is background.
+    min_component_mm3 : float, optional
+        Remove connected pieces of each class smaller than this volume (mm^3).
+
+    Returns
+    -------
+    Segmentation
+
+    Raises
+    ------
+    DimensionError
+        The volume's channels do not match the card's.
+    Cancelled
+        When ``cancel`` fires; nothing is returned.
+    """
+    started = time.perf_counter()
+    channels = 1 if volume.data.ndim == 3 else volume.data.shape[0]
+    if channels != card.in_channels:
+        raise DimensionError(f"Model {card.name!r} needs {card.in_channels} input channel(s); "
+                             f"this image has {channels}.")
+    notes: list[str] = []
+    if card.modality != "OT" and volume.modality != card.modality:
+        notes.append(f"Model {card.name!r} was made for {card.modality}; this image is "
+                     f"{volume.modality}.")
+
+    # Reorient (a view) and crop to the body (a view).
+    if card.orientation:
+        work, turned = reorient(volume, card.orientation)
+    else:
+        work, turned = volume, None
+    full_shape = work.spatial_shape
+    box = None
+    if crop_to_body:
+        first = work.data if work.data.ndim == 3 else work.data[0]
+        threshold = CT_BODY_THRESHOLD_HU if volume.modality == "CT" else None
+        box = body_bounding_box(np.asarray(first), threshold=threshold)
+        work = crop(work, box)
+    check_cancel(cancel)
+
+    # Resample to the model's grid, then normalise.
+    grid_affine, grid_shape = work.affine, work.spatial_shape
+    if card.spacing is not None and not np.allclose(work.spacing, card.spacing, rtol=1e-6,
+                                                    atol=0):
+        grid_affine, grid_shape = spacing_grid(work.affine, work.spatial_shape, card.spacing)
+        model_input = resample_to_grid(work, grid_affine, grid_shape, order=LINEAR).data
+    else:
+        model_input = np.asarray(work.data)
+    units = volume.meta.get("units")
+    if model_input.ndim == 3:
+        model_input = normalize_intensity(model_input, card.normalization, units=units)
+    else:
+        model_input = np.stack([normalize_intensity(c, card.normalization, units=units)
+                                for c in model_input])
+    check_cancel(cancel)
+
+    result = sliding_window_inference(
+        model_input, model, card.patch_size, overlap=overlap, batch_size=batch_size,
+        skip_empty=skip_empty, num_classes=card.num_classes,
+        keep_probabilities=tuple(keep_probabilities), tta=tta, uncertainty=uncertainty,
+        device=device, progress=progress, cancel=cancel)
+    notes += result.notes
+    del model_input
+
+    def to_source(array: np.ndarray, order: int, outside: float) -> np.ndarray:
+        """Model grid -> cropped grid -> full grid -> source axis order."""
+        if grid_shape != work.spatial_shape or not np.array_equal(grid_affine, work.affine):
+            on_grid = Volume(array, grid_affine, volume.modality)
+            array = resample_to_grid(on_grid, work.affine, work.spatial_shape, order=order).data
+        if box is not None:
+            array = paste(array, box, full_shape, fill=outside)
+        if turned is not None:
+            array = turned.undo(array)
+        return np.ascontiguousarray(array)
+
+    check_cancel(cancel)
+    labels = to_source(result.labels, NEAREST, 0)
+    if min_component_mm3:
+        labels = remove_small_components(labels, min_component_mm3, volume.spacing)
+    meta = dict(volume.meta)
+    meta.update(name=f"{volume.name} {card.name}",
+                classes=[(c.name, c.color) for c in card.classes])
+
+    def on_source(array: np.ndarray, modality: str, name: str) -> Volume:
+        return Volume(array, volume.affine.copy(), modality, {**meta, "name": name})
+
+    probabilities = {c: on_source(to_source(p, LINEAR, 1.0 if c == 0 else 0.0), "OT",
+                                  f"{volume.name} {card.class_names[c]} probability")
+                     for c, p in result.probabilities.items()}
+    uncertainty_volume = None
+    if result.uncertainty is not None:
+        uncertainty_volume = on_source(to_source(result.uncertainty, LINEAR, 0.0), "OT",
+                                       f"{volume.name} {card.name} uncertainty")
+    provenance = {
+        "model": card.name,
+        "weights_sha256": card.weights_sha256,
+        "card": card.to_dict(),
+        "device": result.device,
+        "parameters": {"overlap": overlap, "batch_size": batch_size, "tta": tta,
+                       "uncertainty": uncertainty, "keep_probabilities": list(keep_probabilities),
+                       "crop_to_body": crop_to_body, "min_component_mm3": min_component_mm3,
+                       "skip_empty": skip_empty},
+        "windows": result.windows,
+        "windows_predicted": result.windows_predicted,
+        "runtime_s": time.perf_counter() - started,
+        "package_version": napari_medattn.__version__,
+        "notes": notes,
+    }
+    return Segmentation(on_source(labels, "SEG", meta["name"]), probabilities,
+                        uncertainty_volume, provenance)

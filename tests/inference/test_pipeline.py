@@ -1,0 +1,140 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_medattn.errors import DimensionError
+from napari_medattn.inference.pipeline import segment
+from napari_medattn.inference.sliding_window import Cancelled
+from napari_medattn.io import Volume, read_volume, write_dicom_series, write_nifti
+from napari_medattn.models.card import ClassInfo, ModelCard
+
+
+class ThresholdNet(nn.Module):
+    """Pointwise: class 1 where the normalised input exceeds 0.5. Blending a pointwise
+    net changes nothing, so the expected segmentation is known exactly."""
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x), 40 * (x - 0.5)], dim=1)
+
+
+def card(**changes):
+    values = dict(name="threshold", architecture="test", patch_size=(8, 8, 8), modality="CT",
+                  classes=[ClassInfo("background", "#000000"), ClassInfo("dense", "#ff0000")],
+                  normalization={"scheme": "ct_window", "window": [-1000, 1000]})
+    values.update(changes)
+    return ModelCard(**values)
+
+
+def ct_volume(shape=(20, 24, 18), affine=None, seed=0):
+    rng = np.random.default_rng(seed)
+    index = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    centre = (np.array(shape) - 1) / 2
+    inside = np.linalg.norm((index - centre) / (np.array(shape) / 3.2), axis=-1) < 1
+    data = np.full(shape, -1000, np.int16)
+    data[inside] = rng.integers(-300, -100, size=inside.sum())      # soft tissue, below 0 HU
+    dense = np.linalg.norm((index - centre - 1) / (np.array(shape) / 6), axis=-1) < 1
+    data[dense] = rng.integers(200, 600, size=dense.sum())         # bone, above 0 HU
+    if affine is None:
+        affine = np.diag([2.0, 0.7, 0.8, 1.0])
+        affine[:3, 3] = (-40, 30, 12)
+    return Volume(data, affine, "CT", {"name": "ct"})
+
+
+def oblique_affine():
+    angle = np.deg2rad(12)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                         [0, 0, 1]])
+    affine = np.eye(4)
+    # Array axes roughly I, A, R (flipped and permuted relative to RAS).
+    affine[:3, :3] = rotation @ np.array([[0, 0, -0.9], [0, -1.1, 0], [-1.6, 0, 0]])
+    affine[:3, 3] = (25, 40, 90)
+    return affine
+
+
+def test_native_grid_segmentation_is_exact():
+    volume = ct_volume()
+    result = segment(volume, ThresholdNet(), card(), device="cpu", keep_probabilities=(1,),
+                     uncertainty="entropy")
+    assert result.labels.data.dtype == np.uint8 and result.labels.modality == "SEG"
+    np.testing.assert_array_equal(result.labels.data, (volume.data > 0).astype(np.uint8))
+    np.testing.assert_array_equal(result.labels.affine, volume.affine)
+    expected = 1 / (1 + np.exp(-40 * ((np.clip(volume.data, -1000, 1000) + 1000) / 2000 - 0.5)))
+    np.testing.assert_allclose(result.probabilities[1].data, expected, atol=1e-5)
+    assert result.uncertainty.spatial_shape == volume.spatial_shape
+    assert result.labels.meta["classes"] == [("background", "#000000"), ("dense", "#ff0000")]
+    assert result.provenance["model"] == "threshold" and result.provenance["windows"] > 0
+
+
+def test_reoriented_and_resampled_result_is_on_the_source_grid():
+    volume = ct_volume(shape=(24, 20, 16), affine=oblique_affine())
+    result = segment(volume, ThresholdNet(), card(orientation="RAS", spacing=(1.2, 1.2, 1.2)),
+                     device="cpu", keep_probabilities=(0, 1))
+    labels = result.labels
+    assert labels.spatial_shape == volume.spatial_shape
+    np.testing.assert_array_equal(labels.affine, volume.affine)
+    assert labels.data.dtype == np.uint8 and set(np.unique(labels.data)) <= {0, 1}
+    truth = volume.data > 0
+    dice = 2 * (truth & (labels.data == 1)).sum() / (truth.sum() + (labels.data == 1).sum())
+    assert dice > 0.85
+    # Probabilities come back linearly and still sum to one.
+    total = result.probabilities[0].data + result.probabilities[1].data
+    np.testing.assert_allclose(total, 1.0, atol=1e-5)
+
+
+def test_body_crop_changes_nothing_for_a_pointwise_net():
+    body = ct_volume()
+    volume = Volume(np.pad(body.data, ((0, 0), (12, 12), (12, 12)), constant_values=-1000),
+                    body.affine, "CT")
+    plain = segment(volume, ThresholdNet(), card(), device="cpu", keep_probabilities=(0, 1))
+    cropped = segment(volume, ThresholdNet(), card(), device="cpu", keep_probabilities=(0, 1),
+                      crop_to_body=True)
+    np.testing.assert_array_equal(cropped.labels.data, plain.labels.data)
+    for c in (0, 1):
+        np.testing.assert_allclose(cropped.probabilities[c].data, plain.probabilities[c].data,
+                                   atol=1e-6)
+    assert cropped.provenance["windows"] < plain.provenance["windows"]
+
+
+def test_small_components_are_removed():
+    volume = ct_volume()
+    volume.data[1, 1, 1] = 500  # a one-voxel speck of 1.12 mm^3
+    kept = segment(volume, ThresholdNet(), card(), device="cpu")
+    cleaned = segment(volume, ThresholdNet(), card(), device="cpu", min_component_mm3=5.0)
+    assert kept.labels.data[1, 1, 1] == 1 and cleaned.labels.data[1, 1, 1] == 0
+    np.testing.assert_array_equal(cleaned.labels.data[2:], kept.labels.data[2:])
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "dicom"])
+def test_geometry_of_files_is_kept(tmp_path, fmt):
+    source = ct_volume(shape=(10, 16, 14))
+    if fmt == "nifti":
+        path = write_nifti(tmp_path / "ct.nii.gz", source)
+    else:
+        path = tmp_path / "series"
+        write_dicom_series(path, source, rescale_intercept=-1024)
+    volume = read_volume(path)
+    result = segment(volume, ThresholdNet(), card(spacing=(1.0, 1.0, 1.0), orientation="LPS"),
+                     device="cpu")
+    assert result.labels.spatial_shape == volume.spatial_shape
+    np.testing.assert_array_equal(result.labels.affine, volume.affine)
+    assert result.labels.meta.get("source") == volume.meta.get("source")
+    written = read_volume(write_nifti(tmp_path / "labels.nii.gz", result.labels, source=volume))
+    np.testing.assert_allclose(written.affine, volume.affine, atol=1e-5)
+    np.testing.assert_array_equal(written.data, result.labels.data)
+
+
+def test_cancel_channels_and_modality_notes():
+    volume = ct_volume()
+    event = threading.Event()
+    event.set()
+    with pytest.raises(Cancelled):
+        segment(volume, ThresholdNet(), card(), device="cpu", cancel=event)
+    four_d = Volume(np.stack([volume.data] * 2), volume.affine, "CT")
+    with pytest.raises(DimensionError, match="needs 1 input channel"):
+        segment(four_d, ThresholdNet(), card(), device="cpu")
+    mr = Volume(volume.data, volume.affine, "MR")
+    result = segment(mr, ThresholdNet(), card(), device="cpu")
+    assert "made for CT; this image is MR" in result.notes[0]
