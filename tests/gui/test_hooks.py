@@ -87,6 +87,23 @@ def test_labels_drawn_on_a_scan_save_with_its_exact_affine(make_napari_viewer, t
     assert np.array_equal(back.canonical().data, labels.data)
 
 
+def test_image_layer_saves_bit_for_bit_and_never_over_its_source(make_napari_viewer,
+                                                                 tmp_path):
+    source = tmp_path / "anat.nii.gz"
+    shutil.copy(SAMPLES / "nibabel_anatomical.nii.gz", source)
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(source), plugin="napari-medattn")
+    out = tmp_path / "copy.nii.gz"
+    assert image.save(str(out), plugin="napari-medattn") == [str(out)]
+    written, original = nib.load(out), nib.load(source)
+    assert np.array_equal(written.affine, original.affine)
+    assert np.array_equal(np.asarray(written.dataobj), np.asarray(original.dataobj))
+    before = source.read_bytes()
+    with pytest.warns(UserWarning):
+        assert image.save(str(source), plugin="napari-medattn") == []
+    assert source.read_bytes() == before
+
+
 def test_writer_refuses_layers_without_geometry(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     labels = viewer.add_labels(np.zeros((4, 5, 6), np.uint8))
