@@ -12,6 +12,7 @@ from napari.utils.notifications import NotificationSeverity, notification_manage
 from npe2 import PluginManager
 from pydicom.data import get_testdata_file
 
+from napari_medattn._napari_hooks import get_reader, read_layers
 from napari_medattn.display.layers import GEOMETRY_KEY
 from napari_medattn.io import Volume, read, read_volume
 from napari_medattn.io.dicom_write import write_dicom_series
@@ -30,6 +31,18 @@ def notes():
     notification_manager.notification_ready.connect(record)
     yield seen
     notification_manager.notification_ready.disconnect(record)
+
+
+def test_reader_claims_nifti_and_dicom_only(tmp_path):
+    bare = tmp_path / "IM0001"  # DICOM files often have no extension
+    shutil.copy(get_testdata_file("CT_small.dcm"), bare)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    for path in [SAMPLES / "mni152_t1.nii.gz", SAMPLES / "mr_series", bare,
+                 get_testdata_file("DICOMDIR"), SAMPLES / "CT_small.dcm"]:
+        assert get_reader(str(path)) is read_layers, path
+    assert get_reader(str(text)) is None
+    assert get_reader([str(bare), str(text)]) is None
 
 
 def test_every_manifest_sample_exists_and_loads_small_ones(make_napari_viewer):

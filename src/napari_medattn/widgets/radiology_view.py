@@ -65,7 +65,7 @@ class RadiologyView:
     def __init__(self, viewer: napari.Viewer) -> None:
         self._viewer_ref = weakref.ref(viewer)
         self._updating = False
-        for side, (key, position) in LETTER_OVERLAYS.items():
+        for key, position in LETTER_OVERLAYS.values():
             viewer.canvas.overlays[key] = TextOverlay(
                 text="", position=position, box=False, color=_LETTER_COLOR,
                 font_size=_LETTER_SIZE, visible=False)
