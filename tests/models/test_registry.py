@@ -131,6 +131,17 @@ def test_builtin_and_user_models_are_found(tmp_path, monkeypatch):
     assert card.name == "mine" and same_outputs(module, tiny_net(2))
     with pytest.raises(ModelError, match="no model called 'nope'.*tiny-unet, from-env, mine"):
         load_model("nope")
+    # A broken user card: listing with a problems list skips it and says why.
+    broken = tmp_path / "env" / "broken"
+    save_model(tiny_net(), make_card(name="broken"), broken)
+    (broken / "card.json").write_text('{"name": "broken"}')
+    with pytest.raises(ModelError, match="lacks the field"):
+        list_models()
+    problems = []
+    assert [e.name for e in list_models(problems)] == ["tiny-unet", "from-env", "mine"]
+    assert len(problems) == 2
+    assert "broken" in problems[0] and "lacks the field" in problems[0]
+    assert "the name 'tiny-unet' is taken by" in problems[1]
 
 
 def test_user_model_dir_is_per_user():
@@ -149,6 +160,16 @@ def test_state_dict_pt_with_a_chosen_architecture(tmp_path):
         loaded, card = load_model(tmp_path / name, architecture="unet", config=CONFIG,
                                   card=make_card())
         assert same_outputs(net, loaded) and card.name == "tiny-unet"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+              str(tmp_path / "bare.safetensors"))
+    loaded, _ = load_model(tmp_path / "bare.safetensors", architecture="unet", config=CONFIG,
+                           card=make_card())
+    assert same_outputs(net, loaded)
+    # A card beside the weights (same stem) is used when none is passed.
+    (tmp_path / "bare.json").write_text(make_card(name="beside").to_json())
+    assert load_model(tmp_path / "bare.safetensors")[1].name == "beside"
     # A callable architecture and no card: classes and window come from the config.
     small = nn.Conv3d(1, 2, 3, padding=1)
     torch.save(small.state_dict(), tmp_path / "conv.pt")

@@ -70,14 +70,23 @@ def user_model_dir() -> Path:
     return Path(user_data_dir("napari-medattn", appauthor=False)) / "models"
 
 
-def _scan(folder: Path, source: str) -> list[ModelEntry]:
-    """Model folders directly under ``folder`` (a folder holding a card and weights)."""
+def _scan(folder: Path, source: str, problems: list[str] | None = None) -> list[ModelEntry]:
+    """Model folders directly under ``folder`` (a folder holding a card and weights).
+
+    A folder whose card is invalid raises, or is skipped with a sentence appended to
+    ``problems`` when a list is given.
+    """
     if not folder.is_dir():
         return []
     entries = []
     for child in sorted(folder.iterdir()):
         if (child / CARD_FILE).is_file() and (child / WEIGHTS_FILE).is_file():
-            entries.append(ModelEntry(ModelCard.read(child / CARD_FILE), child, source))
+            try:
+                entries.append(ModelEntry(ModelCard.read(child / CARD_FILE), child, source))
+            except ModelError as error:
+                if problems is None:
+                    raise
+                problems.append(f"Skipped the model in {child}: {error}")
     return entries
 
 
@@ -95,21 +104,32 @@ def user_model_folders() -> list[Path]:
     return folders + [user_model_dir()]
 
 
-def list_models() -> list[ModelEntry]:
-    """Built-in models, then user models; a user model may not reuse a taken name."""
+def list_models(problems: list[str] | None = None) -> list[ModelEntry]:
+    """Built-in models, then user models (names must be unique; the first one wins).
+
+    Parameters
+    ----------
+    problems : list of str, optional
+        When given, user models that cannot be listed (invalid card, a name already
+        taken) are skipped and a sentence for each is appended here, so one broken
+        folder does not hide the others; otherwise an invalid card raises ModelError.
+    """
     entries = builtin_models()
-    seen = {e.name for e in entries}
+    seen = {e.name: e.path for e in entries}
     for folder in user_model_folders():
-        for entry in _scan(folder, "user"):
+        for entry in _scan(folder, "user", problems):
             if entry.name not in seen:
                 entries.append(entry)
-                seen.add(entry.name)
+                seen[entry.name] = entry.path
+            elif problems is not None:
+                problems.append(f"Skipped the model in {entry.path}: the name {entry.name!r} "
+                                f"is taken by {seen[entry.name]}.")
     return entries
 
 
 def find_model(name: str) -> ModelEntry:
     """The model called ``name`` among :func:`list_models`."""
-    entries = list_models()
+    entries = list_models(problems=[])
     for entry in entries:
         if entry.name == name:
             return entry
