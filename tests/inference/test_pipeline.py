@@ -138,3 +138,21 @@ def test_cancel_channels_and_modality_notes():
     mr = Volume(volume.data, volume.affine, "MR")
     result = segment(mr, ThresholdNet(), card(), device="cpu")
     assert "made for CT; this image is MR" in result.notes[0]
+
+
+class RecordingThresholdNet(ThresholdNet):
+    def forward(self, x):
+        from napari_medattn.models.capture import MapKind, record
+
+        record(self, "alpha", x, MapKind.SPATIAL)  # the normalised input itself
+        return super().forward(x)
+
+
+def test_attention_maps_come_back_on_the_source_grid():
+    volume = ct_volume(affine=oblique_affine())
+    result = segment(volume, RecordingThresholdNet(), card(orientation="RAS"), device="cpu",
+                     attention_maps=["alpha"], skip_empty=False)
+    alpha = result.attention["alpha"]
+    np.testing.assert_array_equal(alpha.affine, volume.affine)
+    np.testing.assert_allclose(alpha.data, (volume.data + 1000) / 2000, atol=1e-5)
+    assert result.provenance["parameters"]["attention_maps"] == ["alpha"]

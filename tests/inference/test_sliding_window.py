@@ -236,3 +236,34 @@ def test_streaming_with_sparse_foreground_equals_whole_volume(net3d):
     np.testing.assert_array_equal(streamed.probabilities[1], whole.probabilities[1])
     # 18 windows hold the first blob: the last 2 run as a batch of their own.
     assert 2 in counting.calls and sum(counting.calls) == whole.windows_predicted
+
+
+class AttentionNet(nn.Module):
+    """Records a two-head spatial map (sigmoid(x), sigmoid(2x)) at the input's resolution,
+    pointwise, so the blended map must equal its per-voxel value."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Conv3d(1, 2, 1)
+
+    def forward(self, x):
+        from napari_medattn.models.capture import MapKind, record
+
+        record(self, "alpha", torch.cat([torch.sigmoid(x), torch.sigmoid(2 * x)], 1),
+               MapKind.SPATIAL)
+        return self.head(x)
+
+
+def test_attention_maps_are_blended_over_the_volume(volume3d):
+    from napari_medattn.inference.sliding_window import attention_map_names
+
+    net = AttentionNet()
+    assert attention_map_names(net, (12, 16, 10)) == ["alpha"]
+    result = sliding_window_inference(volume3d, net, (12, 16, 10), skip_empty=False,
+                                      tta=True, attention_maps=["alpha"], device="cpu")
+    x = volume3d.astype(np.float64)
+    expected = (1 / (1 + np.exp(-x)) + 1 / (1 + np.exp(-2 * x))) / 2
+    np.testing.assert_allclose(result.attention["alpha"], expected, atol=1e-5)
+    with pytest.raises(ModelError, match=r"no spatial attention map 'beta' \(it records: alpha\)"):
+        sliding_window_inference(volume3d, net, (12, 16, 10), attention_maps=["beta"],
+                                 device="cpu")

@@ -88,6 +88,7 @@ def estimate_memory(
     overlap: float = 0.5,
     kept_probabilities: int = 0,
     uncertainty: bool = False,
+    attention_maps: int = 0,
     tta_members: int = 1,
     stream: bool = True,
     on_gpu: bool = False,
@@ -111,6 +112,8 @@ def estimate_memory(
         Number of classes whose probability map is returned for the whole volume.
     uncertainty : bool
         Whether an uncertainty map is returned (one more float map and buffer).
+    attention_maps : int
+        Number of attention maps returned (one float map and buffer each).
     tta_members : int
         Forward passes per window (test-time augmentation).
     stream : bool
@@ -129,11 +132,12 @@ def estimate_memory(
         shape[0], patch_size[0])
     # Per-class accumulators, the weight sum, the background weight of skipped windows,
     # and the variance accumulator; finalising holds one more chunk of class planes.
-    buffer_maps = num_classes + 2 + (1 if uncertainty else 0)
+    buffer_maps = num_classes + 2 + (1 if uncertainty else 0) + attention_maps
     finalise_chunk = min(planes * rest, max(rest, FINALISE_CHUNK_FLOATS // num_classes))
     stitching = (buffer_maps * planes * rest + num_classes * finalise_chunk) * FLOAT_BYTES
     label_bytes = 1 if num_classes <= 256 else 2
-    outputs = voxels * label_bytes + (kept_probabilities + int(uncertainty)) * voxels * FLOAT_BYTES
+    float_maps = kept_probabilities + int(uncertainty) + attention_maps
+    outputs = voxels * label_bytes + float_maps * voxels * FLOAT_BYTES
     inputs = voxels * in_channels * FLOAT_BYTES
     # The window batch in and out (members of TTA are held together to form the mean).
     windows = batch_size * window_voxels * FLOAT_BYTES * (in_channels + num_classes * (tta_members + 2))

@@ -62,6 +62,8 @@ class Segmentation:
         Requested class probabilities in [0, 1].
     uncertainty : Volume or None
         Requested uncertainty in [0, 1].
+    attention : dict of str to Volume
+        Requested spatial attention maps, averaged over heads.
     provenance : dict
         Model, weights hash, card, device, parameters, runtime, package version, notes.
     """
@@ -69,6 +71,7 @@ class Segmentation:
     labels: Volume
     probabilities: dict[int, Volume]
     uncertainty: Volume | None
+    attention: dict[str, Volume]
     provenance: dict[str, Any]
 
     @property
@@ -87,6 +90,7 @@ def segment(
     tta: bool = False,
     uncertainty: str | None = None,
     keep_probabilities: Sequence[int] = (),
+    attention_maps: Sequence[str] = (),
     crop_to_body: bool = False,
     min_component_mm3: float | None = None,
     skip_empty: bool = True,
@@ -103,8 +107,8 @@ def segment(
         The network (e.g. from :func:`napari_medattn.models.registry.load_model`).
     card : ModelCard
         Its card: orientation, spacing (mm), normalisation, window size, classes.
-    device, overlap, batch_size, tta, uncertainty, keep_probabilities, skip_empty,
-    progress, cancel
+    device, overlap, batch_size, tta, uncertainty, keep_probabilities, attention_maps,
+    skip_empty, progress, cancel
         As for :func:`~napari_medattn.inference.sliding_window.sliding_window_inference`.
     crop_to_body : bool
         Run only inside the body's bounding box (CT: above -500 HU; otherwise Otsu);
@@ -167,7 +171,7 @@ def segment(
         model_input, model, card.patch_size, overlap=overlap, batch_size=batch_size,
         skip_empty=skip_empty, num_classes=card.num_classes,
         keep_probabilities=tuple(keep_probabilities), tta=tta, uncertainty=uncertainty,
-        device=device, progress=progress, cancel=cancel)
+        attention_maps=attention_maps, device=device, progress=progress, cancel=cancel)
     notes += result.notes
     del model_input
 
@@ -200,6 +204,9 @@ def segment(
     if result.uncertainty is not None:
         uncertainty_volume = on_source(to_source(result.uncertainty, LINEAR, 0.0), "OT",
                                        f"{volume.name} {card.name} uncertainty")
+    attention = {name: on_source(to_source(a, LINEAR, 0.0), "OT",
+                                 f"{volume.name} {card.name} attention {name}")
+                 for name, a in result.attention.items()}
     provenance = {
         "model": card.name,
         "weights_sha256": card.weights_sha256,
@@ -207,6 +214,7 @@ def segment(
         "device": result.device,
         "parameters": {"overlap": overlap, "batch_size": batch_size, "tta": tta,
                        "uncertainty": uncertainty, "keep_probabilities": list(keep_probabilities),
+                       "attention_maps": list(attention_maps),
                        "crop_to_body": crop_to_body, "min_component_mm3": min_component_mm3,
                        "skip_empty": skip_empty},
         "windows": result.windows,
@@ -216,4 +224,4 @@ def segment(
         "notes": notes,
     }
     return Segmentation(on_source(labels, "SEG", meta["name"]), probabilities,
-                        uncertainty_volume, provenance)
+                        uncertainty_volume, attention, provenance)

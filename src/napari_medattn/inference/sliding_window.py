@@ -50,6 +50,7 @@ from napari_medattn.inference.tta import (
     normalised_entropy,
     predict_members,
 )
+from napari_medattn.models.capture import MapKind, capture_attention
 
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool] | threading.Event
@@ -72,6 +73,9 @@ class InferenceResult:
         Blended probability of each requested class, in [0, 1].
     uncertainty : ndarray of float32 or None
         The requested uncertainty map in [0, 1] (see :mod:`.tta`).
+    attention : dict of str to ndarray of float32
+        Each requested spatial attention map, averaged over heads, blended like the
+        probabilities (skipped windows count as zero attention).
     num_classes : int or None
         Classes the network predicts (None when every window was skipped and the caller
         did not say).
@@ -86,6 +90,7 @@ class InferenceResult:
     labels: np.ndarray
     probabilities: dict[int, np.ndarray]
     uncertainty: np.ndarray | None
+    attention: dict[str, np.ndarray]
     num_classes: int | None
     windows: int
     windows_predicted: int
@@ -137,6 +142,21 @@ def importance_map(patch_size: Sequence[int], blend: str = "gaussian",
     return weights.clamp(min=floor)
 
 
+def attention_map_names(model: nn.Module, patch_size: Sequence[int],
+                        in_channels: int = 1) -> list[str]:
+    """Names of the spatial attention maps ``model`` records, from one blank window.
+
+    Runs a single forward pass on zeros of one window (on the model's device), so a GUI
+    can offer the maps before a run.
+    """
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    blank = torch.zeros((1, in_channels, *patch_size), device=device)
+    with torch.inference_mode(), capture_attention(model) as maps:
+        model.eval()(blank)
+    return sorted(maps.of_kind(MapKind.SPATIAL))
+
+
 def _as_channels_first(inputs: Any, spatial_dims: int) -> torch.Tensor:
     data = getattr(inputs, "data", inputs) if not isinstance(inputs, torch.Tensor) else inputs
     if isinstance(data, torch.Tensor):
@@ -167,7 +187,7 @@ def check_cancel(cancel: CancelCheck | None) -> None:
 class _Outputs:
     """Final results on the unpadded grid, filled plane range by plane range."""
 
-    def __init__(self, shape, pad_before, keep, uncertainty):
+    def __init__(self, shape, pad_before, keep, uncertainty, attention_maps):
         self.shape = tuple(shape)
         self.pad_before = pad_before
         self.keep = keep
@@ -175,7 +195,15 @@ class _Outputs:
         self.labels: np.ndarray | None = None
         self.probabilities: dict[int, np.ndarray] = {}
         self.uncertainty = np.zeros(self.shape, np.float32) if uncertainty else None
+        self.attention = {name: np.zeros(self.shape, np.float32) for name in attention_maps}
         self.num_classes: int | None = None
+
+    def scalar_targets(self) -> dict[str, np.ndarray]:
+        """Outputs that are a weighted average of one map per window, by buffer key."""
+        targets = {f"attention:{name}": array for name, array in self.attention.items()}
+        if self.uncertainty_kind == "variance":
+            targets["variance"] = self.uncertainty
+        return targets
 
     def allocate(self, num_classes: int | None) -> None:
         dtype = np.uint8 if (num_classes or 1) <= 256 else np.uint16
@@ -226,14 +254,13 @@ class _SlabAccumulator:
         self.classes: torch.Tensor | None = None  # (C, capacity, *rest)
         self.weight = torch.zeros((capacity, *self.rest), device=device)
         self.background = torch.zeros((capacity, *self.rest), device=device)
-        self.variance = (torch.zeros((capacity, *self.rest), device=device)
-                         if outputs.uncertainty_kind == "variance" else None)
+        # Weighted sums of per-window scalar maps (TTA variance, attention maps).
+        self.scalars = {key: torch.zeros((capacity, *self.rest), device=device)
+                        for key in outputs.scalar_targets()}
 
     def _planes(self) -> list[torch.Tensor]:
         """Every buffer with planes on its first axis (the class buffer is moved to it)."""
-        buffers = [self.weight, self.background]
-        if self.variance is not None:
-            buffers.append(self.variance)
+        buffers = [self.weight, self.background, *self.scalars.values()]
         if self.classes is not None:
             buffers.append(self.classes.transpose(0, 1))
         return buffers
@@ -258,12 +285,12 @@ class _SlabAccumulator:
         return (slice(start[0] - self.lo, start[0] - self.lo + patch[0]),
                 *(slice(s, s + p) for s, p in zip(start[1:], patch[1:])))
 
-    def add(self, start, weighted_probs, weight, weighted_variance) -> None:
+    def add(self, start, weighted_probs, weight, weighted_scalars: dict) -> None:
         index = self._window(start, weight.shape)
         self.classes[(slice(None), *index)] += weighted_probs
         self.weight[index] += weight
-        if self.variance is not None:
-            self.variance[index] += weighted_variance
+        for key, value in weighted_scalars.items():
+            self.scalars[key][index] += value
 
     def add_background(self, start, weight) -> None:
         # Kept apart from the predicted windows' weights, so every buffer receives its
@@ -307,9 +334,9 @@ class _SlabAccumulator:
         for c, array in self.out.probabilities.items():
             if c < probs.shape[0]:
                 array[out] = probs[c].cpu().numpy()
-        if self.out.uncertainty_kind == "variance":
-            self.out.uncertainty[out] = (self.variance[rel] / weight)[buf].cpu().numpy()
-        elif self.out.uncertainty_kind == "entropy":
+        for key, target in self.out.scalar_targets().items():
+            target[out] = (self.scalars[key][rel] / weight)[buf].cpu().numpy()
+        if self.out.uncertainty_kind == "entropy":
             self.out.uncertainty[out] = normalised_entropy(probs, dim=0).cpu().numpy()
 
 
@@ -329,6 +356,7 @@ def sliding_window_inference(
     keep_probabilities: Sequence[int] | str = (),
     tta: bool | Sequence[Sequence[int]] = False,
     uncertainty: str | None = None,
+    attention_maps: Sequence[str] = (),
     stream: bool = True,
     device: str | torch.device = "auto",
     use_autocast: bool = True,
@@ -379,6 +407,10 @@ def sliding_window_inference(
         Test-time flips (see :func:`.tta.flip_members`).
     uncertainty : {None, "variance", "entropy"}
         Uncertainty map to return (see :mod:`.tta`); ``"variance"`` needs ``tta``.
+    attention_maps : sequence of str
+        Names of spatial attention maps the network records (see
+        :func:`napari_medattn.models.capture_attention` and :func:`attention_map_names`)
+        to return for the whole volume; captured on the unflipped forward pass.
     stream : bool
         Finalise slab by slab (True) or keep the whole volume's sums until the end.
     device : str or torch.device
@@ -418,6 +450,9 @@ def sliding_window_inference(
         raise ModelError(f"Unknown uncertainty {uncertainty!r}; choose one of "
                          f"{', '.join(UNCERTAINTY_KINDS)}.")
     members = flip_members(dims, tta)
+    attention_maps = tuple(attention_maps)
+    if attention_maps and not isinstance(predictor, nn.Module):
+        raise ModelError("Attention maps can only be captured from a torch module.")
     if uncertainty == "variance" and len(members) < 2:
         raise ModelError("Variance uncertainty needs test-time augmentation (tta=True).")
     if keep_probabilities != "all":
@@ -453,6 +488,7 @@ def sliding_window_inference(
             free_ram=available_ram() if free_ram is None else free_ram,
             free_gpu=free_gpu_memory(compute) if free_gpu is None else free_gpu,
             overlap=overlap, kept_probabilities=kept, uncertainty=uncertainty is not None,
+            attention_maps=len(attention_maps),
             tta_members=len(members), stream=stream, model_bytes=model_bytes,
             activation_bytes_per_voxel=activation_bytes_per_voxel)
         batch_size = plan.batch_size
@@ -462,7 +498,7 @@ def sliding_window_inference(
         predictor.to(compute).eval()
     weights = weights_cpu.to(compute)
 
-    outputs = _Outputs(shape, pad_before, keep_probabilities, uncertainty)
+    outputs = _Outputs(shape, pad_before, keep_probabilities, uncertainty, attention_maps)
     capacity = slab_planes(padded, patch, overlap, batch_size) if stream else padded[0]
     acc = _SlabAccumulator(padded[1:], capacity, stitch, outputs)
     if num_classes is not None:
@@ -481,10 +517,26 @@ def sliding_window_inference(
     def window_slices(start):
         return (slice(None), *(slice(s, s + p) for s, p in zip(start, patch)))
 
+    def forward_capturing(batch: torch.Tensor, captured: dict) -> torch.Tensor:
+        """The forward pass; the first (unflipped) one of a batch records attention."""
+        if captured or not attention_maps:
+            return forward(batch)
+        with capture_attention(predictor) as maps:
+            out = forward(batch)
+        for name in attention_maps:
+            if name not in maps or maps[name].kind is not MapKind.SPATIAL:
+                spatial = ", ".join(maps.of_kind(MapKind.SPATIAL)) or "none"
+                raise ModelError(f"The network records no spatial attention map {name!r} "
+                                 f"(it records: {spatial}).")
+            # Heads are averaged: one value per voxel, on the window's grid.
+            captured[name] = maps.on_input_grid(name).mean(dim=1)
+        return out
+
     def run_batch(pending: list[tuple[int, ...]]) -> None:
         batch = torch.stack([x[window_slices(s)] for s in pending]).to(compute)
-        probs, variance = predict_members(forward, batch, members, activation,
-                                          uncertainty == "variance")
+        captured: dict[str, torch.Tensor] = {}
+        probs, variance = predict_members(lambda b: forward_capturing(b, captured), batch,
+                                          members, activation, uncertainty == "variance")
         if num_classes is not None and probs.shape[1] != num_classes:
             raise ModelError(f"The network predicts {probs.shape[1]} classes but "
                              f"{num_classes} were expected.")
@@ -493,11 +545,14 @@ def sliding_window_inference(
             raise ModelError("The network returned a different number of classes for "
                              "different windows.")
         weighted = (probs * weights).to(stitch)
-        weighted_var = (variance * weights).to(stitch) if variance is not None else None
+        scalars = {f"attention:{name}": (value * weights_cpu).to(stitch)
+                   for name, value in captured.items()}
+        if variance is not None:
+            scalars["variance"] = (variance * weights).to(stitch)
         w = weights.to(stitch)
         for i, start in enumerate(pending):
             acc.extend_to(start[0] + patch[0])
-            acc.add(start, weighted[i], w, None if weighted_var is None else weighted_var[i])
+            acc.add(start, weighted[i], w, {key: value[i] for key, value in scalars.items()})
 
     total = len(starts)
     predicted = 0
@@ -545,6 +600,7 @@ def sliding_window_inference(
         labels=outputs.labels,
         probabilities=outputs.probabilities,
         uncertainty=outputs.uncertainty,
+        attention=outputs.attention,
         num_classes=acc.classes.shape[0] if acc.classes is not None else num_classes,
         windows=total,
         windows_predicted=predicted,
