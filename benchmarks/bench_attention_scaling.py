@@ -70,7 +70,8 @@ def build(method: str, args: argparse.Namespace):
     if method == "dssa":
         module = DualSparseSelectionAttention(3, args.channels, num_heads=args.heads,
                                               n_win=args.n_win, topk=args.topk,
-                                              token_keep=args.token_keep)
+                                              token_keep=args.token_keep,
+                                              max_chunk_bytes=args.dssa_chunk_mib * 2 ** 20)
         return module, module
     if method == "window":
         module = WindowAttention(3, args.channels, args.heads, window_size=args.window)
@@ -260,6 +261,8 @@ def main() -> None:
     parser.add_argument("--topk", type=int, default=4, help="DSSA regions kept per region")
     parser.add_argument("--token-keep", type=float, default=1 / 8,
                         help="DSSA fraction of gathered keys kept per token")
+    parser.add_argument("--dssa-chunk-mib", type=int, default=64,
+                        help="DSSA working memory per chunk of query regions (MiB)")
     parser.add_argument("--max-gb", type=float, default=12.0,
                         help="skip cases whose estimated peak exceeds this (GB)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -285,6 +288,7 @@ def main() -> None:
     passthrough = [f"--device={args.device}", f"--channels={args.channels}",
                    f"--heads={args.heads}", f"--window={args.window}", f"--n-win={args.n_win}",
                    f"--topk={args.topk}", f"--token-keep={args.token_keep}",
+                   f"--dssa-chunk-mib={args.dssa_chunk_mib}",
                    f"--threads={args.threads}", f"--time-budget={args.time_budget}",
                    f"--max-repeats={args.max_repeats}", f"--pair-rounds={args.pair_rounds}"]
     rows = []
@@ -301,7 +305,7 @@ def main() -> None:
                     capture_output=True, text=True, cwd=ROOT)
                 if proc.returncode != 0:
                     reason = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-                    row["status"] = f"failed: {reason[:120]}"
+                    row["status"] = f"failed: {reason[:300]}"
                 else:
                     result = json.loads(proc.stdout.strip().splitlines()[-1])
                     row.update(time_s=result["time_s"], repeats=result["repeats"],

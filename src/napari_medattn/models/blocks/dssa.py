@@ -34,9 +34,7 @@ from torch import nn
 from napari_medattn.errors import ModelError
 from napari_medattn.models import capture
 from napari_medattn.models.blocks.common import (
-    ChannelsLayerNorm,
-    ConvMLP,
-    DropPath,
+    PreNormBlock,
     check_input,
     check_spatial_dims,
     conv_nd,
@@ -315,11 +313,12 @@ class DualSparseSelectionAttention(nn.Module):
                        capture.MapKind.TOKEN, query=query)
 
 
-class DSSABlock(nn.Module):
+class DSSABlock(PreNormBlock):
     """The MedFormer / BiFormer transformer block with DSSA as its token mixer.
 
-    ``x = x + dwconv(x)`` (depth-wise position encoding), then pre-norm DSSA and pre-norm
-    MLP, each with a residual connection and stochastic depth.
+    ``x = x + dwconv(x)`` (depth-wise position encoding), then the pre-norm DSSA and pre-norm
+    MLP branches of :class:`~napari_medattn.models.blocks.common.PreNormBlock`, each with a
+    residual connection and stochastic depth.
 
     Parameters
     ----------
@@ -341,23 +340,15 @@ class DSSABlock(nn.Module):
                  head_dim: int = 32, n_win: int = 7, topk: int | None = 4,
                  token_keep: float = 1 / 8, mlp_ratio: float = 3.0, drop_path: float = 0.0,
                  lepe_kernel: int = 3, pos_kernel: int = 3) -> None:
-        super().__init__()
-        self.spatial_dims = check_spatial_dims(spatial_dims)
-        if pos_kernel < 1 or pos_kernel % 2 == 0:
-            raise ModelError(f"The position-encoding kernel must be odd, not {pos_kernel}.")
-        conv = conv_nd(spatial_dims)
-        self.pos_embed = conv(channels, channels, kernel_size=pos_kernel,
-                              padding=pos_kernel // 2, groups=channels)
-        self.norm1 = ChannelsLayerNorm(channels)
-        self.attn = DualSparseSelectionAttention(
+        attn = DualSparseSelectionAttention(
             spatial_dims, channels, num_heads=num_heads, head_dim=head_dim, n_win=n_win,
             topk=topk, token_keep=token_keep, lepe_kernel=lepe_kernel)
-        self.norm2 = ChannelsLayerNorm(channels)
-        self.mlp = ConvMLP(spatial_dims, channels, mlp_ratio=mlp_ratio)
-        self.drop_path = DropPath(drop_path)
+        super().__init__(spatial_dims, channels, attn, mlp_ratio=mlp_ratio, drop_path=drop_path)
+        if pos_kernel < 1 or pos_kernel % 2 == 0:
+            raise ModelError(f"The position-encoding kernel must be odd, not {pos_kernel}.")
+        self.pos_embed = conv_nd(spatial_dims)(channels, channels, kernel_size=pos_kernel,
+                                               padding=pos_kernel // 2, groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.spatial_dims, self.attn.channels)
-        x = x + self.pos_embed(x)
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        check_input(x, self.spatial_dims, self.channels)
+        return super().forward(x + self.pos_embed(x))
