@@ -267,3 +267,9 @@ def test_attention_maps_are_blended_over_the_volume(volume3d):
     with pytest.raises(ModelError, match=r"no spatial attention map 'beta' \(it records: alpha\)"):
         sliding_window_inference(volume3d, net, (12, 16, 10), attention_maps=["beta"],
                                  device="cpu")
+
+
+def test_probabilities_of_missing_classes_are_refused(net3d, volume3d):
+    with pytest.raises(ModelError, match=r"classes \(5,\), but the network predicts 3"):
+        sliding_window_inference(volume3d, net3d, (12, 16, 10), keep_probabilities=(5,),
+                                 skip_empty=False, device="cpu")

@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "segment": "pipeline",
+    "Segmentation": "pipeline",
     "sliding_window_inference": "sliding_window",
+    "attention_map_names": "sliding_window",
     "InferenceResult": "sliding_window",
     "Cancelled": "sliding_window",
     "resolve_device": "devices",

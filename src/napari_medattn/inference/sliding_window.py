@@ -540,6 +540,10 @@ def sliding_window_inference(
         if num_classes is not None and probs.shape[1] != num_classes:
             raise ModelError(f"The network predicts {probs.shape[1]} classes but "
                              f"{num_classes} were expected.")
+        if acc.classes is None and keep_probabilities != "all" and any(
+                c >= probs.shape[1] for c in keep_probabilities):
+            raise ModelError(f"Probabilities asked for classes {keep_probabilities}, but the "
+                             f"network predicts {probs.shape[1]} classes.")
         acc.ensure_classes(probs.shape[1])
         if acc.classes.shape[0] != probs.shape[1]:
             raise ModelError("The network returned a different number of classes for "
