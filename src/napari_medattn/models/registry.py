@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import os
 import pickle
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
