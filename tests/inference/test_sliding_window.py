@@ -57,6 +57,21 @@ def test_equals_monai_without_skipping_or_streaming(net3d, volume3d, patch, over
     assert result.windows == result.windows_predicted
 
 
+def test_views_and_integer_inputs_are_accepted(net3d, volume3d):
+    flipped = volume3d[::-1].transpose(2, 1, 0)  # negative strides, permuted
+    reference = sliding_window_inference(np.ascontiguousarray(flipped), net3d, (10, 16, 12),
+                                         skip_empty=False, keep_probabilities=(1,), device="cpu")
+    result = sliding_window_inference(flipped, net3d, (10, 16, 12), skip_empty=False,
+                                      keep_probabilities=(1,), device="cpu")
+    np.testing.assert_array_equal(result.probabilities[1], reference.probabilities[1])
+    integers = (volume3d * 100).astype(np.int16)
+    as_int = sliding_window_inference(integers, net3d, (10, 16, 12), skip_empty=False,
+                                      keep_probabilities=(1,), device="cpu")
+    as_float = sliding_window_inference(integers.astype(np.float32), net3d, (10, 16, 12),
+                                        skip_empty=False, keep_probabilities=(1,), device="cpu")
+    np.testing.assert_array_equal(as_int.probabilities[1], as_float.probabilities[1])
+
+
 def test_equals_monai_in_2d():
     torch.manual_seed(3)
     net = torch.nn.Conv2d(2, 4, 3, padding=1)

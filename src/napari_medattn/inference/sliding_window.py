@@ -162,7 +162,8 @@ def _as_channels_first(inputs: Any, spatial_dims: int) -> torch.Tensor:
     if isinstance(data, torch.Tensor):
         tensor = data.detach().to("cpu", torch.float32)
     else:
-        tensor = torch.from_numpy(np.asarray(data, dtype=np.float32))
+        # Copies only when needed (another dtype, or a flipped/permuted view).
+        tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     if tensor.ndim == spatial_dims:
         tensor = tensor[None]
     if tensor.ndim != spatial_dims + 1:
