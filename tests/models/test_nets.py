@@ -301,6 +301,8 @@ def test_count_flops_restores_the_training_mode_and_rejects_bad_shapes():
     ("unet", {"channels": [8]}, "at least 2"),
     ("unet", {"channels": [8, 0]}, "positive integer"),
     ("unet", {"attention": "se", "attention_options": {"topk": 3}}, "valid options are: reduction"),
+    ("unet", {"attention_options": {"topk": 3}}, "for none attention; valid options are: none"),
+    ("unet", {"attention": "se", "attention_stages": "all"}, "list of stage numbers"),
     ("unet", {"attention": "gate", "attention_stages": [3], "channels": [4, 8]}, "0..0"),
     ("unet", {"attention": "global", "attention_stages": [0]}, "bottleneck only"),
     ("unet", {"attention": "dssa", "attention_options": {"topk": [1, 2]}}, "stage 2"),

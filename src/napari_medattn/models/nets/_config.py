@@ -72,6 +72,20 @@ def positive_ints(values: Any, what: str, length: int | None = None,
     return out
 
 
+def positive_number(value: Any, what: str) -> float:
+    """``value`` as a float if it is a positive number (not a bool), else ModelError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ModelError(f"{what} must be a positive number, not {value!r}.")
+    return float(value)
+
+
+def check_io(spatial_dims: Any, in_channels: Any, out_channels: Any) -> tuple[int, int, int]:
+    """The three arguments every net starts with, checked: 2 or 3 spatial dimensions and
+    positive channel counts."""
+    return (check_spatial_dims(spatial_dims), positive_int(in_channels, "in_channels"),
+            positive_int(out_channels, "out_channels"))
+
+
 def unit_interval(value: Any, what: str, closed_right: bool = False) -> float:
     """``value`` as a float in [0, 1) (or [0, 1] with ``closed_right``), else ModelError."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

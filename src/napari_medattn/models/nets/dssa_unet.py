@@ -36,8 +36,7 @@ from napari_medattn.models.blocks.common import (
 )
 from napari_medattn.models.nets._config import (
     ConfiguredNet,
-    check_spatial_dims,
-    positive_int,
+    check_io,
     positive_ints,
 )
 from napari_medattn.models.nets._layers import ConvBlock, PatchExpanding
@@ -158,9 +157,8 @@ class DSSAUNet(ConfiguredNet, nn.Module):
                  head_dim: int = 32, mlp_ratio: float = 3.0, token_keep: float = 1 / 8,
                  drop_path: float = 0.0, pool_bins: Sequence[int] = (1, 2, 3, 6)) -> None:
         super().__init__()
-        spatial_dims = check_spatial_dims(spatial_dims)
-        in_channels = positive_int(in_channels, "in_channels")
-        out_channels = positive_int(out_channels, "out_channels")
+        spatial_dims, in_channels, out_channels = check_io(spatial_dims, in_channels,
+                                                           out_channels)
         args = check_dssa_arguments(4, widths, depths, topk, n_win, head_dim, mlp_ratio,
                                     token_keep, drop_path)
         dec_depths = (args["depths"][:3] if decoder_depths is None

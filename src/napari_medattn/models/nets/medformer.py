@@ -27,9 +27,10 @@ from napari_medattn.models.blocks.dssa import DSSABlock
 from napari_medattn.models.nets._config import (
     ConfiguredNet,
     check_choice,
-    check_spatial_dims,
+    check_io,
     positive_int,
     positive_ints,
+    positive_number,
     stage_topk,
     unit_interval,
 )
@@ -61,14 +62,13 @@ def check_dssa_arguments(n_stages: int, widths: Any, depths: Any, topk: Any, n_w
         n_win = (n_win,) * n_stages
     n_win = positive_ints(n_win, "n_win", length=n_stages)
     head_dim = positive_int(head_dim, "head_dim")
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-        raise ModelError(f"mlp_ratio must be a positive number, not {mlp_ratio!r}.")
+    mlp_ratio = positive_number(mlp_ratio, "mlp_ratio")
     token_keep = unit_interval(token_keep, "token_keep", closed_right=True)
     if token_keep == 0.0:
         raise ModelError(f"token_keep must be in (0, 1], not {token_keep!r}.")
     drop_path = unit_interval(drop_path, "drop_path")
     return dict(widths=widths, depths=depths, topk=topk, n_win=n_win, head_dim=head_dim,
-                mlp_ratio=float(mlp_ratio), token_keep=token_keep, drop_path=drop_path)
+                mlp_ratio=mlp_ratio, token_keep=token_keep, drop_path=drop_path)
 
 
 def dssa_stage(spatial_dims: int, width: int, depth: int, topk: int | None, n_win: int,
@@ -216,9 +216,8 @@ class MedFormer(ConfiguredNet, nn.Module):
                  head_dim: int = 32, mlp_ratio: float = 3.0, token_keep: float = 1 / 8,
                  drop_path: float = 0.0, fpn_channels: int | None = None) -> None:
         super().__init__()
-        spatial_dims = check_spatial_dims(spatial_dims)
-        in_channels = positive_int(in_channels, "in_channels")
-        out_channels = positive_int(out_channels, "out_channels")
+        spatial_dims, in_channels, out_channels = check_io(spatial_dims, in_channels,
+                                                           out_channels)
         check_choice(task, self.TASKS, "MedFormer task")
         args = check_dssa_arguments(4, widths, depths, topk, n_win, head_dim, mlp_ratio,
                                     token_keep, drop_path)

@@ -42,7 +42,7 @@ from napari_medattn.models.blocks.common import check_input, conv_nd, crop_to, p
 from napari_medattn.models.nets._config import (
     ConfiguredNet,
     check_choice,
-    check_spatial_dims,
+    check_io,
     positive_int,
     positive_ints,
 )
@@ -205,17 +205,41 @@ def stage_attention(name: str, spatial_dims: int, channels: int, stage: int,
         ``gate(skip, coarser)``).
     """
     check_choice(name, [a for a in UNET_ATTENTIONS if a != "none"], "U-Net attention")
-    builder, accepted = _BUILDERS[name]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        valid = ", ".join(accepted) if accepted else "none"
-        raise ModelError(f"Unknown option(s) {', '.join(unknown)} for {name} attention; "
-                         f"valid options are: {valid}.")
+    _check_options(name, options)
+    builder = _BUILDERS[name][0]
     if name == "gate":
         if gate_channels is None:
             raise ModelError("A gate needs gate_channels, the channels of the coarser signal.")
         options["gate_channels"] = gate_channels
     return builder(spatial_dims, channels, stage, **options)
+
+
+def _check_stages(attention: str, attention_stages: Any, n: int) -> tuple[int, ...]:
+    """Explicit ``attention_stages`` checked against what ``attention`` allows."""
+    limit = n - 1 if attention == "gate" else n  # gates sit on the n-1 skip connections
+    if isinstance(attention_stages, (str, bytes)) or not isinstance(attention_stages, Sequence) \
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in attention_stages):
+        raise ModelError(f"attention_stages must be a list of stage numbers, "
+                         f"not {attention_stages!r}.")
+    stages = tuple(sorted(set(attention_stages)))
+    if attention == "none" and stages:
+        raise ModelError("attention_stages must be empty when attention is 'none'.")
+    if any(s < 0 or s >= limit for s in stages):
+        raise ModelError(f"attention_stages must lie in 0..{limit - 1} for {attention} "
+                         f"attention with {n} stages, not {list(attention_stages)}.")
+    if attention == "global" and stages != (n - 1,):
+        raise ModelError(f"global attention goes at the bottleneck only, stage {n - 1}.")
+    return stages
+
+
+def _check_options(attention: str, options: dict[str, Any]) -> None:
+    """Refuse options the chosen attention does not take (even where no stage uses them)."""
+    accepted = () if attention == "none" else _BUILDERS[attention][1]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        valid = ", ".join(accepted) if accepted else "none"
+        raise ModelError(f"Unknown option(s) {', '.join(unknown)} for {attention} attention; "
+                         f"valid options are: {valid}.")
 
 
 class _EncoderStage(nn.Module):
@@ -284,25 +308,17 @@ class UNet(ConfiguredNet, nn.Module):
                  attention_stages: Sequence[int] | None = None,
                  attention_options: dict[str, Any] | None = None) -> None:
         super().__init__()
-        spatial_dims = check_spatial_dims(spatial_dims)
-        in_channels = positive_int(in_channels, "in_channels")
-        out_channels = positive_int(out_channels, "out_channels")
+        spatial_dims, in_channels, out_channels = check_io(spatial_dims, in_channels,
+                                                           out_channels)
         channels = positive_ints(channels, "channels", min_length=2)
         check_choice(attention, UNET_ATTENTIONS, "U-Net attention")
         n = len(channels)
         if attention_stages is None:
             stages = default_attention_stages(attention, n)
         else:
-            limit = n - 1 if attention == "gate" else n
-            stages = tuple(sorted(set(int(s) for s in attention_stages)))
-            if any(s < 0 or s >= limit for s in stages):
-                raise ModelError(f"attention_stages must lie in 0..{limit - 1} for {attention} "
-                                 f"attention with {n} stages, not {list(attention_stages)}.")
-            if attention == "none" and stages:
-                raise ModelError("attention_stages must be empty when attention is 'none'.")
-            if attention == "global" and stages != (n - 1,):
-                raise ModelError(f"global attention goes at the bottleneck only, stage {n - 1}.")
+            stages = _check_stages(attention, attention_stages, n)
         options = dict(attention_options or {})
+        _check_options(attention, options)
         self._store_config(spatial_dims=spatial_dims, in_channels=in_channels,
                            out_channels=out_channels, channels=channels, attention=attention,
                            attention_stages=attention_stages, attention_options=options)

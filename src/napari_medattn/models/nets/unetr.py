@@ -21,9 +21,10 @@ from napari_medattn.models.blocks.common import (
 from napari_medattn.models.blocks.global_attention import TransformerBlock
 from napari_medattn.models.nets._config import (
     ConfiguredNet,
-    check_spatial_dims,
+    check_io,
     positive_int,
     positive_ints,
+    positive_number,
 )
 from napari_medattn.models.nets._layers import ConvBlock, UpConv
 from napari_medattn.models.nets.medformer import linear_mode
@@ -115,9 +116,8 @@ class UNETR(ConfiguredNet, nn.Module):
                  num_heads: int = 3, mlp_ratio: float = 4.0,
                  skip_layers: Sequence[int] = (2, 4, 6), feature_size: int = 16) -> None:
         super().__init__()
-        spatial_dims = check_spatial_dims(spatial_dims)
-        in_channels = positive_int(in_channels, "in_channels")
-        out_channels = positive_int(out_channels, "out_channels")
+        spatial_dims, in_channels, out_channels = check_io(spatial_dims, in_channels,
+                                                           out_channels)
         per_axis = [img_size] * spatial_dims if isinstance(img_size, int) else img_size
         size = positive_ints(per_axis, "img_size", length=spatial_dims)
         if any(n % PATCH_SIZE for n in size):
@@ -128,9 +128,7 @@ class UNETR(ConfiguredNet, nn.Module):
         num_heads = positive_int(num_heads, "num_heads")
         if hidden_size % num_heads:
             raise ModelError(f"num_heads ({num_heads}) must divide hidden_size ({hidden_size}).")
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) \
-                or mlp_ratio <= 0:
-            raise ModelError(f"mlp_ratio must be a positive number, not {mlp_ratio!r}.")
+        mlp_ratio = positive_number(mlp_ratio, "mlp_ratio")
         skips = positive_ints(skip_layers, "skip_layers", length=3)
         if not skips[0] < skips[1] < skips[2] < depth:
             raise ModelError(f"skip_layers must be three increasing layer numbers below the "
@@ -139,7 +137,7 @@ class UNETR(ConfiguredNet, nn.Module):
         self._store_config(spatial_dims=spatial_dims, in_channels=in_channels,
                            out_channels=out_channels, img_size=img_size,
                            hidden_size=hidden_size, depth=depth, num_heads=num_heads,
-                           mlp_ratio=float(mlp_ratio), skip_layers=skips, feature_size=fs)
+                           mlp_ratio=mlp_ratio, skip_layers=skips, feature_size=fs)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.skip_layers = skips
