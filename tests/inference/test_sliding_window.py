@@ -288,3 +288,20 @@ def test_probabilities_of_missing_classes_are_refused(net3d, volume3d):
     with pytest.raises(ModelError, match=r"classes \(5,\), but the network predicts 3"):
         sliding_window_inference(volume3d, net3d, (12, 16, 10), keep_probabilities=(5,),
                                  skip_empty=False, device="cpu")
+
+
+def test_many_classes_give_uint16_labels():
+    torch.manual_seed(0)
+    net = nn.Conv3d(1, 300, 1)
+    with torch.no_grad():  # class 290 wins where x < 0, class 10 where x > 0
+        net.weight.zero_()
+        net.bias.zero_()
+        net.bias[[10, 290]] = 3.0
+        net.weight[10] = 2.0
+    volume = np.random.default_rng(5).normal(size=(6, 7, 5)).astype(np.float32)
+    result = sliding_window_inference(volume, net, (4, 4, 4), skip_empty=False, device="cpu",
+                                      keep_probabilities="all")
+    assert result.labels.dtype == np.uint16 and result.num_classes == 300
+    probabilities = np.stack([result.probabilities[c] for c in range(300)])
+    np.testing.assert_array_equal(result.labels, probabilities.argmax(0))
+    assert result.labels.max() > 255

@@ -331,7 +331,7 @@ class _SlabAccumulator:
             probs = self.background[rel][None].clone()
         probs /= weight
         probs = probs[(slice(None), *buf)]
-        self.out.labels[out] = torch.argmax(probs, dim=0).cpu().numpy()
+        self.out.labels[out] = _argmax_classes(probs).cpu().numpy()
         for c, array in self.out.probabilities.items():
             if c < probs.shape[0]:
                 array[out] = probs[c].cpu().numpy()
@@ -339,6 +339,22 @@ class _SlabAccumulator:
             target[out] = (self.scalars[key][rel] / weight)[buf].cpu().numpy()
         if self.out.uncertainty_kind == "entropy":
             self.out.uncertainty[out] = normalised_entropy(probs, dim=0).cpu().numpy()
+
+
+def _argmax_classes(probs: torch.Tensor) -> torch.Tensor:
+    """Index of the largest class (the first on ties, like ``torch.argmax``) over axis 0.
+
+    One elementwise pass per class: several times faster on the CPU than torch's argmax
+    over the outermost, strided axis.
+    """
+    dtype = torch.uint8 if probs.shape[0] <= 256 else torch.int32
+    best = probs[0].clone()
+    index = torch.zeros(probs.shape[1:], dtype=dtype, device=probs.device)
+    for c in range(1, probs.shape[0]):
+        better = probs[c] > best
+        index[better] = c
+        torch.maximum(best, probs[c], out=best)
+    return index
 
 
 def sliding_window_inference(
