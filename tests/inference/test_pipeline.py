@@ -98,6 +98,16 @@ def test_body_crop_changes_nothing_for_a_pointwise_net():
     assert cropped.provenance["windows"] < plain.provenance["windows"]
 
 
+def test_windows_in_noisy_air_are_skipped():
+    volume = ct_volume(shape=(16, 40, 40))
+    air = volume.data == -1000
+    noise = np.random.default_rng(9).normal(0, 30, size=air.sum())
+    volume.data[air] = np.clip(-1000 + noise, -1024, -900).astype(np.int16)
+    result = segment(volume, ThresholdNet(), card(), device="cpu")
+    assert result.provenance["windows_predicted"] < result.provenance["windows"]
+    np.testing.assert_array_equal(result.labels.data, (volume.data > 0).astype(np.uint8))
+
+
 def test_small_components_are_removed():
     volume = ct_volume()
     volume.data[1, 1, 1] = 500  # a one-voxel speck of 1.12 mm^3

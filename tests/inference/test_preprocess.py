@@ -141,3 +141,16 @@ def test_remove_small_components_by_volume():
     expected[12, 3, 3] = expected[13, 4, 4] = 0
     np.testing.assert_array_equal(out, expected)
     assert remove_small_components(labels, 1.5, spacing)[12, 3, 3] == 2  # two joined voxels
+
+
+def test_body_threshold_per_modality():
+    from napari_medattn.inference.preprocess import body_threshold
+
+    rng = np.random.default_rng(3)
+    data = np.concatenate([rng.normal(5, 2, 5000), rng.normal(400, 50, 5000)]).astype(np.float32)
+    assert body_threshold(data, "CT") == -500.0
+    assert body_threshold(data, "PT") == pytest.approx(0.02 * np.percentile(data, 99.5))
+    assert body_threshold(data, "MR") == pytest.approx(threshold_otsu(data))
+    # Air (around 5) falls below, tissue (around 400) above.
+    assert (data[:5000] < body_threshold(data, "MR")).mean() > 0.99
+    assert (data[5000:] > body_threshold(data, "MR")).all()

@@ -162,6 +162,20 @@ def test_skip_empty_skips_windows_and_predicts_background(net3d):
                                atol=1e-6)
 
 
+def test_explicit_foreground_mask_decides_what_is_skipped(net3d, volume3d):
+    foreground = np.zeros(volume3d.shape, bool)
+    foreground[:6, :8, :5] = True
+    counting = CountingPredictor(net3d)
+    result = sliding_window_inference(volume3d, counting, (12, 16, 10), foreground=foreground,
+                                      device="cpu")
+    starts = window_starts(volume3d.shape, (12, 16, 10), 0.5)
+    touching = [s for s in starts if s[0] < 6 and s[1] < 8 and s[2] < 5]
+    assert sum(counting.calls) == len(touching) == result.windows_predicted < result.windows
+    with pytest.raises(DimensionError, match="foreground mask has shape"):
+        sliding_window_inference(volume3d, net3d, (12, 16, 10), foreground=foreground[1:],
+                                 device="cpu")
+
+
 def test_all_windows_empty_gives_background_without_running_the_net(net3d):
     counting = CountingPredictor(net3d)
     result = sliding_window_inference(np.full((20, 20, 20), -3.0, np.float32), counting,

@@ -29,6 +29,7 @@ import napari_medattn
 from napari_medattn.errors import DimensionError
 from napari_medattn.inference.preprocess import (
     body_bounding_box,
+    body_threshold,
     crop,
     normalize_intensity,
     paste,
@@ -44,9 +45,6 @@ from napari_medattn.inference.sliding_window import (
 )
 from napari_medattn.io.volume import Volume
 from napari_medattn.models.card import ModelCard
-
-#: CT voxels above this (HU) are body when cropping: between air (-1000) and fat (-100).
-CT_BODY_THRESHOLD_HU = -500.0
 
 
 @dataclasses.dataclass
@@ -111,8 +109,9 @@ def segment(
     skip_empty, progress, cancel
         As for :func:`~napari_medattn.inference.sliding_window.sliding_window_inference`.
     crop_to_body : bool
-        Run only inside the body's bounding box (CT: above -500 HU; otherwise Otsu);
-        outside is background.
+        Run only inside the bounding box of the body (voxels above
+        :func:`~napari_medattn.inference.preprocess.body_threshold`); outside is
+        background. The same threshold decides which windows ``skip_empty`` skips.
     min_component_mm3 : float, optional
         Remove connected pieces of each class smaller than this volume (mm^3).
 
@@ -144,10 +143,11 @@ def segment(
         work, turned = volume, None
     full_shape = work.spatial_shape
     box = None
+    # Body versus air, in the image's own units, for the crop and for skipping windows.
+    first = np.asarray(work.data if work.data.ndim == 3 else work.data[0])
+    threshold = body_threshold(first, volume.modality)
     if crop_to_body:
-        first = work.data if work.data.ndim == 3 else work.data[0]
-        threshold = CT_BODY_THRESHOLD_HU if volume.modality == "CT" else None
-        box = body_bounding_box(np.asarray(first), threshold=threshold)
+        box = body_bounding_box(first, threshold=threshold)
         work = crop(work, box)
     check_cancel(cancel)
 
@@ -159,6 +159,7 @@ def segment(
         model_input = resample_to_grid(work, grid_affine, grid_shape, order=LINEAR).data
     else:
         model_input = np.asarray(work.data)
+    foreground = (model_input if model_input.ndim == 3 else model_input[0]) > threshold
     units = volume.meta.get("units")
     if model_input.ndim == 3:
         model_input = normalize_intensity(model_input, card.normalization, units=units)
@@ -169,7 +170,8 @@ def segment(
 
     result = sliding_window_inference(
         model_input, model, card.patch_size, overlap=overlap, batch_size=batch_size,
-        skip_empty=skip_empty, num_classes=card.num_classes,
+        skip_empty=skip_empty, foreground=foreground if skip_empty else None,
+        num_classes=card.num_classes,
         keep_probabilities=tuple(keep_probabilities), tta=tta, uncertainty=uncertainty,
         attention_maps=attention_maps, device=device, progress=progress, cancel=cancel)
     notes += result.notes

@@ -144,14 +144,22 @@ def ct_window(data: np.ndarray, low: float, high: float) -> np.ndarray:
     return (np.clip(data, low, high) - np.float32(low)) / np.float32(high - low)
 
 
-def foreground_mask(data: np.ndarray) -> np.ndarray:
-    """Voxels brighter than Otsu's threshold: the imaged body in MR and PET."""
+def otsu_threshold(data: np.ndarray) -> float:
+    """Otsu's threshold of ``data`` (its single value when constant), in its units."""
     from skimage.filters import threshold_otsu
 
     data = np.asarray(data)
     if data.min() == data.max():
+        return float(data.min())
+    return float(threshold_otsu(data))
+
+
+def foreground_mask(data: np.ndarray) -> np.ndarray:
+    """Voxels brighter than Otsu's threshold (the imaged body in MR); all when constant."""
+    data = np.asarray(data)
+    if data.min() == data.max():
         return np.ones(data.shape, dtype=bool)
-    return data > threshold_otsu(data)
+    return data > otsu_threshold(data)
 
 
 def robust_zscore(data: np.ndarray, mask: np.ndarray | None = None,
@@ -234,6 +242,27 @@ def normalize_intensity(data: np.ndarray, spec: Mapping[str, Any], *,
 # ----------------------------------------------------------------------------- body crop
 
 
+#: CT voxels above this (HU) are body: between air (-1000) and fat (-100).
+CT_BODY_THRESHOLD_HU = -500.0
+#: PET voxels above this fraction of the 99.5th percentile are body: air holds almost no
+#: activity, while the body's background uptake is a few percent of the hottest voxels.
+PET_BODY_FRACTION = 0.02
+
+
+def body_threshold(data: np.ndarray, modality: str) -> float:
+    """Intensity above which a voxel is body rather than air, in the data's units.
+
+    CT: -500 HU. PET: 2 % of the 99.5th percentile. MR and others: Otsu's threshold,
+    which splits the dark air from the body.
+    """
+    data = np.asarray(data)
+    if modality == "CT":
+        return CT_BODY_THRESHOLD_HU
+    if modality == "PT":
+        return float(PET_BODY_FRACTION * np.percentile(data, 99.5))
+    return otsu_threshold(data)
+
+
 def body_bounding_box(data: np.ndarray, threshold: float | None = None,
                       margin: int = 4) -> tuple[slice, ...]:
     """Bounding box of the largest bright connected region (the body), with a margin.
@@ -253,7 +282,7 @@ def body_bounding_box(data: np.ndarray, threshold: float | None = None,
         One per axis; the whole volume when nothing is above the threshold.
     """
     data = np.asarray(data)
-    mask = foreground_mask(data) if threshold is None else data > threshold
+    mask = data > (otsu_threshold(data) if threshold is None else threshold)
     labels, count = ndimage.label(mask)
     if count == 0:
         return tuple(slice(0, s) for s in data.shape)

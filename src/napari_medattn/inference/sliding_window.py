@@ -18,9 +18,10 @@ dropped. The blending buffer therefore holds only a slab of about ``patch[0] + s
 planes, every voxel receives exactly the same contributions in the same order as when
 the whole volume is buffered, and the result is identical, not approximate.
 
-Windows whose input holds no foreground (every voxel at or below ``background_value``,
-e.g. air after CT windowing) are not run through the network: they contribute certainty
-of class 0 (background) with their weights, as the network would be expected to say.
+Windows that hold no foreground voxel (a mask the caller gives, e.g. CT above -500 HU;
+by default every voxel at the input's minimum) are not run through the network: they
+contribute certainty of class 0 (background) with their weights, kept in a buffer of
+their own so that the order of summation stays the same however batches are cut.
 """
 
 from __future__ import annotations
@@ -155,6 +156,18 @@ def attention_map_names(model: nn.Module, patch_size: Sequence[int],
     with torch.inference_mode(), capture_attention(model) as maps:
         model.eval()(blank)
     return sorted(maps.of_kind(MapKind.SPATIAL))
+
+
+def _foreground_mask(x: torch.Tensor, foreground: np.ndarray, shape: tuple,
+                     pad_before: Sequence[int]) -> np.ndarray:
+    """The foreground mask on the padded grid (padding is background)."""
+    foreground = np.asarray(foreground, dtype=bool)
+    if foreground.shape != shape:
+        raise DimensionError(f"The foreground mask has shape {foreground.shape}, the input "
+                             f"{shape}.")
+    mask = np.zeros(tuple(x.shape[1:]), dtype=bool)
+    mask[tuple(slice(b, b + s) for b, s in zip(pad_before, shape))] = foreground
+    return mask
 
 
 def _as_channels_first(inputs: Any, spatial_dims: int) -> torch.Tensor:
@@ -367,7 +380,7 @@ def sliding_window_inference(
     blend: str = "gaussian",
     sigma_scale: float = 0.125,
     skip_empty: bool = True,
-    background_value: float | None = None,
+    foreground: np.ndarray | None = None,
     activation: str = "softmax",
     num_classes: int | None = None,
     keep_probabilities: Sequence[int] | str = (),
@@ -409,9 +422,9 @@ def sliding_window_inference(
         Gaussian standard deviation as a fraction of the window size.
     skip_empty : bool
         Do not run windows without foreground; they predict background.
-    background_value : float, optional
-        Input value at or below which a voxel is background for ``skip_empty``
-        (default: the smallest input value, e.g. air after CT windowing).
+    foreground : ndarray of bool, optional
+        Spatial mask of the voxels that count as foreground for ``skip_empty`` (default:
+        voxels where some channel is above the input's minimum).
     activation : {"softmax", "none"}
         Applied to the predictor output over the class axis; ``"none"`` when the
         predictor already returns probabilities.
@@ -481,6 +494,8 @@ def sliding_window_inference(
 
     x = _as_channels_first(inputs, dims)
     shape = tuple(x.shape[1:])
+    if skip_empty and foreground is None:
+        foreground = (x > x.min()).any(dim=0).numpy()
     pad_before = [max(p - s, 0) // 2 for s, p in zip(shape, patch)]
     if any(p > s for s, p in zip(shape, patch)):
         pad = []
@@ -489,7 +504,8 @@ def sliding_window_inference(
         x = torch.nn.functional.pad(x, pad, mode="constant", value=pad_value)
     padded = tuple(x.shape[1:])
     starts = window_starts(padded, patch, overlap)
-    threshold = float(x.min()) if background_value is None else float(background_value)
+    if skip_empty:
+        mask = _foreground_mask(x, foreground, shape, pad_before)
 
     choice = resolve_device(device)
     compute = choice.device
@@ -598,7 +614,7 @@ def sliding_window_inference(
                 # capacity: run the (smaller) batch now so its planes can be finalised.
                 flush(index)
                 acc.finalise(start[0])
-            if skip_empty and float(x[window_slices(start)].max()) <= threshold:
+            if skip_empty and not mask[window_slices(start)[1:]].any():
                 acc.extend_to(start[0] + patch[0])
                 acc.add_background(start, w_stitch)
             else:
