@@ -65,13 +65,13 @@ def test_gradients_reach_every_parameter(dims):
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("dims,grid,n_win", [(2, ODD[2], 3), (3, ODD[3], 3),
+                                             (3, (3, 4, 2), 7)])  # axes shorter than n_win
 @pytest.mark.parametrize("topk", [None, 1000])
-def test_all_regions_all_tokens_equals_dense_attention(dims, topk):
+def test_all_regions_all_tokens_equals_dense_attention(dims, grid, n_win, topk):
     torch.manual_seed(0)
-    grid = ODD[dims]
-    assert any(n % 3 for n in grid)  # padding is needed: a leak would show
-    attn = DualSparseSelectionAttention(dims, 16, num_heads=2, n_win=3, topk=topk,
+    assert any(n % n_win for n in grid)  # padding is needed: a leak would show
+    attn = DualSparseSelectionAttention(dims, 16, num_heads=2, n_win=n_win, topk=topk,
                                         token_keep=1.0).eval()
     x = torch.randn(2, 16, *grid)
     with torch.no_grad():

@@ -15,9 +15,10 @@ attention output before a 1x1 output projection.
 
 Inputs whose size is not a multiple of ``n_win`` are padded at the end of each axis after
 the QKV projection and cropped back. Padding tokens are masked: they never enter a region's
-average, a region made only of padding is never preferred in routing, and a padding key gets
-no attention weight. With every region and every token kept the block is therefore exactly
-dense multi-head attention (plus LePE and projection), on any input size.
+average, a region made only of padding is never preferred in routing and is not computed as
+a query region, and a padding key gets no attention weight. With every
+region and every token kept the block is therefore exactly dense multi-head attention (plus
+LePE and projection), on any input size.
 
 Memory: query regions are processed in chunks of at most ``max_chunk_bytes`` of working
 memory, so the score tensors never exceed that bound and the N x N matrix is never formed;
@@ -116,9 +117,10 @@ class DualSparseSelectionAttention(nn.Module):
     Attention capture (only inside :func:`napari_medattn.models.capture_attention`):
 
     * ``regions`` (routing, ``(B, n_win ** d, k)`` int64): the key regions each query region
-      chose, best first (all regions in order when every region is kept). Meta ``grid`` is
-      the region grid ``(n_win,) * d`` (indices are row-major on it), ``region_size`` the
-      tokens per region per axis on the block's (unpadded) input grid and ``padded_grid``.
+      chose, best first (all regions in order when every region is kept; the rows of query
+      regions made only of padding are not used). Meta ``grid`` is the region grid
+      ``(n_win,) * d`` (indices are row-major on it), ``region_size`` the tokens per region
+      per axis on the block's (unpadded) input grid, and ``padded_grid``.
     * ``tokens`` (routing, ``(B, H, n_keep)`` int64), when a query voxel was given: the keys
       the query token kept, per head, as row-major indices on the block's unpadded input
       grid, best first; ``-1`` marks a kept slot that fell on padding (only when fewer real
@@ -214,29 +216,36 @@ class DualSparseSelectionAttention(nn.Module):
                 query_slot = query_slot * r + int(cz) % r
 
         # Working bytes per query region: gathered K and V, then scores, kept weights and
-        # the dense weight matrix (float32 each).
-        per_region = 4 * b * heads * (2 * n_gathered * hd + 3 * n_tok * n_gathered)
-        chunk = max(1, min(n_reg, self.max_chunk_bytes // max(per_region, 1)))
-        out = q.new_empty(b, heads, n_reg, n_tok, hd)
+        # the dense weight matrix.
+        per_region = q.element_size() * b * heads * (2 * n_gathered * hd + 3 * n_tok * n_gathered)
+        chunk = max(1, self.max_chunk_bytes // max(per_region, 1))
+        # Query regions made only of padding (where an axis is shorter than n_win regions
+        # need) are skipped: their output is cropped away. Their rows of ``out`` stay zero.
+        active = (list(range(n_reg)) if key_valid is None
+                  else key_valid.any(dim=1).nonzero().flatten().tolist())
+        out = q.new_zeros(b, heads, n_reg, n_tok, hd)
         # Offset of each (batch, head) block of regions on the merged (B, H, R) axis.
         block_offset = torch.arange(b * heads, device=x.device).reshape(b, heads, 1) * n_reg
         kept_row = None
-        for start in range(0, n_reg, chunk):
-            stop = min(n_reg, start + chunk)
+        for start in range(0, len(active), chunk):
+            ids = active[start:start + chunk]
+            # A run of consecutive regions is a slice (a view); otherwise an index tensor.
+            rows = (slice(ids[0], ids[-1] + 1) if ids[-1] - ids[0] + 1 == len(ids)
+                    else torch.tensor(ids, device=x.device))
             if route is None:
                 # Every region: attend to the whole (padded) grid without copying K and V.
                 keys = k.reshape(b, heads, 1, n_reg * n_tok, hd)
                 values = v.reshape(b, heads, 1, n_reg * n_tok, hd)
                 valid = None if key_valid is None else key_valid.reshape(1, 1, 1, 1, -1)
             else:
-                sel = route[:, start:stop]  # (B, c, k)
+                sel = route[:, rows]  # (B, c, k)
                 flat = (sel.reshape(b, 1, -1) + block_offset).reshape(-1)
-                shape = (b, heads, stop - start, n_gathered, hd)
+                shape = (b, heads, len(ids), n_gathered, hd)
                 keys = k.reshape(-1, n_tok, hd).index_select(0, flat).reshape(shape)
                 values = v.reshape(-1, n_tok, hd).index_select(0, flat).reshape(shape)
                 valid = (None if key_valid is None
-                         else key_valid[sel].reshape(b, 1, stop - start, 1, n_gathered))
-            scores = (q[:, :, start:stop] * self.scale) @ keys.transpose(-2, -1)
+                         else key_valid[sel].reshape(b, 1, len(ids), 1, n_gathered))
+            scores = (q[:, :, rows] * self.scale) @ keys.transpose(-2, -1)
             if valid is not None:
                 scores = scores.masked_fill(~valid, float("-inf"))
             if n_keep < n_gathered:
@@ -247,9 +256,9 @@ class DualSparseSelectionAttention(nn.Module):
             else:
                 top_index = None
                 weights = kept_weights = scores.softmax(dim=-1)
-            out[:, :, start:stop] = weights @ values
-            if query_region is not None and start <= query_region < stop:
-                row = (query_region - start, query_slot)
+            out[:, :, rows] = weights @ values
+            if query_region in ids:
+                row = (ids.index(query_region), query_slot)
                 kept_row = (kept_weights[:, :, row[0], row[1]],
                             None if top_index is None else top_index[:, :, row[0], row[1]])
 
