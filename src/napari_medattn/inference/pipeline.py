@@ -145,7 +145,7 @@ def segment(
     box = None
     # Body versus air, in the image's own units, for the crop and for skipping windows.
     first = np.asarray(work.data if work.data.ndim == 3 else work.data[0])
-    threshold = body_threshold(first, volume.modality)
+    threshold = body_threshold(first, volume.modality) if (crop_to_body or skip_empty) else None
     if crop_to_body:
         box = body_bounding_box(first, threshold=threshold)
         work = crop(work, box)
@@ -159,7 +159,10 @@ def segment(
         model_input = resample_to_grid(work, grid_affine, grid_shape, order=LINEAR).data
     else:
         model_input = np.asarray(work.data)
-    foreground = (model_input if model_input.ndim == 3 else model_input[0]) > threshold
+    foreground = None
+    if skip_empty:
+        # The first channel decides what is body, in the image's own units.
+        foreground = (model_input if model_input.ndim == 3 else model_input[0]) > threshold
     units = volume.meta.get("units")
     if model_input.ndim == 3:
         model_input = normalize_intensity(model_input, card.normalization, units=units)
@@ -170,7 +173,7 @@ def segment(
 
     result = sliding_window_inference(
         model_input, model, card.patch_size, overlap=overlap, batch_size=batch_size,
-        skip_empty=skip_empty, foreground=foreground if skip_empty else None,
+        skip_empty=skip_empty, foreground=foreground,
         num_classes=card.num_classes,
         keep_probabilities=tuple(keep_probabilities), tta=tta, uncertainty=uncertainty,
         attention_maps=attention_maps, device=device, progress=progress, cancel=cancel)
