@@ -159,6 +159,7 @@ def test_state_dict_pt_with_a_chosen_architecture(tmp_path):
         loaded, card = load_model(tmp_path / name, architecture="unet", config=CONFIG,
                                   card=make_card())
         assert same_outputs(net, loaded) and card.name == "tiny-unet"
+        assert card.weights_sha256 == weights_sha256(tmp_path / name)
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in net.state_dict().items()},
@@ -272,6 +273,7 @@ def test_monai_bundle_folder_and_zip(tmp_path):
     bundle = write_bundle(tmp_path / "spleen_bundle", MONAI_DEF, net)
     loaded, card = load_model(bundle)
     assert same_outputs(net, loaded)
+    assert card.weights_sha256 == weights_sha256(bundle / "models" / "model.pt")
     assert card.architecture == "monai:UNet" and card.config["out_channels"] == 3
     assert card.class_names == ["background", "spleen", "liver"]
     assert card.modality == "CT" and card.spacing == (1.5, 1.5, 2.0) and card.orientation == "RAS"

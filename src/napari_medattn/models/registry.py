@@ -261,6 +261,7 @@ def load_model(
     module : nn.Module
         In eval mode, on ``device``.
     card : ModelCard
+        With ``weights_sha256`` set to the hash of the weights file read, for provenance.
 
     Raises
     ------
@@ -288,14 +289,21 @@ def load_model(
     return module.to(device).eval(), card
 
 
+def _with_hash(card: ModelCard, weights: Path) -> ModelCard:
+    """The card with the SHA-256 of ``weights`` (for provenance), checked if it had one."""
+    digest = weights_sha256(weights)
+    if card.weights_sha256 and digest != card.weights_sha256:
+        raise ModelError(f"The weights of {card.name!r} do not match the hash in its card "
+                         f"(the file is damaged or was replaced).")
+    return dataclasses.replace(card, weights_sha256=digest)
+
+
 def _load_package_format(folder: Path) -> tuple[nn.Module, ModelCard]:
     card = ModelCard.read(folder / CARD_FILE)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelError(f"The model folder {folder.name} has a card but no {WEIGHTS_FILE}.")
-    if card.weights_sha256 and weights_sha256(weights) != card.weights_sha256:
-        raise ModelError(f"The weights of {card.name!r} do not match the hash in its card "
-                         f"(the file is damaged or was replaced).")
+    card = _with_hash(card, weights)
     module = _create(card.architecture, card.config)
     _load_into(module, read_state_dict(weights), f"of {card.name!r}")
     return module, card
@@ -318,7 +326,7 @@ def _load_weights_file(path: Path, architecture: Architecture | None,
     _load_into(module, state, path.name)
     if card is None:
         card = _card_for_bare_weights(path, architecture, config, module)
-    return module, card
+    return module, _with_hash(card, path)
 
 
 def _card_for_bare_weights(path: Path, architecture: Architecture, config: dict,
@@ -419,7 +427,7 @@ def _load_bundle(path: Path, card: ModelCard | None) -> tuple[nn.Module, ModelCa
     _load_into(module, read_state_dict(weights), f"of bundle {path.name}")
     if card is None:
         card = _bundle_card(path, parser, target, kwargs)
-    return module, card
+    return module, _with_hash(card, weights)
 
 
 def _extract_zip(path: Path, into: Path) -> Path:
