@@ -1,24 +1,16 @@
-"""The ``medattn`` command line: one subcommand per capability, mirroring the widgets.
-
-Adding a subcommand: write ``add_<name>(subparsers)`` that creates its parser and sets
-``func`` (a function ``args -> exit code``) with ``set_defaults``, then append it to
-:data:`SUBCOMMANDS`. Library errors (:class:`MedAttnError`) are printed as one sentence
-on stderr with a non-zero exit; anything else is a bug and keeps its traceback.
-"""
+"""``medattn info``: describe the volumes and DICOM series found in paths."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from napari_medattn import __version__
 from napari_medattn.errors import MedAttnError
 
 
-def add_info(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Register ``medattn info PATH...``."""
     parser = subparsers.add_parser(
         "info",
@@ -72,38 +64,3 @@ def describe_volume(volume, number: int = 1) -> str:
               for row in volume.affine]
     lines += [f"      warning: {text}" for text in volume.meta.get("warnings", [])]
     return "\n".join(lines)
-
-
-#: Registration functions of the subcommands, in the order ``--help`` lists them.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_info]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="medattn",
-        description="Attention-based medical image analysis (CT, MR, PET) from the command "
-                    "line; the same library the napari plugin uses.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for register in SUBCOMMANDS:
-        register(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``medattn`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        return int(args.func(args))
-    except MedAttnError as error:
-        print(f"medattn: {error}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
