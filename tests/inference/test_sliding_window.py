@@ -115,16 +115,16 @@ def test_streaming_equals_whole_volume(net3d):
 
 
 def test_streaming_holds_a_slab_not_the_volume(net3d, monkeypatch):
-    from napari_medattn.inference import sliding_window as engine
+    from napari_medattn.inference.stitching import SlabAccumulator
 
     depths = []
-    original = engine._SlabAccumulator.extend_to
+    original = SlabAccumulator.extend_to
 
     def spy(self, hi):
         original(self, hi)
         depths.append(self.hi - self.lo)
 
-    monkeypatch.setattr(engine._SlabAccumulator, "extend_to", spy)
+    monkeypatch.setattr(SlabAccumulator, "extend_to", spy)
     volume = np.random.default_rng(2).normal(size=(80, 12, 12)).astype(np.float32)
     sliding_window_inference(volume, net3d, (8, 12, 12), overlap=0.5, batch_size=1,
                              skip_empty=False, device="cpu")
