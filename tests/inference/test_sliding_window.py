@@ -319,3 +319,19 @@ def test_many_classes_give_uint16_labels():
     probabilities = np.stack([result.probabilities[c] for c in range(300)])
     np.testing.assert_array_equal(result.labels, probabilities.argmax(0))
     assert result.labels.max() > 255
+
+
+def test_classes_found_after_empty_rows_were_finalised(net3d):
+    # The first rows are all skipped and written out before the network reveals its
+    # number of classes; their planes must still get every class's probability.
+    volume = np.zeros((40, 12, 12), np.float32)
+    volume[32:36, 4:8, 4:8] = 1.0
+    found = sliding_window_inference(volume, net3d, (8, 8, 8), keep_probabilities="all",
+                                     device="cpu")
+    told = sliding_window_inference(volume, net3d, (8, 8, 8), keep_probabilities="all",
+                                    num_classes=3, device="cpu")
+    assert found.num_classes == 3 and sorted(found.probabilities) == [0, 1, 2]
+    for c in range(3):
+        np.testing.assert_array_equal(found.probabilities[c], told.probabilities[c])
+    np.testing.assert_array_equal(found.labels, told.labels)
+    np.testing.assert_array_equal(found.probabilities[0][:20], 1.0)
