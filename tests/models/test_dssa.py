@@ -33,8 +33,8 @@ def _dense_reference(attn: DualSparseSelectionAttention, x: torch.Tensor) -> tor
     """softmax(Q K^T / sqrt(d)) V over all tokens, with the block's own projections and LePE."""
     q, k, v = _qkv(attn, x)
     h = attn.num_heads
-    weights = torch.softmax(_heads(q, h) @ _heads(k, h).transpose(-2, -1) / math.sqrt(attn.head_dim),
-                            dim=-1)
+    logits = _heads(q, h) @ _heads(k, h).transpose(-2, -1) / math.sqrt(attn.head_dim)
+    weights = torch.softmax(logits, dim=-1)
     mixed = (weights @ _heads(v, h)).transpose(-2, -1).reshape(x.shape)
     return attn.proj(mixed + attn.lepe(v))
 
