@@ -112,12 +112,42 @@ def test_device_resolution_on_this_machine():
         resolve_device("tpu")
 
 
-def test_autocast_is_float32_on_cpu():
+def test_native_bf16_is_read_from_cpu_flags(tmp_path):
+    from napari_medattn.inference.devices import cpu_has_native_bf16
+
+    with_bf16 = tmp_path / "zen4"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    without = tmp_path / "zen2"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    assert cpu_has_native_bf16(with_bf16) is True
+    assert cpu_has_native_bf16(without) is False
+    assert cpu_has_native_bf16(tmp_path / "missing") is False
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_cpu_autocast_follows_native_bf16(monkeypatch, native):
+    from napari_medattn.inference import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
-    assert autocast_dtype(cpu) is None
+    assert autocast_dtype(cpu) == (torch.bfloat16 if native else None)
     with autocast(cpu):
         out = torch.nn.Linear(3, 2)(torch.ones(1, 3))
-    assert out.dtype == torch.float32
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)
+    with autocast(cpu, enabled=False):
+        assert torch.nn.Linear(3, 2)(torch.ones(1, 3)).dtype == torch.float32
+
+
+def test_reduced_precision_on_cpu_stays_close(monkeypatch, volume3d, net3d):
+    from napari_medattn.inference import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    kwargs = dict(skip_empty=False, keep_probabilities="all", device="cpu")
+    exact = sliding_window_inference(volume3d, net3d, (12, 16, 10), use_autocast=False, **kwargs)
+    fast = sliding_window_inference(volume3d, net3d, (12, 16, 10), **kwargs)
+    differences = [np.abs(fast.probabilities[c] - exact.probabilities[c]).max() for c in range(3)]
+    assert 0 < max(differences) < 0.03
+    assert (fast.labels == exact.labels).mean() > 0.97
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -268,7 +268,9 @@ def sliding_window_inference(
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` (see :func:`.resolve_device`).
     use_autocast : bool
-        Run the forward pass in bfloat16/float16 on a GPU.
+        Run the forward pass in bfloat16/float16 where the device computes it natively
+        (GPUs, CPUs with AVX512-BF16/AMX; see :func:`.devices.autocast_dtype`).
+        Blending always runs in float32.
     pad_value : float
         Input value used to pad a volume smaller than a window.
     memory_check : bool
