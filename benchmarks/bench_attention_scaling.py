@@ -115,54 +115,64 @@ def _rss_kib() -> tuple[int, int]:
     return hwm, rss
 
 
+def prepare(method: str, args: argparse.Namespace):
+    """Seed, thread count and device for this process; the method's forward function there."""
+    import torch
+
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    module, forward = build(method, args)
+    module.to(device).eval()
+    return forward, device
+
+
+def timed(forward, x, device) -> tuple[float, object]:
+    """Seconds of one pass (the GPU's queue drained before and after), and its output."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    y = forward(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, y
+
+
 def run_case(method: str, size: int, args: argparse.Namespace) -> dict:
     """One case, in this (fresh) process: peak memory of one pass, then its median time."""
     import gc
 
     import torch
 
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    module, forward = build(method, args)
-    module = module.to(device).eval()
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
+    forward, device = prepare(method, args)
     with torch.no_grad():
         # Warm up kernels, thread pools and lazy initialisation on a tiny grid: a larger one
         # would leave freed pages in the heap that the measured pass reuses unseen.
-        forward(torch.randn(1, args.channels, 4, 4, 4, device=device))
+        timed(forward, torch.randn(1, args.channels, 4, 4, 4, device=device), device)
         x = torch.randn(1, args.channels, size, size, size, device=device)
         gc.collect()
-        sync()
         if device.type == "cuda":
+            torch.cuda.synchronize()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         else:
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
             base = _rss_kib()[1] * 1024
-        start = time.perf_counter()
-        y = forward(x)
-        sync()
-        first = time.perf_counter() - start
+        first, y = timed(forward, x, device)
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated() - base
         else:
             peak = _rss_kib()[0] * 1024 - base
         del y
-        times = []
+        times: list[float] = []
         spent = first
         while len(times) < args.max_repeats and spent + (statistics.median(times) if times
                                                          else first) < args.time_budget:
-            start = time.perf_counter()
-            forward(x)
-            sync()
-            times.append(time.perf_counter() - start)
+            times.append(timed(forward, x, device)[0])
             spent += times[-1]
     return {"time_s": statistics.median(times) if times else first,
             "repeats": max(1, len(times)), "peak_bytes": peak}
@@ -176,29 +186,17 @@ def run_pair(size: int, args: argparse.Namespace) -> dict:
     """
     import torch
 
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     forwards = {}
     for method in ("dssa", "window"):
-        module, forward = build(method, args)
-        module.to(device).eval()
-        forwards[method] = forward
+        forwards[method], device = prepare(method, args)
     times: dict[str, list[float]] = {"dssa": [], "window": []}
     with torch.no_grad():
         x = torch.randn(1, args.channels, size, size, size, device=device)
         for forward in forwards.values():
-            forward(x)  # warm-up at full size
+            timed(forward, x, device)  # warm-up at full size
         for _ in range(args.pair_rounds):
             for method, forward in forwards.items():
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                forward(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times[method].append(time.perf_counter() - start)
+                times[method].append(timed(forward, x, device)[0])
     return {"dssa_s": statistics.median(times["dssa"]),
             "window_s": statistics.median(times["window"]), "rounds": args.pair_rounds}
 
