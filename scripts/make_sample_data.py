@@ -21,28 +21,21 @@ from nibabel.eulerangles import euler2mat
 
 from napari_medattn.io import Volume, read_volume
 from napari_medattn.io.dicom_write import write_dicom_series
+from napari_medattn.io.volume import RAS_TO_LPS
+from napari_medattn.training.synthesis import mni152_tissue_labels
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "napari_medattn" / "sample_data"
-# MR intensities on the scale of a typical 12-bit T1 scan instead of nilearn's 0..1.
-MR_SCALE = 1000.0
 
 
 def mni152(out: Path) -> None:
-    """MNI152 2009a T1 at 1 mm and a 4-class tissue label map from its GM/WM/brain masks."""
-    from nilearn import datasets
-
-    t1 = datasets.load_mni152_template(resolution=1)
-    gm = datasets.load_mni152_gm_template(resolution=1).get_fdata()
-    wm = datasets.load_mni152_wm_template(resolution=1).get_fdata()
-    brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0
-    t1_data = np.round(t1.get_fdata() * MR_SCALE).astype(np.int16)
-    _save(t1_data, t1.affine, out / "mni152_t1.nii.gz", "MR MNI152 2009a T1")
-    # CSF is what the brain mask holds beyond grey and white matter: its probability is the
-    # remainder 1 - p(GM) - p(WM); each brain voxel takes its most probable class.
-    csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
-    labels = (np.argmax(np.stack([csf, gm, wm]), axis=0) + 1).astype(np.uint8)
-    labels[~brain] = 0
-    _save(labels, t1.affine, out / "mni152_tissue_labels.nii.gz",
+    """MNI152 2009a T1 at 1 mm and its 4-class tissue label map (see
+    :func:`napari_medattn.training.synthesis.mni152_tissue_labels` for the derivation)."""
+    t1, labels = mni152_tissue_labels(resolution=1)
+    # nibabel writes RAS; the LPS <-> RAS flip is its own inverse and exact in floats.
+    affine_ras = RAS_TO_LPS @ t1.affine
+    _save(np.round(t1.data).astype(np.int16), affine_ras, out / "mni152_t1.nii.gz",
+          "MR MNI152 2009a T1")
+    _save(labels.data, affine_ras, out / "mni152_tissue_labels.nii.gz",
           "SEG 0 background 1 CSF 2 GM 3 WM", intent_label=True)
     mr_dicom_series(out / "mni152_t1.nii.gz", out / "mr_series")
 

@@ -1,0 +1,16 @@
+"""Training data: datasets on disk, on-the-fly augmentation, and synthetic cases.
+
+Modules (import the one you need; each is plain functions and classes over numpy arrays,
+torch tensors and :class:`~napari_medattn.io.Volume`):
+
+* :mod:`~napari_medattn.training.datasets`: cases from a Medical Segmentation Decathlon /
+  nnU-Net folder or a CSV, checked up front (:func:`~.datasets.load_cases`), prepared as a
+  model card prescribes (:func:`~.datasets.prepare_case`), served as random patches
+  (:class:`~.datasets.PatchDataset`) or whole cases for validation.
+* :mod:`~napari_medattn.training.augment`: batched torch augmentation on the tensor's
+  device, configured by a JSON-serialisable dict (:class:`~.augment.Compose`).
+* :mod:`~napari_medattn.training.synthesis`: MNI152 tissue labels
+  (:func:`~.synthesis.mni152_tissue_labels`), label-to-image synthesis, tumour-like
+  lesions per MR contrast, smooth deformations with their fields, and the generator of
+  synthetic brain training cases (:func:`~.synthesis.synthetic_brain_cases`).
+"""
