@@ -18,7 +18,7 @@ from napari_medattn import __version__
 from napari_medattn.errors import MedAttnError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("info",)
+COMMANDS = ("info", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
