@@ -92,6 +92,7 @@ def segment(
     crop_to_body: bool = False,
     min_component_mm3: float | None = None,
     skip_empty: bool = True,
+    use_autocast: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> Segmentation:
@@ -106,7 +107,7 @@ def segment(
     card : ModelCard
         Its card: orientation, spacing (mm), normalisation, window size, classes.
     device, overlap, batch_size, tta, uncertainty, keep_probabilities, attention_maps,
-    skip_empty, progress, cancel
+    skip_empty, use_autocast, progress, cancel
         As for :func:`~napari_medattn.inference.sliding_window.sliding_window_inference`.
     crop_to_body : bool
         Run only inside the bounding box of the body (voxels above
@@ -176,7 +177,8 @@ def segment(
         skip_empty=skip_empty, foreground=foreground,
         num_classes=card.num_classes,
         keep_probabilities=tuple(keep_probabilities), tta=tta, uncertainty=uncertainty,
-        attention_maps=attention_maps, device=device, progress=progress, cancel=cancel)
+        attention_maps=attention_maps, device=device, use_autocast=use_autocast,
+        progress=progress, cancel=cancel)
     notes += result.notes
     del model_input
 
@@ -221,7 +223,7 @@ def segment(
                        "uncertainty": uncertainty, "keep_probabilities": list(keep_probabilities),
                        "attention_maps": list(attention_maps),
                        "crop_to_body": crop_to_body, "min_component_mm3": min_component_mm3,
-                       "skip_empty": skip_empty},
+                       "skip_empty": skip_empty, "use_autocast": use_autocast},
         "windows": result.windows,
         "windows_predicted": result.windows_predicted,
         "runtime_s": time.perf_counter() - started,
