@@ -168,11 +168,16 @@ def bias_field(coefficients: torch.Tensor, shape: Sequence[int]) -> torch.Tensor
         coordinates scaled to ``[-1, 1]`` along each axis (ordering of :func:`_monomials`).
     shape : sequence of 3 int
     """
-    axes = [torch.linspace(-1.0, 1.0, n, dtype=coefficients.dtype, device=coefficients.device)
-            for n in shape]
-    z, y, x = torch.meshgrid(*axes, indexing="ij")
-    basis = torch.stack([z ** i * y ** j * x ** k for i, j, k in _monomials()])
-    log_field = torch.einsum("bm,mdhw->bdhw", coefficients, basis)
+    powers = [torch.linspace(-1.0, 1.0, n, dtype=coefficients.dtype,
+                             device=coefficients.device)[None] ** torch.arange(
+                  4, dtype=coefficients.dtype, device=coefficients.device)[:, None]
+              for n in shape]  # (4, n): 1, t, t^2, t^3 per axis
+    # The polynomial is separable monomial by monomial: sum c_ijk z^i y^j x^k.
+    table = torch.zeros(coefficients.shape[0], 4, 4, 4, dtype=coefficients.dtype,
+                        device=coefficients.device)
+    for m, (i, j, k) in enumerate(_monomials()):
+        table[:, i, j, k] = coefficients[:, m]
+    log_field = torch.einsum("bijk,id,jh,kw->bdhw", table, *powers)
     return torch.exp(log_field)[:, None]
 
 

@@ -6,16 +6,44 @@ called, nothing is downloaded).
 
 * :func:`mni152_tissue_labels`: the template T1 and a label map 0 background, 1 CSF,
   2 grey matter (GM), 3 white matter (WM).
+* Label-to-image synthesis (the SynthSeg idea, for contrast-agnostic models):
+  :func:`draw_intensity_model` draws a Gaussian per label, :func:`render_labels` paints
+  it and :func:`degrade` adds partial-volume blur, a bias field, a random acquisition
+  resolution and noise (:class:`Degradation`).
+* Tumour-like lesions: :func:`add_tumour` (labels 4 oedema, 5 enhancing rim, 6 necrotic
+  core) and :func:`render_modalities` (T1, T1ce, T2, FLAIR, see
+  :data:`MODALITY_CONTRAST`).
+* Smooth deformations with their known fields: :func:`random_deformation` (LPS mm, on
+  the volume's grid) and :func:`apply_deformation` (labels nearest).
+* :func:`synthetic_brain_cases`: a stream of deformed, re-rendered training cases.
+
+Every function takes a ``seed`` (an int or a ``numpy.random.Generator``) and draws all
+its randomness from it: the same seed gives the same voxels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import torch
+from scipy import ndimage
 
-from napari_medattn.errors import DimensionError
+from napari_medattn.errors import DimensionError, GeometryError
+from napari_medattn.inference.resample import LINEAR, resample_to_grid, spacing_grid
 from napari_medattn.io.volume import RAS_TO_LPS, Volume
+from napari_medattn.training.augment import (
+    _monomials,
+    bias_field,
+    gaussian_blur,
+    identity_coordinates,
+    smooth_field,
+    uniform,
+    warp,
+)
 
 #: Label values of the tissue map.
 TISSUE_LABELS: dict[int, str] = {0: "background", 1: "CSF", 2: "grey matter", 3: "white matter"}
@@ -82,3 +110,496 @@ def mni152_tissue_labels(resolution: int = 2) -> tuple[Volume, Volume]:
     tissue = Volume(labels.copy(), affine.copy(), "SEG",
                     {"name": f"{name} tissue labels", "labels": dict(TISSUE_LABELS)})
     return t1, tissue
+
+
+# ----------------------------------------------------------------- label-to-image synthesis
+
+
+@dataclasses.dataclass(frozen=True)
+class Degradation:
+    """How a rendered image is made to look acquired; each step is skipped when off.
+
+    Attributes
+    ----------
+    blur_mm : (float, float)
+        Range of the partial-volume Gaussian blur, standard deviation in mm.
+    bias_strength : float
+        Coefficients of the log bias polynomial are uniform in ``±bias_strength`` (see
+        :func:`napari_medattn.training.augment.bias_field`); 0 for none.
+    resolution_mm : (float, float)
+        Range of the simulated acquisition voxel size in mm, drawn per axis; the image is
+        resampled there and back with the package's resampler. Values at or below the
+        grid's spacing leave that axis alone.
+    noise : (float, float)
+        Range of the Gaussian noise standard deviation, as a fraction of the image's
+        99th intensity percentile.
+    """
+
+    blur_mm: tuple[float, float] = (0.0, 1.0)
+    bias_strength: float = 0.3
+    resolution_mm: tuple[float, float] = (1.0, 3.0)
+    noise: tuple[float, float] = (0.0, 0.04)
+
+    @classmethod
+    def none(cls) -> Degradation:
+        """No blur, bias, resolution loss or noise: the rendered intensities as drawn."""
+        return cls(blur_mm=(0.0, 0.0), bias_strength=0.0, resolution_mm=(0.0, 0.0),
+                   noise=(0.0, 0.0))
+
+
+def draw_intensity_model(label_values: Sequence[int], seed: int | np.random.Generator, *,
+                         mean_range: tuple[float, float] = (0.0, MR_SCALE),
+                         std_range: tuple[float, float] = (0.0, 0.08 * MR_SCALE)
+                         ) -> dict[int, tuple[float, float]]:
+    """Draw a random Gaussian per label (the SynthSeg idea): ``{value: (mean, std)}``.
+
+    Parameters
+    ----------
+    label_values : sequence of int
+    seed : int or numpy Generator
+    mean_range, std_range : (float, float)
+        Uniform ranges of each label's mean and standard deviation, in image units
+        (default: a 12-bit-like MR scale, see :data:`MR_SCALE`).
+    """
+    rng = np.random.default_rng(seed)
+    return {int(v): (float(rng.uniform(*mean_range)), float(rng.uniform(*std_range)))
+            for v in label_values}
+
+
+def render_labels(labels: Volume, intensities: Mapping[int, tuple[float, float]],
+                  seed: int | np.random.Generator, *,
+                  degradation: Degradation = Degradation(), modality: str = "MR") -> Volume:
+    """Render a label map as an image: voxels of label ``v`` ~ N(mean_v, std_v), then degrade.
+
+    Steps, in order: per-label Gaussian intensities, partial-volume blur, multiplicative
+    bias field, random acquisition resolution, additive Gaussian noise (see
+    :class:`Degradation`).
+
+    Parameters
+    ----------
+    labels : Volume
+        3D integer label map.
+    intensities : mapping of int to (float, float)
+        Mean and standard deviation per label value, in image units (e.g. from
+        :func:`draw_intensity_model`, or :data:`MODALITY_CONTRAST` for a given contrast).
+    seed : int or numpy Generator
+        Every random draw comes from it.
+    degradation : Degradation
+    modality : str
+
+    Returns
+    -------
+    Volume
+        float32 image on the label map's grid; ``meta["synthesis"]`` records the
+        intensities and the drawn degradation parameters.
+
+    Raises
+    ------
+    DimensionError
+        A label value without an intensity.
+    """
+    rng = np.random.default_rng(seed)
+    values = np.asarray(labels.data)
+    present = np.unique(values)
+    missing = sorted(set(present.tolist()) - set(intensities))
+    if missing:
+        raise DimensionError(f"No intensity is given for label value(s) {missing}.")
+    table_mean = np.zeros(int(present.max()) + 1, dtype=np.float32)
+    table_std = np.zeros_like(table_mean)
+    for v in present:
+        table_mean[v], table_std[v] = intensities[int(v)]
+    noise = rng.standard_normal(values.shape, dtype=np.float32)
+    image = table_mean[values] + table_std[values] * noise
+    volume = Volume(image, labels.affine.copy(), modality,
+                    {"name": f"{labels.name} rendered", "units": "a.u."})
+    degraded, drawn = degrade(volume, rng, degradation)
+    degraded.meta["synthesis"] = {"intensities": {int(k): list(v) for k, v in
+                                                  intensities.items()}, **drawn}
+    return degraded
+
+
+def degrade(volume: Volume, seed: int | np.random.Generator,
+            degradation: Degradation = Degradation()) -> tuple[Volume, dict[str, Any]]:
+    """Blur, bias, coarsen and add noise to an image as :class:`Degradation` says.
+
+    Returns
+    -------
+    Volume
+        float32 image on the same grid.
+    dict
+        The drawn parameters (JSON-serialisable): ``blur_mm``, ``bias_coefficients``,
+        ``resolution_mm`` (per axis), ``noise_std`` (image units).
+    """
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    spacing = volume.spacing
+    image = torch.from_numpy(np.asarray(volume.data, dtype=np.float32))[None, None]
+    blur = float(rng.uniform(*degradation.blur_mm))
+    if blur > 0:
+        image = gaussian_blur(image, (blur / spacing).tolist())
+    coefficients = uniform(generator, (1, len(_monomials())), -degradation.bias_strength,
+                           degradation.bias_strength, "cpu")
+    if degradation.bias_strength > 0:
+        image = image * bias_field(coefficients, image.shape[2:])
+    data = image[0, 0].numpy()
+    resolution = rng.uniform(*degradation.resolution_mm, size=3)
+    coarse = np.maximum(resolution, spacing)
+    if np.any(coarse > spacing * (1 + 1e-6)):
+        # Average over the coarse voxel first (slice profile), then sample it and come back.
+        sigma = np.sqrt(np.maximum((coarse / spacing) ** 2 - 1, 0)) / 2.355
+        image = gaussian_blur(torch.from_numpy(data)[None, None], sigma.tolist())
+        fine = Volume(image[0, 0].numpy(), volume.affine, volume.modality)
+        grid_affine, grid_shape = spacing_grid(volume.affine, volume.spatial_shape,
+                                               tuple(coarse))
+        low = resample_to_grid(fine, grid_affine, grid_shape, order=LINEAR)
+        data = resample_to_grid(low, volume.affine, volume.spatial_shape, order=LINEAR).data
+    noise_std = float(rng.uniform(*degradation.noise)) * float(np.percentile(data, 99))
+    if noise_std > 0:
+        data = data + noise_std * rng.standard_normal(data.shape, dtype=np.float32)
+    drawn = {"blur_mm": blur,
+             "bias_coefficients": coefficients[0].tolist() if degradation.bias_strength > 0
+             else [],
+             "resolution_mm": coarse.tolist(), "noise_std": noise_std}
+    meta = dict(volume.meta)
+    return Volume(np.ascontiguousarray(data, dtype=np.float32), volume.affine.copy(),
+                  volume.modality, meta), drawn
+
+
+# ------------------------------------------------------------------------ tumour-like lesions
+
+#: Label values a lesion adds to the tissue labels (:data:`TISSUE_LABELS`).
+LESION_LABELS: dict[int, str] = {4: "oedema", 5: "enhancing rim", 6: "necrotic core"}
+OEDEMA, RIM, CORE = 4, 5, 6
+
+#: MR contrasts a lesion case is rendered in.
+MODALITIES: tuple[str, ...] = ("T1", "T1ce", "T2", "FLAIR")
+
+#: Mean intensity (fraction of :data:`MR_SCALE`) per label and contrast. The usual
+#: appearance of a high-grade glioma: on T1 the necrotic core is dark and the oedema a
+#: little darker than white matter; on contrast-enhanced T1 the rim is the brightest
+#: tissue; on T2 fluid (CSF, core) and oedema are bright and white matter dark; FLAIR is T2
+#: with the free fluid suppressed, so CSF is dark and the oedema is the brightest tissue.
+MODALITY_CONTRAST: dict[str, dict[int, float]] = {
+    #           background CSF   GM    WM   oedema rim   core
+    "T1":    dict(zip(range(7), (0.0, 0.25, 0.55, 0.80, 0.55, 0.60, 0.20))),
+    "T1ce":  dict(zip(range(7), (0.0, 0.25, 0.55, 0.80, 0.55, 0.98, 0.20))),
+    "T2":    dict(zip(range(7), (0.0, 0.95, 0.55, 0.35, 0.80, 0.60, 0.90))),
+    "FLAIR": dict(zip(range(7), (0.0, 0.10, 0.55, 0.40, 0.90, 0.70, 0.30))),
+}
+#: Within-tissue standard deviation of the rendered contrasts, fraction of MR_SCALE.
+CONTRAST_STD = 0.03
+
+
+def add_tumour(labels: Volume, seed: int | np.random.Generator, *,
+               core_radius_mm: tuple[float, float] = (4.0, 10.0),
+               rim_mm: tuple[float, float] = (2.0, 4.0),
+               oedema_mm: tuple[float, float] = (6.0, 15.0)) -> Volume:
+    """Place one tumour-like lesion centred in white matter.
+
+    The lesion is three nested, irregular shells around a white-matter voxel at least
+    the lesion's radius inside the brain: necrotic core (label 6), enhancing rim
+    (label 5), and oedema (label 4) that spreads through white matter only (as vasogenic
+    oedema does). The shells follow a distance from the centre divided by ``1 + 0.3 n``,
+    where ``n`` is a smooth random field in [-1, 1], so the outline is lobulated. Core and
+    rim replace any tissue inside the brain; nothing is placed outside it.
+
+    Parameters
+    ----------
+    labels : Volume
+        Tissue labels (:data:`TISSUE_LABELS`) with some white matter.
+    seed : int or numpy Generator
+    core_radius_mm, rim_mm, oedema_mm : (float, float)
+        Uniform ranges of the core radius, the rim thickness, and how far the oedema
+        reaches beyond the rim, in mm.
+
+    Returns
+    -------
+    Volume
+        uint8 labels with values of :data:`TISSUE_LABELS` and :data:`LESION_LABELS`;
+        ``meta["lesion"]`` holds the centre (LPS mm) and the radii drawn.
+
+    Raises
+    ------
+    DimensionError
+        No white-matter voxel lies far enough inside the brain.
+    """
+    rng = np.random.default_rng(seed)
+    values = np.asarray(labels.data)
+    spacing = labels.spacing
+    core = float(rng.uniform(*core_radius_mm))
+    rim = core + float(rng.uniform(*rim_mm))
+    oedema = rim + float(rng.uniform(*oedema_mm))
+    depth = ndimage.distance_transform_edt(values > 0, sampling=spacing)
+    candidates = np.argwhere((values == 3) & (depth > rim * 1.3))
+    if len(candidates) == 0:
+        raise DimensionError(f"{labels.name} has no white matter {rim * 1.3:.0f} mm inside "
+                             f"the brain to place a lesion in.")
+    centre = candidates[int(rng.integers(len(candidates)))]
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    lobes = smooth_field(generator, 1, values.shape, control_spacing=12.0 / spacing.mean(),
+                         magnitude=1.0, device="cpu")[0, 0].numpy()
+    index = np.indices(values.shape, dtype=np.float32)
+    offset = (index - centre.reshape(3, 1, 1, 1)) * spacing.reshape(3, 1, 1, 1).astype(
+        np.float32)
+    distance = np.sqrt((offset ** 2).sum(0)) / (1.0 + 0.3 * lobes)
+    brain = values > 0
+    out = values.astype(np.uint8).copy()
+    out[(distance <= oedema) & (values == 3)] = OEDEMA
+    out[(distance <= rim) & brain] = RIM
+    out[(distance <= core) & brain] = CORE
+    meta = dict(labels.meta)
+    meta["labels"] = {**TISSUE_LABELS, **LESION_LABELS}
+    meta["lesion"] = {"centre_mm": (labels.affine @ np.append(centre, 1.0))[:3].tolist(),
+                      "core_radius_mm": core, "rim_radius_mm": rim, "oedema_radius_mm": oedema}
+    return Volume(out, labels.affine.copy(), "SEG", meta)
+
+
+def render_modalities(labels: Volume, seed: int | np.random.Generator, *,
+                      modalities: Sequence[str] = MODALITIES,
+                      degradation: Degradation = Degradation(),
+                      jitter: float = 0.05) -> dict[str, Volume]:
+    """Render tissue (and lesion) labels in several MR contrasts.
+
+    Each contrast uses :data:`MODALITY_CONTRAST` with every mean moved by a uniform
+    ``±jitter`` (fraction of :data:`MR_SCALE`) per case, a within-tissue standard
+    deviation of :data:`CONTRAST_STD`, then :func:`render_labels` with ``degradation``.
+
+    Parameters
+    ----------
+    labels : Volume
+        Values of :data:`TISSUE_LABELS` and :data:`LESION_LABELS`.
+    seed : int or numpy Generator
+    modalities : sequence of str
+        Among :data:`MODALITIES`.
+    degradation : Degradation
+    jitter : float
+
+    Returns
+    -------
+    dict of str to Volume
+        One float32 image per contrast, on the label map's grid, modality ``"MR"`` and
+        ``meta["contrast"]`` the contrast's name.
+
+    Raises
+    ------
+    DimensionError
+        An unknown contrast name.
+    """
+    unknown = [m for m in modalities if m not in MODALITY_CONTRAST]
+    if unknown:
+        raise DimensionError(f"Unknown MR contrast(s) {unknown}; use {', '.join(MODALITIES)}.")
+    rng = np.random.default_rng(seed)
+    images = {}
+    for name in modalities:
+        table = {v: ((mean + (rng.uniform(-jitter, jitter) if v else 0.0)) * MR_SCALE,
+                     CONTRAST_STD * MR_SCALE if v else 0.0)
+                 for v, mean in MODALITY_CONTRAST[name].items()}
+        image = render_labels(labels, table, rng, degradation=degradation)
+        image.meta.update(name=f"{labels.name} {name}", contrast=name)
+        images[name] = image
+    return images
+
+
+# ---------------------------------------------------------------------------- deformations
+
+
+def random_deformation(volume: Volume, seed: int | np.random.Generator, *,
+                       magnitude_mm: float = 4.0, control_spacing_mm: float = 24.0
+                       ) -> np.ndarray:
+    """A smooth random displacement field on a volume's grid, in LPS mm.
+
+    Made by :func:`napari_medattn.training.augment.smooth_field` (random vectors on a
+    control grid, upsampled and blurred) and scaled so its largest displacement is
+    ``magnitude_mm``. Keep ``magnitude_mm`` well below ``control_spacing_mm / 2`` for a
+    fold-free deformation.
+
+    Parameters
+    ----------
+    volume : Volume
+        Provides the grid (shape and affine).
+    seed : int or numpy Generator
+    magnitude_mm : float
+        Largest displacement length in mm.
+    control_spacing_mm : float
+        Distance between control points in mm (larger is smoother).
+
+    Returns
+    -------
+    ndarray, float32, shape ``(3, a0, a1, a2)``
+        ``u[:, i]`` is the LPS displacement (mm) of voxel ``i``: the deformed volume at
+        the patient point ``x`` of voxel ``i`` shows the source at ``x + u[:, i]`` (a
+        pull-back field, as in VoxelMorph); see :func:`apply_deformation`.
+    """
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    field = smooth_field(generator, 1, volume.spatial_shape,
+                         control_spacing=control_spacing_mm / float(volume.spacing.mean()),
+                         magnitude=float(magnitude_mm), device="cpu")
+    return field[0].numpy().astype(np.float32)
+
+
+def apply_deformation(volume: Volume, displacement_mm: np.ndarray) -> Volume:
+    """Deform a volume with a pull-back displacement field in LPS mm.
+
+    ``out[i] = volume(x_i + u_i)`` where ``x_i`` is voxel ``i``'s patient point: images are
+    interpolated linearly (float32 out), integer label maps by nearest neighbour (dtype
+    kept); points falling outside the volume read 0.
+
+    Parameters
+    ----------
+    volume : Volume
+        3D, or 4D with frames first (each frame deformed alike).
+    displacement_mm : ndarray ``(3, a0, a1, a2)``
+        As returned by :func:`random_deformation`, on ``volume``'s grid.
+
+    Returns
+    -------
+    Volume
+        Same grid, modality and meta.
+
+    Raises
+    ------
+    GeometryError
+        The field is not on the volume's grid.
+    """
+    field = np.asarray(displacement_mm, dtype=np.float64)
+    if field.shape != (3, *volume.spatial_shape):
+        raise GeometryError(f"The displacement field has shape {field.shape}; the volume "
+                            f"{volume.name} needs (3, {', '.join(map(str, volume.spatial_shape))}).")
+    # mm displacement -> index displacement: solve A[:3, :3] @ d_index = u_mm.
+    to_index = np.linalg.inv(volume.affine[:3, :3])
+    steps = np.einsum("ij,jdhw->idhw", to_index, field).astype(np.float32)
+    coordinates = torch.from_numpy(steps)[None] + identity_coordinates(volume.spatial_shape,
+                                                                       "cpu")[None]
+    data = np.asarray(volume.data)
+    integer = np.issubdtype(data.dtype, np.integer)
+    frames = data[None] if data.ndim == 3 else data
+    source = torch.from_numpy(np.ascontiguousarray(
+        frames.astype(np.int64 if integer else np.float32)))[None]
+    out = warp(source, coordinates)[0].numpy()
+    out = out.astype(data.dtype) if integer else out.astype(np.float32)
+    return Volume(out[0] if data.ndim == 3 else out, volume.affine.copy(), volume.modality,
+                  dict(volume.meta))
+
+
+# ------------------------------------------------------------------------- training cases
+
+#: Render-only layers around the brain in label-to-image cases (their target label is 0):
+#: without them every synthetic head would be a bare brain on a flat background, unlike a
+#: real scan with skull and scalp.
+HEAD_LAYERS: dict[int, str] = {7: "skull", 8: "scalp"}
+
+
+def head_layers(labels: Volume, seed: int | np.random.Generator, *,
+                skull_mm: tuple[float, float] = (3.0, 7.0),
+                scalp_mm: tuple[float, float] = (3.0, 8.0)) -> np.ndarray:
+    """A render map: ``labels`` plus a skull shell (7) and a scalp shell (8) outside the brain.
+
+    Parameters
+    ----------
+    labels : Volume
+        Tissue labels; the brain is every non-zero voxel.
+    seed : int or numpy Generator
+    skull_mm, scalp_mm : (float, float)
+        Uniform ranges of the shells' thickness in mm.
+
+    Returns
+    -------
+    ndarray of uint8
+        Same shape; the shells only replace background voxels.
+    """
+    rng = np.random.default_rng(seed)
+    values = np.asarray(labels.data)
+    outside = ndimage.distance_transform_edt(values == 0, sampling=labels.spacing)
+    skull = float(rng.uniform(*skull_mm))
+    scalp = skull + float(rng.uniform(*scalp_mm))
+    out = values.astype(np.uint8).copy()
+    out[(outside > 0) & (outside <= skull)] = 7
+    out[(outside > skull) & (outside <= scalp)] = 8
+    return out
+
+
+def synthetic_brain_cases(n: int, seed: int = 0, *, resolution: int = 2,
+                          synthetic_fraction: float = 0.5, deformation_mm: float = 4.0,
+                          lesion_probability: float = 0.0,
+                          degradation: Degradation = Degradation(),
+                          ) -> Iterator[tuple[Volume, Volume]]:
+    """Yield ``n`` synthetic brain training cases ``(image, labels)`` built on MNI152.
+
+    Case ``i`` is drawn with ``numpy.random.default_rng((seed, i))`` alone, so any case
+    can be remade without the others. Each case:
+
+    1. deforms the template's tissue labels (and T1) by a fresh smooth field of largest
+       displacement ``deformation_mm`` (:func:`random_deformation`);
+    2. with probability ``lesion_probability`` adds a tumour (:func:`add_tumour`; the
+       labels then hold :data:`LESION_LABELS` too);
+    3. with probability ``synthetic_fraction`` renders the labels with a random Gaussian
+       per label, skull and scalp shells included (:func:`draw_intensity_model`,
+       :func:`head_layers`, :func:`render_labels`): any contrast, CSF bright or dark,
+       which is what lets a model segment T2-weighted or b0 scans; otherwise it takes
+       the deformed real T1 (lesion voxels rendered with the T1 contrast of
+       :data:`MODALITY_CONTRAST`);
+    4. degrades the image (:class:`Degradation`: blur, bias, resolution, noise).
+
+    Parameters
+    ----------
+    n : int
+        Number of cases.
+    seed : int
+    resolution : {1, 2}
+        Template voxel size in mm.
+    synthetic_fraction : float
+        Probability (0-1) of a label-to-image rendering rather than the real T1.
+    deformation_mm : float
+        Largest displacement of the random deformation in mm (0: none).
+    lesion_probability : float
+        Probability (0-1) of a tumour-like lesion.
+    degradation : Degradation
+
+    Yields
+    ------
+    image : Volume
+        float32, modality ``"MR"``; ``meta["synthesis"]`` says how it was made (kind,
+        seed, case, drawn parameters) and ``meta["displacement_mm"]`` holds the
+        deformation field (see :func:`random_deformation`; ``None`` when off).
+    labels : Volume
+        uint8 on the same grid: :data:`TISSUE_LABELS` (and :data:`LESION_LABELS`).
+    """
+    for name, value in (("synthetic_fraction", synthetic_fraction),
+                        ("lesion_probability", lesion_probability)):
+        if not 0 <= value <= 1:
+            raise DimensionError(f"{name} must be in [0, 1], got {value}.")
+    t1, tissue = mni152_tissue_labels(resolution)
+    for case in range(int(n)):
+        rng = np.random.default_rng((seed, case))
+        field = None
+        labels, image = tissue, t1
+        if deformation_mm > 0:
+            field = random_deformation(tissue, rng, magnitude_mm=deformation_mm)
+            labels = apply_deformation(tissue, field)
+        if rng.random() < lesion_probability:
+            labels = add_tumour(labels, rng)
+        kind = "label-to-image" if rng.random() < synthetic_fraction else "real T1"
+        if kind == "label-to-image":
+            render_map = Volume(head_layers(labels, rng), labels.affine, "SEG")
+            intensities = draw_intensity_model(np.unique(render_map.data), rng)
+            image = render_labels(render_map, intensities, rng, degradation=degradation)
+            drawn = image.meta["synthesis"]
+        else:
+            if field is not None:
+                image = apply_deformation(t1, field)
+            lesion = np.asarray(labels.data) >= OEDEMA
+            if lesion.any():
+                rendered = render_modalities(labels, rng, modalities=("T1",),
+                                             degradation=Degradation.none())["T1"]
+                image = Volume(np.where(lesion, rendered.data, image.data).astype(np.float32),
+                               image.affine, "MR", dict(image.meta))
+            image, drawn = degrade(image, rng, degradation)
+        image.meta.update(
+            name=f"synthetic brain {seed}-{case}",
+            synthesis={"kind": kind, "seed": int(seed), "case": case, **drawn},
+            displacement_mm=field)
+        out_labels = Volume(np.asarray(labels.data, dtype=np.uint8), labels.affine.copy(),
+                            "SEG", {"name": f"synthetic brain {seed}-{case} labels",
+                                    "labels": dict(labels.meta.get("labels", TISSUE_LABELS))})
+        yield image, out_labels
