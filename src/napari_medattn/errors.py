@@ -25,3 +25,11 @@ class WriteError(MedAttnError):
 
 class ModelError(MedAttnError):
     """A model or its weights could not be created or loaded safely."""
+
+
+class InsufficientMemoryError(MedAttnError):
+    """A job would not fit in the free RAM or GPU memory, even after re-planning."""
+
+
+class Cancelled(MedAttnError):
+    """The user cancelled a running job; nothing was produced."""

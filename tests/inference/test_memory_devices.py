@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_medattn.errors import ModelError
+from napari_medattn.errors import InsufficientMemoryError, ModelError
 from napari_medattn.inference.devices import autocast, autocast_dtype, resolve_device
 from napari_medattn.inference.memory import (
     FINALISE_CHUNK_FLOATS,
     FLOAT_BYTES,
-    InsufficientMemoryError,
     estimate_memory,
     plan_inference,
     slab_planes,
@@ -130,8 +129,11 @@ def test_cpu_autocast_follows_native_bf16(monkeypatch, native):
 
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
-    assert autocast_dtype(cpu) == (torch.bfloat16 if native else None)
+    assert autocast_dtype(cpu) is None  # float32 on CPUs unless asked
     with autocast(cpu):
+        assert torch.nn.Linear(3, 2)(torch.ones(1, 3)).dtype == torch.float32
+    assert autocast_dtype(cpu, include_cpu=True) == (torch.bfloat16 if native else None)
+    with autocast(cpu, enabled=True):
         out = torch.nn.Linear(3, 2)(torch.ones(1, 3))
     assert out.dtype == (torch.bfloat16 if native else torch.float32)
     with autocast(cpu, enabled=False):
@@ -144,7 +146,9 @@ def test_reduced_precision_on_cpu_stays_close(monkeypatch, volume3d, net3d):
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
     kwargs = dict(skip_empty=False, keep_probabilities="all", device="cpu")
     exact = sliding_window_inference(volume3d, net3d, (12, 16, 10), use_autocast=False, **kwargs)
-    fast = sliding_window_inference(volume3d, net3d, (12, 16, 10), **kwargs)
+    assert np.array_equal(sliding_window_inference(volume3d, net3d, (12, 16, 10), **kwargs).labels,
+                          exact.labels)  # the default stays float32 on a CPU
+    fast = sliding_window_inference(volume3d, net3d, (12, 16, 10), use_autocast=True, **kwargs)
     differences = [np.abs(fast.probabilities[c] - exact.probabilities[c]).max() for c in range(3)]
     assert 0 < max(differences) < 0.03
     assert (fast.labels == exact.labels).mean() > 0.97

@@ -5,9 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from napari_medattn.errors import DimensionError
+from napari_medattn.errors import Cancelled, DimensionError
 from napari_medattn.inference.pipeline import segment
-from napari_medattn.inference.sliding_window import Cancelled
 from napari_medattn.io import Volume, read_volume, write_dicom_series, write_nifti
 from napari_medattn.models.card import ClassInfo, ModelCard
 

@@ -6,9 +6,8 @@ import torch
 from torch import nn
 from monai.inferers import sliding_window_inference as monai_sliding_window
 
-from napari_medattn.errors import DimensionError, ModelError
+from napari_medattn.errors import Cancelled, DimensionError, ModelError
 from napari_medattn.inference.sliding_window import (
-    Cancelled,
     importance_map,
     sliding_window_inference,
     window_starts,

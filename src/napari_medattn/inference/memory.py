@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Sequence
 
-from napari_medattn.errors import MedAttnError
+from napari_medattn.errors import InsufficientMemoryError
 
 FLOAT_BYTES = 4
 #: Peak activation memory of one input voxel of one window during a no-grad forward
@@ -25,10 +25,6 @@ GIB = 1024**3
 #: Finalising divides the buffer in chunks of planes holding at most this many floats
 #: (all classes together), so its temporary stays small.
 FINALISE_CHUNK_FLOATS = 1 << 24
-
-
-class InsufficientMemoryError(MedAttnError):
-    """A job would not fit in the free RAM or GPU memory, even after re-planning."""
 
 
 @dataclasses.dataclass(frozen=True)

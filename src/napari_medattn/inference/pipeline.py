@@ -92,7 +92,7 @@ def segment(
     crop_to_body: bool = False,
     min_component_mm3: float | None = None,
     skip_empty: bool = True,
-    use_autocast: bool = True,
+    use_autocast: bool | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> Segmentation:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_medattn.errors import DimensionError, MedAttnError, ModelError
+from napari_medattn.errors import Cancelled, DimensionError, ModelError
 from napari_medattn.inference.devices import autocast, free_gpu_memory, resolve_device
 from napari_medattn.inference.memory import (
     DEFAULT_ACTIVATION_BYTES_PER_VOXEL,
@@ -50,10 +50,6 @@ from napari_medattn.models.capture import MapKind, capture_attention
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool] | threading.Event
 
-
-
-class Cancelled(MedAttnError):
-    """The user cancelled a running job; nothing was produced."""
 
 
 @dataclasses.dataclass
@@ -211,7 +207,7 @@ def sliding_window_inference(
     attention_maps: Sequence[str] = (),
     stream: bool = True,
     device: str | torch.device = "auto",
-    use_autocast: bool = True,
+    use_autocast: bool | None = None,
     pad_value: float = 0.0,
     memory_check: bool = True,
     activation_bytes_per_voxel: int = DEFAULT_ACTIVATION_BYTES_PER_VOXEL,
@@ -267,9 +263,10 @@ def sliding_window_inference(
         Finalise slab by slab (True) or keep the whole volume's sums until the end.
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` (see :func:`.resolve_device`).
-    use_autocast : bool
-        Run the forward pass in bfloat16/float16 where the device computes it natively
-        (GPUs, CPUs with AVX512-BF16/AMX; see :func:`.devices.autocast_dtype`).
+    use_autocast : bool or None
+        Run the forward pass in bfloat16/float16: None (default) on GPUs only, True also on
+        CPUs that compute bfloat16 natively (AVX512-BF16/AMX; faster, not bitwise float32),
+        False never (see :func:`.devices.autocast_dtype`).
         Blending always runs in float32.
     pad_value : float
         Input value used to pad a volume smaller than a window.
