@@ -64,7 +64,9 @@ class Case:
     name : str
         Case identifier (file stem or the CSV's ``name``).
     image : Volume
-        4D ``(channels, a0, a1, a2)`` float32, with the affine of its grid (LPS mm).
+        4D ``(channels, a0, a1, a2)`` float32, with the affine of its grid (LPS mm). As
+        loaded by :func:`load_cases`, array axes follow napari's world axes (the
+        :meth:`~napari_medattn.io.Volume.canonical` view, superior, posterior, left).
     label : Volume
         3D integer label map on the same grid, modality ``"SEG"``.
     """
@@ -300,7 +302,9 @@ def _read(path: Path, case: str) -> Volume:
     if not path.exists():
         raise ReadError(f"Case {case}: {path} does not exist.")
     try:
-        return read_volume(path)
+        # The canonical view (z, y, x LPS, zero-copy) puts an image stored slice-first
+        # (DICOM) and its label map stored i, j, k (NIfTI) on comparable arrays.
+        return read_volume(path).canonical()
     except MedAttnError as error:
         raise type(error)(f"Case {case}: {error}") from None
 
