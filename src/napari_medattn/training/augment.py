@@ -222,12 +222,21 @@ class Transform:
 
     name: ClassVar[str] = ""
     spatial: ClassVar[bool] = False
+    #: Fields that are ``(low, high)`` ranges, with the smallest value each may hold; one
+    #: uniform number per sample is drawn from each (see :meth:`draw`).
+    ranges: ClassVar[dict[str, float]] = {}
     p: float = 0.2
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.p) <= 1.0:
             raise AugmentationConfigError(f"Augmentation {self.name!r}: p must be in [0, 1], "
                                           f"got {self.p}.")
+        for field, lowest in self.ranges.items():
+            value = getattr(self, field)
+            if len(value) != 2 or not value[0] <= value[1] or value[0] < lowest:
+                raise AugmentationConfigError(
+                    f"Augmentation {self.name!r}: {field} must be two increasing numbers of "
+                    f"at least {lowest}, got {list(value)}.")
 
     @property
     def config(self) -> dict[str, Any]:
@@ -256,19 +265,15 @@ class Transform:
         return image, label
 
     def draw(self, generator: torch.Generator, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Parameters for every sample of the batch, each a tensor with the batch first."""
-        raise NotImplementedError
+        """Parameters for every sample of the batch, each a tensor with the batch first:
+        one uniform number per sample from each of :attr:`ranges`."""
+        return {field: uniform(generator, (image.shape[0],), *getattr(self, field), image.device)
+                for field in self.ranges}
 
     def apply(self, image: torch.Tensor, label: torch.Tensor | None,
               params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Transform one sample ``(1, C, D, H, W)`` (and its label) with its parameters."""
         raise NotImplementedError
-
-
-def _pair(name: str, field: str, value: Sequence[float], low: float = -math.inf) -> None:
-    if len(value) != 2 or not value[0] <= value[1] or value[0] < low:
-        raise AugmentationConfigError(f"Augmentation {name!r}: {field} must be two increasing "
-                                      f"numbers of at least {low}, got {list(value)}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,19 +284,16 @@ class RandomAffine(Transform):
 
     name: ClassVar[str] = "affine"
     spatial: ClassVar[bool] = True
+    ranges: ClassVar[dict[str, float]] = {"scale": 1e-3}
     rotation_deg: float = 15.0
     scale: tuple[float, float] = (0.85, 1.25)
     translation: float = 0.0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _pair(self.name, "scale", self.scale, low=1e-3)
-
     def draw(self, generator, image):
         b, device = image.shape[0], image.device
         r = math.radians(self.rotation_deg)
-        return {"angles": uniform(generator, (b, 3), -r, r, device),
-                "scale": uniform(generator, (b,), *self.scale, device),
+        return {**super().draw(generator, image),
+                "angles": uniform(generator, (b, 3), -r, r, device),
                 "shift": uniform(generator, (b, 3), -self.translation, self.translation,
                                  device)}
 
@@ -314,21 +316,20 @@ class ElasticDeformation(Transform):
 
     name: ClassVar[str] = "elastic"
     spatial: ClassVar[bool] = True
+    ranges: ClassVar[dict[str, float]] = {"magnitude": 0.0}
     magnitude: tuple[float, float] = (0.0, 4.0)
     control_spacing: float = 12.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _pair(self.name, "magnitude", self.magnitude, low=0.0)
         if self.control_spacing <= 0:
             raise AugmentationConfigError("Augmentation 'elastic': control_spacing must be "
                                           "positive.")
 
     def draw(self, generator, image):
-        b, device = image.shape[0], image.device
-        magnitude = uniform(generator, (b,), *self.magnitude, device)
-        field = smooth_field(generator, b, image.shape[2:], self.control_spacing, magnitude,
-                             device)
+        magnitude = super().draw(generator, image)["magnitude"]
+        field = smooth_field(generator, image.shape[0], image.shape[2:], self.control_spacing,
+                             magnitude, image.device)
         return {"field": field.to(image.dtype)}
 
     def apply(self, image, label, params):
@@ -374,15 +375,9 @@ class Gamma(Transform):
     """Rescale each channel to [0, 1], raise to ``gamma`` (uniform in the range), scale back."""
 
     name: ClassVar[str] = "gamma"
+    ranges: ClassVar[dict[str, float]] = {"gamma": 1e-3}
     p: float = 0.3
     gamma: tuple[float, float] = (0.7, 1.5)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _pair(self.name, "gamma", self.gamma, low=1e-3)
-
-    def draw(self, generator, image):
-        return {"gamma": uniform(generator, (image.shape[0],), *self.gamma, image.device)}
 
     def apply(self, image, label, params):
         low = image.amin(dim=(2, 3, 4), keepdim=True)
@@ -421,15 +416,12 @@ class GaussianNoise(Transform):
     channel's standard deviation."""
 
     name: ClassVar[str] = "noise"
+    ranges: ClassVar[dict[str, float]] = {"std": 0.0}
     p: float = 0.15
     std: tuple[float, float] = (0.0, 0.1)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _pair(self.name, "std", self.std, low=0.0)
-
     def draw(self, generator, image):
-        return {"std": uniform(generator, (image.shape[0],), *self.std, image.device),
+        return {**super().draw(generator, image),
                 "noise": normal(generator, image.shape, image.device).to(image.dtype)}
 
     def apply(self, image, label, params):
@@ -442,14 +434,8 @@ class GaussianBlur(Transform):
     """Gaussian blur with a standard deviation uniform in ``sigma`` voxels (all axes)."""
 
     name: ClassVar[str] = "blur"
+    ranges: ClassVar[dict[str, float]] = {"sigma": 0.0}
     sigma: tuple[float, float] = (0.5, 1.0)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _pair(self.name, "sigma", self.sigma, low=0.0)
-
-    def draw(self, generator, image):
-        return {"sigma": uniform(generator, (image.shape[0],), *self.sigma, "cpu")}
 
     def apply(self, image, label, params):
         return gaussian_blur(image, float(params["sigma"])), label
@@ -461,15 +447,9 @@ class Contrast(Transform):
     channel's original range (nnU-Net's contrast augmentation)."""
 
     name: ClassVar[str] = "contrast"
+    ranges: ClassVar[dict[str, float]] = {"factor": 0.0}
     p: float = 0.15
     factor: tuple[float, float] = (0.75, 1.25)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _pair(self.name, "factor", self.factor, low=0.0)
-
-    def draw(self, generator, image):
-        return {"factor": uniform(generator, (image.shape[0],), *self.factor, image.device)}
 
     def apply(self, image, label, params):
         dims = (2, 3, 4)
@@ -485,18 +465,15 @@ class LowResolution(Transform):
     ``zoom`` (fraction of voxels kept per axis)."""
 
     name: ClassVar[str] = "low_resolution"
+    ranges: ClassVar[dict[str, float]] = {"zoom": 1e-3}
     p: float = 0.25
     zoom: tuple[float, float] = (0.5, 1.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _pair(self.name, "zoom", self.zoom, low=1e-3)
         if self.zoom[1] > 1:
             raise AugmentationConfigError("Augmentation 'low_resolution': zoom must be at "
                                           "most 1.")
-
-    def draw(self, generator, image):
-        return {"zoom": uniform(generator, (image.shape[0],), *self.zoom, "cpu")}
 
     def apply(self, image, label, params):
         return simulate_low_resolution(image, float(params["zoom"])), label
