@@ -57,17 +57,19 @@ def format_table(report: EvaluationReport) -> str:
     for case in dict.fromkeys(s.case for s in report.scores):
         for s in (s for s in report.scores if s.case == case):
             lines.append(row(case, s.name, s.as_dict()))
-        lines.append(row(case, "mean", means[("case", case, None)].means))
+        mean = means[("case", case, None)]
+        lines.append(row(case, "mean", mean.means, _skipped(mean)))
     lines.append("-" * len(header))
     for mean in report.summary:
-        if mean.scope == "case":
-            continue
-        skipped = {k: v for k, v in mean.excluded.items() if v}
-        note = ("  (skipped: " + ", ".join(f"{k} {v}" for k, v in skipped.items()) + ")"
-                if skipped else "")
-        lines.append(row("all cases", mean.name if mean.scope == "class" else "mean",
-                         mean.means, f"  n={mean.n}{note}"))
+        if mean.scope != "case":
+            lines.append(row("all cases", mean.name if mean.scope == "class" else "mean",
+                             mean.means, f"  n={mean.n}{_skipped(mean)}"))
     return "\n".join(lines)
+
+
+def _skipped(mean: MeanScores) -> str:
+    skipped = [f"{metric} {count}" for metric, count in mean.excluded.items() if count]
+    return f"  (skipped: {', '.join(skipped)})" if skipped else ""
 
 
 def write_report(report: EvaluationReport, out_dir: str | os.PathLike) -> list[Path]:

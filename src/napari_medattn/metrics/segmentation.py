@@ -269,7 +269,8 @@ def _evaluate_cases(pairs, classes, class_names, pred_dir, ref_dir) -> Evaluatio
                                     classes=classes, class_names=class_names, case=name)
         except MedAttnError as error:
             message = str(error)
-            problems.append((name, message if name in message else f"Case {name}: {message}"))
+            prefix = f"Case {name}: "
+            problems.append((name, message if message.startswith(prefix) else prefix + message))
     if classes is None:
         scores = _fill_absent_classes(scores, class_names)
     return EvaluationReport(scores, summarize(scores), problems)
