@@ -17,6 +17,8 @@ from napari_medattn.errors import ModelError
 #: that ``scripts/train_builtin_models.py`` trains). A constant rather than a flag in the
 #: cards, so two cards can never both claim to be the default.
 DEFAULT_MODEL = "dssa-unet-brain-tissue"
+#: Column where the values of a model's description start (after two spaces).
+FIELD_WIDTH = 16
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,27 +71,27 @@ def describe_model(entry: Any) -> str:
     scheme = dict(card.normalization)
     normalization = scheme.pop("scheme") + "".join(f", {k}={v}" for k, v in scheme.items())
     metrics = ", ".join(f"{k}={v:.4g}" for k, v in card.metrics.items()) or "none reported"
-    lines = [
-        f"{card.name}{default}  [{entry.source}]",
-        f"  location       {entry.path}",
-        f"  architecture   {card.architecture} {json.dumps(card.config, sort_keys=True)}",
-        f"  task           {card.task}",
-        "  classes        " + ", ".join(f"{i} {c.name} ({c.color})"
-                                        for i, c in enumerate(card.classes)),
-        f"  modality       {card.modality}",
-        f"  input channels {card.in_channels}",
-        f"  spacing        {spacing}",
-        f"  orientation    {card.orientation or 'as stored'}",
-        f"  patch size     {' x '.join(str(p) for p in card.patch_size)} voxels",
-        f"  normalisation  {normalization}",
-        f"  training data  {card.training_data}",
-        f"  training       {card.training_procedure}",
-        f"  metrics        {metrics}",
-        f"  evaluated on   {card.evaluated_on}",
-        f"  licence        {card.license}",
-        f"  intended use   {card.intended_use}",
-        f"  weights sha256 {card.weights_sha256 or 'not recorded'}",
+    fields = [
+        ("location", str(entry.path)),
+        ("architecture", f"{card.architecture} {json.dumps(card.config, sort_keys=True)}"),
+        ("task", card.task),
+        ("classes", ", ".join(f"{i} {c.name} ({c.color})" for i, c in enumerate(card.classes))),
+        ("modality", card.modality),
+        ("input channels", str(card.in_channels)),
+        ("spacing", spacing),
+        ("orientation", card.orientation or "as stored"),
+        ("patch size", f"{' x '.join(str(p) for p in card.patch_size)} voxels"),
+        ("normalisation", normalization),
+        ("training data", card.training_data),
+        ("training", card.training_procedure),
+        ("metrics", metrics),
+        ("evaluated on", card.evaluated_on),
+        ("licence", card.license),
+        ("intended use", card.intended_use),
+        ("weights sha256", card.weights_sha256 or "not recorded"),
     ]
+    lines = [f"{card.name}{default}  [{entry.source}]"]
+    lines += [f"  {label:<{FIELD_WIDTH}}{value}" for label, value in fields]
     return "\n".join(lines)
 
 

@@ -20,11 +20,12 @@ the exit code is 1 at the end.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from napari_medattn.errors import MedAttnError, ModelError, ReadError, WriteErro
 
 #: What ``--probabilities all`` asks for.
 ALL_CLASSES = "all"
+#: Kind of the json record written beside each volume's outputs.
+PROVENANCE = "provenance"
 UNCERTAINTY_AUTO = "auto"
 _AUTOCAST = {"auto": None, "on": True, "off": False}
 
@@ -64,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", metavar="JSON",
                         help="architecture arguments of a bare weights file as a JSON "
                              "object, e.g. '{\"out_channels\": 4, \"patch_size\": 64}'")
+    parser.add_argument("--patch-size", type=int, nargs="+", metavar="N",
+                        help="window size in voxels for a bare weights file whose config "
+                             "does not say it (one number per spatial axis)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps "
                              "(default: auto)")
@@ -102,19 +108,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     """Segment every input; 0 when all succeeded, 1 when any input failed."""
     # Imported here so that ``medattn --help`` does not pay for torch.
-    from napari_medattn.inference.sliding_window import attention_map_names
-    from napari_medattn.models.registry import load_model
-
     from napari_medattn.cli.models import default_model
+    from napari_medattn.inference.sliding_window import attention_map_names
+    from napari_medattn.io import read
+    from napari_medattn.models.registry import load_model
 
     config = _parse_config(args.config)
     if args.model is None:
-        if args.architecture or config:
-            raise ModelError("--architecture and --config describe a weights file given "
-                             "with --model PATH.")
+        if args.architecture or config or args.patch_size:
+            raise ModelError("--architecture, --config and --patch-size describe a weights "
+                             "file given with --model PATH.")
         module, card = load_model(default_model().path)
     else:
-        module, card = load_model(args.model, architecture=args.architecture, config=config)
+        module, card = load_model(args.model, architecture=args.architecture, config=config,
+                                  card=bare_weights_card(args, config))
     options = {
         "device": args.device,
         "overlap": args.overlap,
@@ -141,29 +148,36 @@ def run_segment(args: argparse.Namespace) -> int:
         raise WriteError(f"Cannot create the output folder {out_dir}: "
                          f"{error.strerror}.") from None
 
-    inputs = [Path(p) for p in args.inputs]
-    namer = OutputNamer(out_dir, inputs)
+    jobs = collect_inputs([Path(p) for p in args.inputs])
+    namer = OutputNamer(out_dir, {f for job in jobs for f in job.files})
     status = 0
-    for label, volumes in iter_inputs(inputs, out_dir, modality=args.modality):
-        if isinstance(volumes, MedAttnError):
-            print(f"medattn segment: {volumes}", file=sys.stderr)
+    for job in jobs:
+        try:
+            if job.error is not None:
+                raise job.error
+            volumes = read(job.path, modality=args.modality)
+        except MedAttnError as error:
+            print(f"medattn segment: {error}", file=sys.stderr)
             status = 1
             continue
         for volume in volumes:
             try:
-                written = segment_volume(volume, module, card, namer, options,
-                                         input_path=label)
+                written, notes = segment_volume(volume, module, card, namer, options,
+                                                input_path=job.path)
             except MedAttnError as error:
-                print(f"medattn segment: {label} ({volume.name}): {error}", file=sys.stderr)
+                print(f"medattn segment: {job.path} ({volume.name}): {error}",
+                      file=sys.stderr)
                 status = 1
                 continue
-            print(f"{label} ({volume.name}) -> {written}")
+            print(f"{job.path} ({volume.name}) -> {written}")
+            for note in notes:
+                print(f"  note: {note}")
     return status
 
 
 def segment_volume(volume, module, card, namer: OutputNamer, options: dict[str, Any], *,
-                   input_path: Path) -> Path:
-    """Segment one volume and write its outputs and provenance; returns the labels file.
+                   input_path: Path) -> tuple[Path, list[str]]:
+    """Segment one volume and write its outputs and provenance.
 
     Parameters
     ----------
@@ -177,6 +191,14 @@ def segment_volume(volume, module, card, namer: OutputNamer, options: dict[str, 
         Keyword arguments of :func:`napari_medattn.inference.segment`.
     input_path : Path
         The input the volume came from, for the provenance record.
+
+    Returns
+    -------
+    labels : Path
+        The label map written.
+    notes : list of str
+        Sentences for the user: the reader's warnings and the pipeline's notes (device
+        fallback, a modality the model was not made for, ...), also in the provenance.
     """
     from napari_medattn.inference import segment
     from napari_medattn.io import write_nifti
@@ -207,47 +229,70 @@ def segment_volume(volume, module, card, namer: OutputNamer, options: dict[str, 
         "affine_lps": volume.affine.tolist(),
     }
     record["outputs"] = {key: path.name for key, path in outputs.items()}
+    record["input_warnings"] = list(volume.meta.get("warnings", []))
     record["total_runtime_s"] = time.perf_counter() - started
-    provenance = namer.path(stem, "provenance", suffix=".json")
+    provenance = namer.path(stem, PROVENANCE, suffix=".json")
     _atomic_write(provenance, lambda f: json.dump(record, f, indent=2, default=_json_default))
-    return outputs["labels"]
+    return outputs["labels"], record["input_warnings"] + result.notes
 
 
-def iter_inputs(inputs: Sequence[Path], out_dir: Path, *, modality: str | None = None
-                ) -> Iterator[tuple[Path, list | MedAttnError]]:
-    """``(input, volumes)`` for every input, or ``(input, error)`` when it cannot be read.
+@dataclasses.dataclass(frozen=True)
+class InputJob:
+    """One path to read: a NIfTI file, a DICOM file or DICOMDIR, or a folder's DICOM series.
 
-    A folder yields each NIfTI file in it (recursively, sorted) and, when it holds DICOM
-    files, its DICOM series; files under ``out_dir`` (earlier results) are left out.
-    Volumes are read one input at a time, so only one input's images are in memory.
+    ``files`` are the image files it covers (never to be overwritten); ``error`` is set
+    when the input was found to be unusable before reading.
     """
-    from napari_medattn.io import read
-    from napari_medattn.io.dicom import _walk
+
+    path: Path
+    files: frozenset[Path]
+    error: MedAttnError | None = None
+
+
+def collect_inputs(inputs: Sequence[Path]) -> list[InputJob]:
+    """The reads that the command-line inputs stand for, in order.
+
+    A file is read as it is. A folder stands for each NIfTI file in it (recursively,
+    sorted) and, when it holds DICOM files, for its DICOM series (read together, so that
+    each series is one volume). Results of earlier runs (files a ``*_provenance.json``
+    beside them lists as outputs) are left out, so ``--out`` may lie inside an input
+    folder or be the folder itself.
+    """
+    from napari_medattn.io.dicom import _walk  # the DICOM reader's own notion of candidates
     from napari_medattn.io.nifti import is_nifti
 
-    out_resolved = out_dir.resolve()
+    jobs = []
     for path in inputs:
         if not path.is_dir():
-            yield path, _read_or_error(read, path, modality)
+            jobs.append(InputJob(path, frozenset({path.resolve()}) if path.is_file()
+                                 else frozenset()))
             continue
+        earlier = _earlier_outputs(path)
         niftis = sorted(p for p in path.rglob("*") if p.is_file() and is_nifti(p)
                         and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                        and out_resolved not in p.resolve().parents)
-        dicom_candidates, _ = _walk(path)
-        if not niftis and not dicom_candidates:
-            yield path, ReadError(f"{path} holds no NIfTI or DICOM files.")
+                        and p.resolve() not in earlier)
+        dicom = [file for file, _ in _walk(path)[0]]
+        if not niftis and not dicom:
+            jobs.append(InputJob(path, frozenset(),
+                                 ReadError(f"{path} holds no NIfTI or DICOM files.")))
             continue
-        for nifti in niftis:
-            yield nifti, _read_or_error(read, nifti, modality)
-        if dicom_candidates:
-            yield path, _read_or_error(read, path, modality)
+        jobs += [InputJob(p, frozenset({p.resolve()})) for p in niftis]
+        if dicom:
+            jobs.append(InputJob(path, frozenset(p.resolve() for p in dicom)))
+    return jobs
 
 
-def _read_or_error(read, path: Path, modality: str | None) -> list | MedAttnError:
-    try:
-        return read(path, modality=modality)
-    except MedAttnError as error:
-        return error
+def _earlier_outputs(folder: Path) -> set[Path]:
+    """Files under ``folder`` that provenance records of earlier runs list as outputs."""
+    found = set()
+    for record in folder.rglob(f"*_{PROVENANCE}.json"):
+        try:
+            outputs = json.loads(record.read_text(encoding="utf-8")).get("outputs", {})
+        except (OSError, ValueError, AttributeError):
+            continue  # not one of ours: its neighbours are treated as inputs
+        if isinstance(outputs, dict):
+            found.update((record.parent / str(name)).resolve() for name in outputs.values())
+    return found
 
 
 class OutputNamer:
@@ -257,16 +302,16 @@ class OutputNamer:
     ----------
     out_dir : Path
         Where the outputs go.
-    inputs : sequence of Path
-        The inputs given on the command line: no output may resolve to a file in them.
+    protected : set of Path
+        Resolved paths of the input files, which no output may be written over.
     """
 
-    def __init__(self, out_dir: Path, inputs: Sequence[Path]) -> None:
+    def __init__(self, out_dir: Path, protected: set[Path]) -> None:
         self.out_dir = out_dir
         self._taken: set[str] = set()
-        self._inputs = {p.resolve() for p in inputs if p.is_file()}
-        for folder in (p for p in inputs if p.is_dir()):
-            self._inputs.update(f.resolve() for f in folder.rglob("*") if f.is_file())
+        resolved = out_dir.resolve()
+        # Only inputs inside the output folder can clash with an output name.
+        self._protected_names = {p.name for p in protected if p.parent == resolved}
 
     def path(self, stem: str, kind: str, suffix: str = ".nii.gz") -> Path:
         """The output file for ``kind`` (``"labels"``, ``"provenance"``, ...) of ``stem``."""
@@ -276,17 +321,37 @@ class OutputNamer:
         """A stem for ``volume``'s outputs, unused in this run and naming no input."""
         base = _safe_name(volume.name) or "volume"
         stem, number = base, 1
-        while stem in self._taken or self._names_an_input(stem):
+        while stem in self._taken or any(name.startswith(f"{stem}_")
+                                         for name in self._protected_names):
+            # Any file starting with the stem and an underscore could be one of its outputs.
             number += 1
             stem = f"{base}_{number}"
         self._taken.add(stem)
         return stem
 
-    def _names_an_input(self, stem: str) -> bool:
-        # Any file starting with the stem and an underscore could be one of its outputs.
-        prefix = f"{stem}_"
-        return any(p.parent == self.out_dir.resolve() and p.name.startswith(prefix)
-                   for p in self._inputs)
+
+def bare_weights_card(args: argparse.Namespace, config: dict):
+    """A card for ``--model FILE --architecture A --patch-size ...`` (None without
+    ``--patch-size``: the registry then uses a card beside the file or the config).
+
+    Classes are named ``class 1``, ``class 2``, ... after the config's ``out_channels``;
+    the intensities are used as they are (no normalisation is known).
+    """
+    if not args.patch_size:
+        return None
+    from napari_medattn.models.card import ModelCard, default_classes
+
+    if args.architecture is None:
+        raise ModelError("--patch-size is for a bare weights file; give its --architecture "
+                         "too.")
+    classes = config.get("out_channels")
+    if not isinstance(classes, int) or classes < 1:
+        raise ModelError("--config must give the number of classes as out_channels.")
+    return ModelCard(
+        name=Path(args.model).stem, architecture=args.architecture, config=config,
+        classes=default_classes(["background"] + [f"class {i}" for i in range(1, classes)]),
+        patch_size=tuple(args.patch_size), in_channels=int(config.get("in_channels", 1)),
+        training_procedure=f"Unknown: a bare weights file loaded from {args.model}.")
 
 
 def probability_classes(spec: str | None, class_names: Sequence[str]) -> tuple[int, ...]:
