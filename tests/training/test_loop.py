@@ -1,0 +1,147 @@
+"""Training loop: loss, schedule, checkpoints with cards, exact resume, seeds, curves."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medattn.errors import Cancelled, ModelError
+from napari_medattn.io.volume import Volume
+from napari_medattn.models.card import NOT_CLINICAL, ModelCard
+from napari_medattn.models.registry import load_model, read_state_dict
+from napari_medattn.training.datasets import Case
+from napari_medattn.training.loop import STATE_FILE, cosine_lr, train
+from napari_medattn.training.losses import dice_ce_loss, soft_dice
+
+CLASSES = ["background", "cube", "slab"]
+TINY = {"channels": [4, 8]}
+
+
+def _case(seed: int, shape=(20, 20, 20)) -> Case:
+    """A trivially learnable case: each class has its own intensity, plus mild noise."""
+    rng = np.random.default_rng(seed)
+    label = np.zeros(shape, np.uint8)
+    o = seed % 3
+    label[3 + o:11 + o, 4:12, 4:12] = 1
+    label[13:18, 8 + o:18, 5:15] = 2
+    image = (label * 100.0 + 50.0 + rng.normal(0, 8, shape)).astype(np.float32)
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    affine[:3, 3] = [-10.0, 4.0, 2.5]
+    return Case(f"case{seed}", Volume(image[None], affine, "MR", {"name": f"case{seed}"}),
+                Volume(label, affine.copy(), "SEG", {}))
+
+
+def _run(tmp_path, name="run", **kwargs):
+    args = dict(classes=CLASSES, patch_size=(16, 16, 16), out_dir=tmp_path / name,
+                epochs=2, steps_per_epoch=3, batch_size=2, lr=1e-2, device="cpu", seed=3,
+                val_cases=[_case(9)], progress_bar=False,
+                augment={"transforms": [{"name": "flip", "p": 0.5, "axes": [2]},
+                                        {"name": "gamma", "p": 0.5}]})
+    args.update(kwargs)
+    return train("unet", TINY, [_case(0), _case(1)], **args)
+
+
+def test_dice_ce_matches_monai():
+    monai_losses = pytest.importorskip("monai.losses")
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 6, 7, 5, generator=generator)
+    target = torch.randint(0, 3, (2, 1, 6, 7, 5), generator=generator)
+    reference = monai_losses.DiceCELoss(to_onehot_y=True, softmax=True,
+                                        include_background=False, batch=True,
+                                        smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
+    assert torch.allclose(dice_ce_loss(logits, target), reference, atol=1e-6)
+    perfect = torch.nn.functional.one_hot(target[:, 0], 3).movedim(-1, 1).float() * 50
+    assert torch.allclose(soft_dice(perfect, target), torch.ones(2), atol=1e-6)
+
+
+def test_cosine_schedule():
+    assert cosine_lr(0, 100, 4, 1.0) == pytest.approx(1 / 5)
+    assert cosine_lr(3, 100, 4, 1.0) == pytest.approx(4 / 5)
+    assert cosine_lr(4, 100, 4, 1.0) == pytest.approx(1.0)
+    assert cosine_lr(52, 100, 4, 1.0) == pytest.approx(0.5)
+    assert cosine_lr(100, 100, 4, 1.0) == pytest.approx(0.0)
+
+
+def test_loss_decreases_and_outputs_load(tmp_path):
+    steps: list[float] = []
+    result = _run(tmp_path, epochs=4, steps_per_epoch=4,
+                  progress=lambda p: steps.append(p["loss"]) if p["phase"] == "train" else None)
+    assert len(steps) == 16
+    assert np.mean(steps[-4:]) < 0.8 * np.mean(steps[:2])
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert result.history[-1]["val_dice"] > 0.7  # learnt, not only a lower loss
+
+    # Both checkpoints are model folders the registry loads, with a filled card.
+    for folder in (result.best, result.last):
+        module, card = load_model(folder)
+        assert card.class_names == CLASSES
+        assert card.architecture == "unet" and card.config["channels"] == [4, 8]
+        assert card.config["out_channels"] == 3 and card.in_channels == 1
+        assert card.patch_size == (16, 16, 16) and card.normalization == {"scheme": "zscore"}
+        assert card.intended_use.endswith(NOT_CLINICAL)
+        assert "AdamW" in card.training_procedure and "case9" in card.evaluated_on
+        assert 0 <= card.metrics["dice_mean"] <= 1
+        assert set(card.metrics) >= {"dice_cube", "dice_slab", "epoch", "train_loss"}
+        state = read_state_dict(folder / "weights.safetensors")
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, state[key])
+    best = ModelCard.read(result.best / "card.json")
+    best_epoch = max(result.history, key=lambda h: h["val_dice"])
+    assert best.metrics["epoch"] == best_epoch["epoch"]
+    assert best.metrics["dice_mean"] == pytest.approx(best_epoch["val_dice"])
+    assert json.loads((result.out_dir / "history.json").read_text()) == result.history
+
+    # The curves are a real PNG of the figure's size.
+    from PIL import Image
+
+    with Image.open(result.curves) as image:
+        assert image.format == "PNG" and image.size == (1000, 400)
+
+
+def test_resume_continues_exactly(tmp_path):
+    whole = _run(tmp_path, "whole", epochs=3)
+    stop = threading.Event()
+
+    def stop_after_first_epoch(p):
+        if p["phase"] == "validation":
+            stop.set()
+
+    with pytest.raises(Cancelled, match="resumed"):
+        _run(tmp_path, "split", epochs=3, progress=stop_after_first_epoch, cancel=stop)
+    assert len(json.loads((tmp_path / "split" / "history.json").read_text())) == 1
+    resumed = _run(tmp_path, "split", epochs=3, resume=True)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in whole.history]
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history] == strip
+    a = read_state_dict(whole.last / "weights.safetensors")
+    b = read_state_dict(resumed.last / "weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    state = torch.load(tmp_path / "split" / STATE_FILE, weights_only=True)
+    assert state["epochs_done"] == 3
+
+
+def test_seed_determinism(tmp_path):
+    first = _run(tmp_path, "a", epochs=1, val_cases=())
+    again = _run(tmp_path, "b", epochs=1, val_cases=())
+    other = _run(tmp_path, "c", epochs=1, val_cases=(), seed=4)
+    assert first.history[0]["loss"] == again.history[0]["loss"]
+    assert first.history[0]["loss"] != other.history[0]["loss"]
+    # Without validation cases "best" is the epoch of lowest training loss.
+    assert ModelCard.read(first.best / "card.json").evaluated_on == "not evaluated"
+
+
+def test_bad_requests(tmp_path):
+    with pytest.raises(ModelError, match="no run to resume"):
+        _run(tmp_path, "nothing", resume=True)
+    _run(tmp_path, "short", epochs=1, val_cases=())
+    with pytest.raises(ModelError, match="other settings .*lr"):
+        _run(tmp_path, "short", epochs=1, val_cases=(), lr=0.5, resume=True)
+    with pytest.raises(ModelError, match="out_channels=2"):
+        train("unet", {**TINY, "out_channels": 2}, [_case(0)], classes=CLASSES,
+              patch_size=(16, 16, 16), out_dir=tmp_path / "x", progress_bar=False)
+    with pytest.raises(ModelError, match="Unknown architecture"):
+        train("resnet", {}, [_case(0)], classes=CLASSES, patch_size=(16, 16, 16),
+              out_dir=tmp_path / "y", progress_bar=False)
