@@ -18,7 +18,7 @@ from napari_medattn import __version__
 from napari_medattn.errors import MedAttnError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("info", "models", "segment", "evaluate")
+COMMANDS = ("info", "models", "segment", "evaluate", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
