@@ -123,12 +123,18 @@ def warp(x: torch.Tensor, coordinates: torch.Tensor, *, nearest: bool = False) -
     Tensor
         ``(B, C, D', H', W')``; 0 where the coordinates fall outside ``x``.
     """
+    sizes = torch.tensor(x.shape[2:], dtype=coordinates.dtype, device=coordinates.device)
+    # align_corners=True: -1 and +1 are the centres of the first and last voxels;
+    # grid_sample wants the axes as (x=W, y=H, z=D), the reverse of array order.
+    scale = (2.0 / (sizes - 1).clamp(min=1)).flip(0)
+    grid = coordinates.permute(0, 2, 3, 4, 1).flip(-1) * scale - 1.0
+    return _sample(x, grid, nearest=nearest)
+
+
+def _sample(x: torch.Tensor, grid: torch.Tensor, *, nearest: bool = False) -> torch.Tensor:
+    """grid_sample with 0 outside; integer tensors nearest, dtype kept."""
     integer = not torch.is_floating_point(x)
     source = x.float() if integer else x
-    sizes = torch.tensor(x.shape[2:], dtype=coordinates.dtype, device=coordinates.device)
-    # align_corners=True: -1 and +1 are the centres of the first and last voxels.
-    normalised = 2.0 * coordinates / (sizes - 1).clamp(min=1).view(1, 3, 1, 1, 1) - 1.0
-    grid = normalised.permute(0, 2, 3, 4, 1).flip(-1)  # grid_sample wants (x=W, y=H, z=D)
     mode = "nearest" if (integer or nearest) else "bilinear"
     out = F.grid_sample(source, grid.to(source.dtype), mode=mode, padding_mode="zeros",
                         align_corners=True)
@@ -298,15 +304,19 @@ class RandomAffine(Transform):
                                  device)}
 
     def apply(self, image, label, params):
-        shape = image.shape[2:]
-        centre = (torch.tensor(shape, dtype=image.dtype, device=image.device) - 1) / 2
-        # Output voxel q reads input R (q - c) / s + c + t: scale > 1 magnifies.
-        matrix = _rotation_matrix(params["angles"]).to(image.dtype) / params["scale"]
-        grid = identity_coordinates(shape, image.device, image.dtype)
-        offset = (centre + params["shift"]).view(3, 1, 1, 1)
-        coords = torch.einsum("ij,jdhw->idhw", matrix, grid - centre.view(3, 1, 1, 1)) + offset
-        coords = coords[None]
-        return warp(image, coords), None if label is None else warp(label, coords)
+        # Output voxel q reads input M (q - c) + c + t with M = R / s (s > 1 magnifies) and
+        # c the patch centre. With h = (n - 1) / 2 per axis, grid_sample's normalised
+        # coordinates are g = (q - c) / h, so g_in = (H^-1 M H) g_out + H^-1 t.
+        half = (torch.tensor(image.shape[2:], dtype=torch.float64) - 1).clamp(min=1) / 2
+        matrix = _rotation_matrix(params["angles"].double().cpu()) / float(params["scale"])
+        theta = torch.empty(3, 4, dtype=torch.float64)
+        theta[:, :3] = matrix * half[None, :] / half[:, None]
+        theta[:, 3] = params["shift"].double().cpu() / half
+        theta = theta.flip(0)  # rows and columns in grid_sample's (x, y, z) order
+        theta[:, :3] = theta[:, :3].flip(1)
+        grid = F.affine_grid(theta[None].to(image.device, image.dtype), list(image.shape),
+                             align_corners=True)
+        return _sample(image, grid), None if label is None else _sample(label, grid)
 
 
 @dataclasses.dataclass(frozen=True)
