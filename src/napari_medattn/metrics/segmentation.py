@@ -207,6 +207,19 @@ def evaluate_paths(pred: str | os.PathLike, ref: str | os.PathLike,
                    ) -> EvaluationReport:
     """Score two label-map files (one case) or two folders (:func:`evaluate_folders`).
 
+    Parameters
+    ----------
+    pred, ref : path
+        A predicted and a reference label map (NIfTI or DICOM; the case is named after
+        the reference file), or two folders of them.
+    classes, class_names
+        As for :func:`evaluate_pair`.
+
+    Returns
+    -------
+    EvaluationReport
+        Scores, means and the cases that could not be scored.
+
     Raises
     ------
     ReadError
@@ -227,8 +240,18 @@ def evaluate_paths(pred: str | os.PathLike, ref: str | os.PathLike,
 def summarize(scores: Sequence[SegmentationScores]) -> list[MeanScores]:
     """Means per case (over its classes), per class (over cases) and over everything.
 
-    Non-finite values (``inf`` distances and ``nan`` ratios of one-empty classes) are
-    skipped and counted in ``excluded``; a mean over nothing finite is ``nan``.
+    Parameters
+    ----------
+    scores : sequence of SegmentationScores
+        Scores of any number of cases and classes.
+
+    Returns
+    -------
+    list of MeanScores
+        One per case (in order of appearance), one per label (ascending), then the
+        overall mean over every (case, class) score. Non-finite values (``inf``
+        distances and ``nan`` ratios of one-empty classes) are skipped and counted in
+        ``excluded``; a mean over nothing finite is ``nan``.
     """
     groups: list[tuple[str, str, int | None, str, list[SegmentationScores]]] = []
     cases = list(dict.fromkeys(s.case for s in scores))
