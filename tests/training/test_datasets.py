@@ -10,7 +10,13 @@ from napari_medattn.inference.preprocess import normalize_intensity, reorient
 from napari_medattn.inference.resample import LINEAR, NEAREST, resample_to_grid, spacing_grid
 from napari_medattn.io import Volume, read_volume, write_dicom_series
 from napari_medattn.io.volume import RAS_TO_LPS
-from napari_medattn.training.datasets import Case, PatchDataset, load_cases, prepare_case
+from napari_medattn.training.datasets import (
+    Case,
+    PatchDataset,
+    load_cases,
+    make_case,
+    prepare_case,
+)
 
 SHAPE = (12, 10, 8)
 AFFINE_RAS = np.array([[1.5, 0, 0, -9.0], [0, 2.0, 0, 4.0], [0, 0, 2.5, 11.0], [0, 0, 0, 1]])
@@ -269,3 +275,19 @@ def test_small_volume_is_padded_with_background():
     # 6 voxels centred in 10: two zero planes on each side.
     assert torch.all(image[0, :2] == 0) and torch.all(image[0, -2:] == 0)
     assert torch.all(image[0, 2:8] != 0)
+
+
+def test_make_case_checks_volumes_in_memory():
+    affine = RAS_TO_LPS @ AFFINE_RAS
+    t1 = Volume(_image(0), affine, "MR", {"name": "t1"})
+    flair = Volume(_image(1), affine, "MR", {"name": "flair"})
+    case = make_case("mem", [t1, flair], Volume(_labels(0).astype(np.float32), affine, "SEG"))
+    assert case.image.data.shape == (2, *SHAPE) and case.label.data.dtype == np.uint8
+    np.testing.assert_array_equal(case.image.data[1], flair.data)
+    moved = affine.copy()
+    moved[:3, 3] += 0.5
+    with pytest.raises(GeometryError, match="Case mem: channel flair"):
+        make_case("mem", [t1, Volume(flair.data, moved, "MR", {"name": "flair"})],
+                  Volume(_labels(0), affine, "SEG"))
+    with pytest.raises(ReadError, match="Case mem: the label map holds negative"):
+        make_case("mem", [t1], Volume(_labels(0).astype(np.int16) - 1, affine, "SEG"))

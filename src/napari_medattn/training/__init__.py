@@ -4,7 +4,8 @@ Modules (import the one you need; each is plain functions and classes over numpy
 torch tensors and :class:`~napari_medattn.io.Volume`):
 
 * :mod:`~napari_medattn.training.datasets`: cases from a Medical Segmentation Decathlon /
-  nnU-Net folder or a CSV, checked up front (:func:`~.datasets.load_cases`), prepared as a
+  nnU-Net folder or a CSV, checked up front (:func:`~.datasets.load_cases`; volumes in
+  memory: :func:`~.datasets.make_case`), prepared as a
   model card prescribes (:func:`~.datasets.prepare_case`), served as random patches
   (:class:`~.datasets.PatchDataset`) or whole cases for validation.
 * :mod:`~napari_medattn.training.augment`: batched torch augmentation on the tensor's

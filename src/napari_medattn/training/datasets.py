@@ -20,6 +20,9 @@ map on another grid than its image or channels on different grids
 labels (:class:`ReadError`), a channel count that differs from the declared one
 (:class:`DimensionError`).
 
+:func:`make_case` makes the same checks on volumes in memory (synthetic cases, see
+:func:`napari_medattn.training.synthesis.synthetic_brain_cases`).
+
 :func:`prepare_case` brings a case to a model's grid and intensity scale exactly as the
 inference pipeline does (:func:`napari_medattn.inference.preprocess.reorient`, the one
 resampler, :func:`~napari_medattn.inference.preprocess.normalize_intensity`), so training
@@ -316,40 +319,71 @@ def _same_grid(a: Volume, b: Volume, tolerance_mm: float) -> bool:
 
 def _read_case(files: _CaseFiles, tolerance_mm: float) -> Case:
     channels = [_read(p, files.name) for p in files.images]
-    label = _read(files.label, files.name)
+    return make_case(files.name, channels, _read(files.label, files.name),
+                     tolerance_mm=tolerance_mm)
+
+
+def make_case(name: str, channels: Sequence[Volume], label: Volume, *,
+              tolerance_mm: float = GRID_TOLERANCE_MM) -> Case:
+    """Check and assemble one case from volumes in memory (e.g. synthetic ones).
+
+    The checks :func:`load_cases` makes on every case: channels and label on one grid,
+    the label one 3D volume of non-negative integers.
+
+    Parameters
+    ----------
+    name : str
+        Case identifier, used in error messages.
+    channels : sequence of Volume
+        3D volumes (or 4D, frames being channels) on one grid; the first sets the grid.
+    label : Volume
+        3D label map on that grid.
+    tolerance_mm : float
+        Largest affine difference (mm, per entry) that still counts as the same grid.
+
+    Returns
+    -------
+    Case
+        float32 channels stacked on the first axis, labels uint8 (int32 above 255).
+
+    Raises
+    ------
+    GeometryError, DimensionError, ReadError
+        As for :func:`load_cases`; the message names the case.
+    """
     reference = channels[0]
-    for path, volume in zip(files.images[1:], channels[1:]):
+    for volume in channels[1:]:
         if not _same_grid(volume, reference, tolerance_mm):
-            raise GeometryError(f"Case {files.name}: channel {path.name} (shape "
+            raise GeometryError(f"Case {name}: channel {volume.name} (shape "
                                 f"{volume.spatial_shape}) is not on the grid of "
-                                f"{files.images[0].name} (shape {reference.spatial_shape}).")
+                                f"{reference.name} (shape {reference.spatial_shape}).")
     if label.data.ndim != 3:
-        raise DimensionError(f"Case {files.name}: the label map {files.label.name} has "
+        raise DimensionError(f"Case {name}: the label map {label.name} has "
                              f"{label.data.shape[0]} frames; it must be one 3D volume.")
     if not _same_grid(label, reference, tolerance_mm):
         worst = float(np.max(np.abs(label.affine - reference.affine)))
         raise GeometryError(
-            f"Case {files.name}: the label map (shape {label.spatial_shape}) is not on the "
+            f"Case {name}: the label map (shape {label.spatial_shape}) is not on the "
             f"image grid (shape {reference.spatial_shape}; affines differ by up to "
             f"{worst:.3g} mm).")
     values = np.asarray(label.data)
     if not np.issubdtype(values.dtype, np.integer):
         rounded = np.rint(values)
         if not np.array_equal(rounded, values):
-            raise ReadError(f"Case {files.name}: the label map {files.label.name} holds "
-                            f"non-integer values.")
+            raise ReadError(f"Case {name}: the label map {label.name} holds non-integer "
+                            f"values.")
         values = rounded
     if values.min() < 0:
-        raise ReadError(f"Case {files.name}: the label map holds negative values.")
+        raise ReadError(f"Case {name}: the label map holds negative values.")
     dtype = np.uint8 if values.max() < 256 else np.int32
     stacked = np.stack([np.asarray(c, dtype=np.float32)
                         for v in channels for c in (v.data[None] if v.data.ndim == 3 else v.data)])
     image = Volume(stacked, reference.affine.copy(), reference.modality,
-                   {"name": files.name, "source": str(files.images[0]), "frame_axis": "channel",
+                   {"name": name, "source": reference.meta.get("source"), "frame_axis": "channel",
                     "units": reference.meta.get("units")})
     label_volume = Volume(values.astype(dtype), reference.affine.copy(), "SEG",
-                          {"name": f"{files.name} labels", "source": str(files.label)})
-    return Case(files.name, image, label_volume)
+                          {"name": f"{name} labels", "source": label.meta.get("source")})
+    return Case(name, image, label_volume)
 
 
 def prepare_case(case: Case, *, orientation: str | None = None,
