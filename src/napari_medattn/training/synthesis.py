@@ -129,7 +129,8 @@ class Degradation:
     resolution_mm : (float, float)
         Range of the simulated acquisition voxel size in mm, drawn per axis; the image is
         resampled there and back with the package's resampler. Values at or below the
-        grid's spacing leave that axis alone.
+        grid's spacing leave that axis alone. The default reaches the 4-5 mm voxels of
+        clinical 2D acquisitions (dipy's sample b0/T2-weighted volume is 4 x 4 x 5 mm).
     noise : (float, float)
         Range of the Gaussian noise standard deviation, as a fraction of the image's
         99th intensity percentile.
@@ -137,7 +138,7 @@ class Degradation:
 
     blur_mm: tuple[float, float] = (0.0, 1.0)
     bias_strength: float = 0.3
-    resolution_mm: tuple[float, float] = (1.0, 3.0)
+    resolution_mm: tuple[float, float] = (1.0, 5.0)
     noise: tuple[float, float] = (0.0, 0.04)
 
     @classmethod
@@ -537,8 +538,8 @@ def synthetic_brain_cases(n: int, seed: int = 0, *, resolution: int = 2,
        per label, skull and scalp shells included (:func:`draw_intensity_model`,
        :func:`head_layers`, :func:`render_labels`): any contrast, CSF bright or dark,
        which is what lets a model segment T2-weighted or b0 scans; otherwise it takes
-       the deformed real T1 (lesion voxels rendered with the T1 contrast of
-       :data:`MODALITY_CONTRAST`);
+       the deformed real T1, with random skull and scalp shells (:func:`head_layers`)
+       and lesion voxels rendered with the T1 contrast of :data:`MODALITY_CONTRAST`;
     4. degrades the image (:class:`Degradation`: blur, bias, resolution, noise).
 
     Parameters
@@ -588,12 +589,18 @@ def synthetic_brain_cases(n: int, seed: int = 0, *, resolution: int = 2,
         else:
             if field is not None:
                 image = apply_deformation(t1, field)
-            lesion = np.asarray(labels.data) >= OEDEMA
-            if lesion.any():
-                rendered = render_modalities(labels, rng, modalities=("T1",),
-                                             degradation=Degradation.none())["T1"]
-                image = Volume(np.where(lesion, rendered.data, image.data).astype(np.float32),
-                               image.affine, "MR", dict(image.meta))
+            # The template is skull-stripped: give it random skull and scalp shells, and
+            # lesion voxels their T1 appearance.
+            shells = head_layers(labels, rng)
+            painted = np.asarray(labels.data) >= OEDEMA
+            painted |= shells >= min(HEAD_LAYERS)
+            intensities = {**draw_intensity_model(list(HEAD_LAYERS), rng),
+                           **{v: (mean * MR_SCALE, CONTRAST_STD * MR_SCALE)
+                              for v, mean in MODALITY_CONTRAST["T1"].items()}}
+            rendered = render_labels(Volume(shells, labels.affine, "SEG"), intensities, rng,
+                                     degradation=Degradation.none())
+            image = Volume(np.where(painted, rendered.data, image.data).astype(np.float32),
+                           image.affine, "MR", dict(image.meta))
             image, drawn = degrade(image, rng, degradation)
         image.meta.update(
             name=f"synthetic brain {seed}-{case}",
