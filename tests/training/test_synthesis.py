@@ -229,3 +229,17 @@ def test_synthetic_cases_are_seeded_and_reproduce_their_ingredients(mni2):
     # Skull and scalp are rendered outside the brain but stay background in the labels.
     render_means = image.meta["synthesis"]["intensities"]
     assert set(render_means) == set(range(9))
+
+
+def test_tumour_case_has_all_contrasts_on_one_grid_and_is_seeded():
+    images, labels = S.synthetic_tumour_case(5, modalities=("T2", "FLAIR"))
+    again, labels_again = S.synthetic_tumour_case(5, modalities=("T2", "FLAIR"))
+    assert list(images) == ["T2", "FLAIR"]
+    assert set(np.unique(labels.data)) == set(range(7))
+    for name, image in images.items():
+        np.testing.assert_array_equal(image.affine, labels.affine)
+        np.testing.assert_array_equal(image.data, again[name].data)
+    np.testing.assert_array_equal(labels.data, labels_again.data)
+    assert labels.meta["displacement_mm"].shape == (3, *labels.spatial_shape)
+    flair = images["FLAIR"].data
+    assert flair[labels.data == S.OEDEMA].mean() > flair[labels.data == 3].mean()

@@ -12,7 +12,8 @@ called, nothing is downloaded).
   resolution and noise (:class:`Degradation`).
 * Tumour-like lesions: :func:`add_tumour` (labels 4 oedema, 5 enhancing rim, 6 necrotic
   core) and :func:`render_modalities` (T1, T1ce, T2, FLAIR, see
-  :data:`MODALITY_CONTRAST`).
+  :data:`MODALITY_CONTRAST`); :func:`synthetic_tumour_case` makes a whole multi-contrast
+  case.
 * Smooth deformations with their known fields: :func:`random_deformation` (LPS mm, on
   the volume's grid) and :func:`apply_deformation` (labels nearest).
 * :func:`synthetic_brain_cases`: a stream of deformed, re-rendered training cases.
@@ -610,3 +611,48 @@ def synthetic_brain_cases(n: int, seed: int = 0, *, resolution: int = 2,
                             "SEG", {"name": f"synthetic brain {seed}-{case} labels",
                                     "labels": dict(labels.meta.get("labels", TISSUE_LABELS))})
         yield image, out_labels
+
+
+def synthetic_tumour_case(seed: int, *, resolution: int = 2, deformation_mm: float = 4.0,
+                          modalities: Sequence[str] = MODALITIES,
+                          degradation: Degradation = Degradation(),
+                          ) -> tuple[dict[str, Volume], Volume]:
+    """One multi-contrast brain tumour case: deformed MNI152 anatomy, a lesion, 4 contrasts.
+
+    The template's tissue labels are deformed (:func:`random_deformation`, largest
+    displacement ``deformation_mm``), given a tumour (:func:`add_tumour`) and rendered in
+    each contrast (:func:`render_modalities`); every step draws from
+    ``numpy.random.default_rng(seed)``.
+
+    Parameters
+    ----------
+    seed : int
+    resolution : {1, 2}
+        Template voxel size in mm.
+    deformation_mm : float
+        Largest displacement in mm (0: the template's own anatomy).
+    modalities : sequence of str
+        Among :data:`MODALITIES`.
+    degradation : Degradation
+
+    Returns
+    -------
+    images : dict of str to Volume
+        One float32 image per contrast, all on one grid.
+    labels : Volume
+        uint8: :data:`TISSUE_LABELS` and :data:`LESION_LABELS`; ``meta["lesion"]`` as
+        :func:`add_tumour` gives it, ``meta["displacement_mm"]`` the deformation field
+        (``None`` when off).
+    """
+    rng = np.random.default_rng(seed)
+    _, tissue = mni152_tissue_labels(resolution)
+    field = None
+    if deformation_mm > 0:
+        field = random_deformation(tissue, rng, magnitude_mm=deformation_mm)
+        tissue = apply_deformation(tissue, field)
+    labels = add_tumour(tissue, rng)
+    labels.meta.update(name=f"synthetic tumour {seed} labels", displacement_mm=field)
+    images = render_modalities(labels, rng, modalities=modalities, degradation=degradation)
+    for name, image in images.items():
+        image.meta["name"] = f"synthetic tumour {seed} {name}"
+    return images, labels
