@@ -163,6 +163,9 @@ def test_config_round_trips_through_json():
     ({"transforms": [{"name": "flip", "sigma": 1}]}, "does not take sigma"),
     ({"transforms": [{"name": "flip", "axes": [3]}]}, "axes must be among"),
     ({"steps": []}, "'transforms' list"),
+    ({"transforms": [{"name": "affine", "rotation_deg": "15"}]}, "rotation_deg must be a num"),
+    ({"transforms": [{"name": "noise", "std": 0.1}]}, "std must be a list of numbers"),
+    ({"transforms": [{"name": "flip", "axes": [0.5]}]}, "axes must be among"),
 ])
 def test_bad_configs_are_refused(config, message):
     with pytest.raises(AugmentationConfigError, match=message):

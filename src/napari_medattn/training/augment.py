@@ -222,18 +222,33 @@ def _rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- transforms
 
 
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 @dataclasses.dataclass(frozen=True)
 class Transform:
     """Base: ``p`` is the probability (0-1) that each sample of a batch is transformed."""
 
     name: ClassVar[str] = ""
-    spatial: ClassVar[bool] = False
     #: Fields that are ``(low, high)`` ranges, with the smallest value each may hold; one
     #: uniform number per sample is drawn from each (see :meth:`draw`).
     ranges: ClassVar[dict[str, float]] = {}
     p: float = 0.2
 
     def __post_init__(self) -> None:
+        # Every parameter has the kind of its default: a number, or a tuple of numbers.
+        for field in dataclasses.fields(self):
+            value, default = getattr(self, field.name), field.default
+            if isinstance(default, tuple):
+                valid = isinstance(value, tuple) and all(_is_number(v) for v in value)
+                kind = "a list of numbers"
+            else:
+                valid, kind = _is_number(value), "a number"
+            if not valid:
+                raise AugmentationConfigError(f"Augmentation {self.name!r}: {field.name} must "
+                                              f"be {kind}, got {value!r}.")
         if not 0.0 <= float(self.p) <= 1.0:
             raise AugmentationConfigError(f"Augmentation {self.name!r}: p must be in [0, 1], "
                                           f"got {self.p}.")
@@ -289,7 +304,6 @@ class RandomAffine(Transform):
     the patch centre."""
 
     name: ClassVar[str] = "affine"
-    spatial: ClassVar[bool] = True
     ranges: ClassVar[dict[str, float]] = {"scale": 1e-3}
     rotation_deg: float = 15.0
     scale: tuple[float, float] = (0.85, 1.25)
@@ -325,7 +339,6 @@ class ElasticDeformation(Transform):
     in ``magnitude`` voxels, control points every ``control_spacing`` voxels."""
 
     name: ClassVar[str] = "elastic"
-    spatial: ClassVar[bool] = True
     ranges: ClassVar[dict[str, float]] = {"magnitude": 0.0}
     magnitude: tuple[float, float] = (0.0, 4.0)
     control_spacing: float = 12.0
@@ -353,7 +366,6 @@ class Flip(Transform):
     """Mirror along each of ``axes`` (0-2, spatial) independently with probability ``p``."""
 
     name: ClassVar[str] = "flip"
-    spatial: ClassVar[bool] = True
     p: float = 0.5
     axes: tuple[int, ...] = (0, 1, 2)
 
