@@ -291,3 +291,21 @@ def test_make_case_checks_volumes_in_memory():
                   Volume(_labels(0), affine, "SEG"))
     with pytest.raises(ReadError, match="Case mem: the label map holds negative"):
         make_case("mem", [t1], Volume(_labels(0).astype(np.int16) - 1, affine, "SEG"))
+
+
+def test_nnunet_v1_training_list_finds_channel_files(tmp_path):
+    root = _nnunet_folder(tmp_path / "Task002", cases=2)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"] = [{"image": f"./imagesTr/case{i}.nii.gz",
+                         "label": f"./labelsTr/case{i}.nii.gz"} for i in (1, 0)]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    data = load_cases(root)
+    assert [c.name for c in data.cases] == ["case1", "case0"]
+    np.testing.assert_allclose(data.cases[0].image.data[1], _canonical(_image(11)).data,
+                               rtol=1e-6)
+
+
+def test_region_based_labels_are_refused(tmp_path):
+    root = _nnunet_folder(tmp_path / "d", labels={"background": 0, "whole": [1, 2]})
+    with pytest.raises(ReadError, match="region-based labels are not supported"):
+        load_cases(root)
