@@ -23,9 +23,8 @@ def notes(monkeypatch):
 
 
 def finish(qtbot, job):
-    if job.running:
-        with qtbot.waitSignal(job.worker.finished, timeout=10_000):
-            pass
+    # Waiting on the worker's signal could miss one emitted before the wait began.
+    qtbot.waitUntil(lambda: job.finished, timeout=10_000)
     return job
 
 

@@ -106,7 +106,9 @@ class Job:
     description : str
         Shown in the activity dock and in notifications.
     outcome : str or None
-        ``"done"``, ``"cancelled"``, ``"failed"`` once finished, None while running.
+        ``"done"``, ``"cancelled"``, ``"failed"`` once known, None before.
+    finished : bool
+        True once the worker ended and the job's GUI-thread handlers all ran.
     """
 
     def __init__(self, function: JobFunction, *, description: str,
@@ -114,6 +116,7 @@ class Job:
                  on_finished: Callable[[Job], None] | None = None) -> None:
         self.description = description
         self.outcome: str | None = None
+        self.finished = False
         self._on_result = on_result
         self._on_finished = on_finished
         self._cancel_event = threading.Event()
@@ -154,7 +157,7 @@ class Job:
 
     @property
     def running(self) -> bool:
-        return self.outcome is None
+        return not self.finished
 
     # -- on the GUI thread ----------------------------------------------------------
     def _returned(self, result: Any) -> None:
@@ -190,6 +193,7 @@ class Job:
         self._bar.close()
         if self.outcome is None:  # the worker was quit before it returned
             self.outcome = "cancelled"
+        self.finished = True
         if self._on_finished is not None:
             self._on_finished(self)
 

@@ -1,0 +1,456 @@
+"""The "Segment" widget: pick a scan and a model, click Run, get labels and statistics.
+
+The work is :func:`napari_medattn.inference.segment` and
+:func:`napari_medattn.metrics.statistics.class_statistics`, run through the shared
+worker helper (:mod:`napari_medattn.widgets.worker`): progress in napari's activity
+dock, Cancel between windows, and layers only when the whole run succeeded. The layer
+data (on the scan's exact geometry, through :func:`~napari_medattn.display.layers.volume_layer_data`)
+are prepared in the worker thread too, so the GUI thread only inserts finished layers.
+
+Replacing a previous run. Every layer a run makes carries ``metadata[RUN_KEY]``: the
+scan layer's ``unique_id`` and the model name. A new run of the same model on the same
+scan removes the layers of the previous one, after its own layers were added (so a
+failure leaves the old result in place). Labels the user painted are never removed:
+each labels layer also records ``metadata[DIGEST_KEY]``, a hash of the labels as
+written; if the layer's data no longer match it, the layer is the user's work, it is
+left in the viewer (and no longer managed by this widget, its run key removed), and the
+new result is added beside it. Hashing compares the full data, so every edit counts
+(brush, fill, erase, or a script writing into ``layer.data``), which an event listener
+on painting alone would miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import napari
+import numpy as np
+import torch
+from napari.layers import Image, Labels
+from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medattn.display.layers import layer_volume, volume_layer_data
+from napari_medattn.errors import MedAttnError
+from napari_medattn.inference.pipeline import Segmentation, segment
+from napari_medattn.inference.sliding_window import attention_map_names
+from napari_medattn.inference.tta import UNCERTAINTY_KINDS
+from napari_medattn.metrics.statistics import class_statistics, write_statistics_csv
+from napari_medattn.models.card import ModelCard
+from napari_medattn.models.registry import ModelEntry, list_models, load_model
+from napari_medattn.widgets.radiology_view import install_radiology_view
+from napari_medattn.widgets.tooltips import SEGMENT as TOOLTIPS
+from napari_medattn.widgets.tooltips import model_card_tooltip
+from napari_medattn.widgets.worker import Job, add_layers, start_job
+
+#: ``layer.metadata`` key: ``{"image": <scan layer unique_id>, "model": <name>}``.
+RUN_KEY = "medattn_segment_run"
+#: ``layer.metadata`` key of a result labels layer: hash of the labels as written.
+DIGEST_KEY = "medattn_labels_digest"
+NO_UNCERTAINTY = "none"
+#: Opacity of the labels over the scan, and of heat maps (blended additively).
+LABELS_OPACITY = 0.5
+HEAT_OPACITY = 0.6
+#: Statistics columns shown in the table (all of them go to the CSV).
+TABLE_FIELDS = ("name", "voxels", "volume_ml", "mean", "sd", "min", "max", "unit",
+                "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+                "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm",
+                "bbox_max_x_mm", "bbox_max_y_mm", "bbox_max_z_mm")
+
+
+def labels_digest(data: Any) -> str:
+    """Hash (BLAKE2b hex) of a label array's values, shape and type, to detect edits."""
+    array = np.ascontiguousarray(np.asarray(data))
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.view(np.uint8).reshape(-1))
+    return digest.hexdigest()
+
+
+def available_devices() -> list[str]:
+    """Device choices: ``auto``, ``cpu``, and ``cuda``/``mps`` where present."""
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    backend = getattr(torch.backends, "mps", None)
+    if backend is not None and backend.is_available():
+        devices.append("mps")
+    return devices
+
+
+def segmentation_layer_data(result: Segmentation, card: ModelCard,
+                            run: dict) -> list[tuple]:
+    """Layer-data tuples of a segmentation: labels, then probability, uncertainty and
+    attention heat maps, each on the scan's geometry and tagged with ``run``.
+
+    Pure data (no napari objects), so it can be prepared in the worker thread.
+    """
+    data, kwargs, kind = volume_layer_data(result.labels, "labels")
+    names = card.class_names
+    # The class name of each label value: napari shows it in the status bar.
+    kwargs.update(opacity=LABELS_OPACITY,
+                  features={"index": np.arange(len(names)), "class": names},
+                  metadata={**kwargs["metadata"], RUN_KEY: dict(run),
+                            DIGEST_KEY: labels_digest(data)})
+    layers = [(data, kwargs, kind)]
+    # (volume, whether it is an attention map) for every heat map asked for.
+    heat_maps = [*((p, False) for p in result.probabilities.values()),
+                 *([(result.uncertainty, False)] if result.uncertainty is not None else []),
+                 *((a, True) for a in result.attention.values())]
+    for volume, is_attention in heat_maps:
+        data, kwargs, kind = volume_layer_data(volume, "image")
+        # Probabilities and uncertainty live in [0, 1]; attention maps are scaled to
+        # their own maximum so a map is visible whatever its range.
+        top = float(np.max(data)) if is_attention else 1.0
+        kwargs.update(colormap="inferno", blending="additive", opacity=HEAT_OPACITY,
+                      contrast_limits=(0.0, top if top > 0 else 1.0),
+                      metadata={**kwargs["metadata"], RUN_KEY: dict(run)})
+        layers.append((data, kwargs, kind))
+    return layers
+
+
+def class_colormap(card: ModelCard) -> DirectLabelColormap:
+    """The card's class colours by label value, background transparent."""
+    colours: dict[int | None, Any] = {0: "transparent", None: "magenta"}
+    colours.update({index: info.color for index, info in enumerate(card.classes) if index})
+    return DirectLabelColormap(color_dict=colours)
+
+
+class SegmentWidget(QWidget):
+    """Run a segmentation model on a scan layer; show labels, heat maps and statistics.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer (npe2 injects it).
+
+    Attributes
+    ----------
+    job : Job or None
+        The running (or last) job of this widget.
+    statistics : list of dict
+        Rows of the last run's statistics table (see
+        :func:`~napari_medattn.metrics.statistics.class_statistics`).
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        install_radiology_view(napari_viewer)
+        self.job: Job | None = None
+        self.statistics: list[dict] = []
+        self._entries: dict[str, ModelEntry | Path] = {}
+        self._models: dict[str, tuple[torch.nn.Module, ModelCard, list[str]]] = {}
+
+        self.image = QComboBox()
+        self.model = QComboBox()
+        self.open_model = QPushButton("Open model...")
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        self.tta = QCheckBox("Test-time augmentation (flips)")
+        self.uncertainty = QComboBox()
+        self.uncertainty.addItems([NO_UNCERTAINTY, *UNCERTAINTY_KINDS])
+        self.probabilities = QListWidget()
+        self.attention = QListWidget()
+        for box in (self.probabilities, self.attention):
+            box.setMaximumHeight(90)
+        self.crop = QCheckBox("Crop to the body")
+        self.min_component = QDoubleSpinBox()
+        self.min_component.setRange(0.0, 1e7)
+        self.min_component.setDecimals(1)
+        self.min_component.setSuffix(" mm³")
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.table = QTableWidget(0, len(TABLE_FIELDS))
+        self.table.setHorizontalHeaderLabels([f.replace("_", " ") for f in TABLE_FIELDS])
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.export_button = QPushButton("Export CSV...")
+        self.export_button.setEnabled(False)
+        for name, widget in (("image", self.image), ("model", self.model),
+                             ("open_model", self.open_model), ("device", self.device),
+                             ("tta", self.tta), ("uncertainty", self.uncertainty),
+                             ("probabilities", self.probabilities),
+                             ("attention", self.attention), ("crop", self.crop),
+                             ("min_component", self.min_component),
+                             ("run", self.run_button), ("cancel", self.cancel_button),
+                             ("statistics", self.table), ("export", self.export_button)):
+            widget.setToolTip(TOOLTIPS[name])
+
+        form = QFormLayout()
+        form.addRow("Image", self.image)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model, 1)
+        model_row.addWidget(self.open_model)
+        form.addRow("Model", model_row)
+        form.addRow("Device", self.device)
+        form.addRow(self.tta)
+        form.addRow("Uncertainty", self.uncertainty)
+        form.addRow("Probabilities", self.probabilities)
+        form.addRow("Attention maps", self.attention)
+        form.addRow(self.crop)
+        form.addRow("Remove pieces under", self.min_component)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(QLabel("Statistics per class"))
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.export_button)
+
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.export_button.clicked.connect(self._export_clicked)
+        self.open_model.clicked.connect(self._open_model_clicked)
+        self.model.currentIndexChanged.connect(self._model_changed)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed,
+                      napari_viewer.layers.events.moved):
+            event.connect(self._refresh_images)
+        self._refresh_images()
+        self.refresh_models()
+
+    # -- choices --------------------------------------------------------------------
+    def _refresh_images(self, event: Any = None) -> None:
+        current = self.image.currentText()
+        names = [layer.name for layer in self.viewer.layers
+                 if isinstance(layer, Image) and not layer.rgb
+                 and RUN_KEY not in layer.metadata]
+        self.image.blockSignals(True)
+        self.image.clear()
+        self.image.addItems(names)
+        if current in names:
+            self.image.setCurrentText(current)
+        self.image.blockSignals(False)
+
+    def refresh_models(self) -> None:
+        """List the built-in and user models (skipping broken ones with a notification)."""
+        problems: list[str] = []
+        entries = list_models(problems)
+        for problem in problems:
+            show_info(problem)
+        chosen = self.model.currentText()
+        self._entries = {**{e.name: e for e in entries},
+                         **{k: v for k, v in self._entries.items() if isinstance(v, Path)}}
+        self.model.blockSignals(True)
+        self.model.clear()
+        for name, entry in self._entries.items():
+            self.model.addItem(name)
+            if isinstance(entry, ModelEntry):
+                self.model.setItemData(self.model.count() - 1, model_card_tooltip(entry.card),
+                                       Qt.ItemDataRole.ToolTipRole)
+        if chosen in self._entries:
+            self.model.setCurrentText(chosen)
+        self.model.blockSignals(False)
+        self._model_changed()
+
+    def add_model(self, path: str | Path) -> str:
+        """Load a model from a folder or file (in the background) and select it.
+
+        Returns the name it is listed under (its card's name, known once loaded; the
+        file name until then).
+        """
+        path = Path(path)
+        name = path.stem if path.is_file() else path.name
+        self._entries[name] = path
+        self.model.addItem(name)
+        self.model.setCurrentText(name)
+        return name
+
+    def _open_model_clicked(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Model folder (card.json + weights)")
+        if path:
+            self.add_model(path)
+
+    def _model_changed(self, index: int = -1) -> None:
+        """Fill the class and attention lists of the chosen model (attention needs the
+        network: it is loaded in the background, once)."""
+        name = self.model.currentText()
+        entry = self._entries.get(name)
+        self.model.setToolTip(model_card_tooltip(entry.card) if isinstance(entry, ModelEntry)
+                              else TOOLTIPS["model"])
+        self._fill_checklist(self.probabilities,
+                             entry.card.class_names if isinstance(entry, ModelEntry) else [])
+        self._fill_checklist(self.attention, [])
+        self._update_buttons()
+        if entry is None:
+            return
+        if name in self._models:
+            self._show_model(name, *self._models[name])
+        elif self.job is None or not self.job.running:
+            self._load_in_background(name)
+
+    def _load_in_background(self, name: str) -> None:
+        entry = self._entries[name]
+        source = entry.path if isinstance(entry, ModelEntry) else entry
+
+        def load(progress, cancel):
+            module, card = load_model(source)
+            return module, card, attention_map_names(module, card.patch_size,
+                                                     card.in_channels)
+
+        self._start(load, f"Loading model {name}",
+                    lambda loaded: self._show_model(name, *loaded))
+
+    def _show_model(self, name: str, module: torch.nn.Module, card: ModelCard,
+                    attention: Sequence[str]) -> None:
+        self._models[name] = (module, card, list(attention))
+        if name != self.model.currentText():
+            return
+        self.model.setToolTip(model_card_tooltip(card))
+        self._fill_checklist(self.probabilities, card.class_names)
+        self._fill_checklist(self.attention, attention)
+        self._update_buttons()
+
+    @staticmethod
+    def _fill_checklist(box: QListWidget, names: Sequence[str]) -> None:
+        box.clear()
+        for name in names:
+            item = QListWidgetItem(name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Unchecked)
+            box.addItem(item)
+
+    @staticmethod
+    def _checked(box: QListWidget) -> list[int]:
+        return [row for row in range(box.count())
+                if box.item(row).checkState() == Qt.CheckState.Checked]
+
+    def _update_buttons(self) -> None:
+        busy = self.job is not None and self.job.running
+        self.run_button.setEnabled(not busy and self.model.currentText() in self._models)
+        self.cancel_button.setEnabled(busy)
+
+    # -- running --------------------------------------------------------------------
+    def _start(self, function, description: str, on_result) -> Job:
+        self.job = start_job(function, description=description, on_result=on_result,
+                             on_finished=self._job_finished)
+        self._update_buttons()
+        return self.job
+
+    def _job_finished(self, job: Job) -> None:
+        self._update_buttons()
+        # A model chosen while another job ran is loaded now.
+        name = self.model.currentText()
+        if name in self._entries and name not in self._models:
+            self._load_in_background(name)
+
+    def run(self) -> Job | None:
+        """Segment the chosen image with the chosen model in the background.
+
+        Returns the job, or None when the choices are not valid (a notification says
+        why).
+        """
+        try:
+            layer = self.viewer.layers[self.image.currentText()]
+        except KeyError:
+            show_error("Open a scan first: there is no image layer to segment.")
+            return None
+        module, card, _attention = self._models[self.model.currentText()]
+        try:
+            volume = layer_volume(layer.data, layer.metadata, name=layer.name)
+        except MedAttnError as error:
+            show_error(str(error))
+            return None
+        run = {"image": layer.unique_id, "model": card.name}
+        options = dict(
+            device=self.device.currentText(), tta=self.tta.isChecked(),
+            uncertainty=(None if self.uncertainty.currentText() == NO_UNCERTAINTY
+                         else self.uncertainty.currentText()),
+            keep_probabilities=self._checked(self.probabilities),
+            attention_maps=[self.attention.item(r).text() for r in self._checked(self.attention)],
+            crop_to_body=self.crop.isChecked(),
+            min_component_mm3=self.min_component.value() or None)
+        self.status.setText(f"Segmenting {layer.name} with {card.name}...")
+
+        def work(progress, cancel):
+            result = segment(volume, module, card, progress=progress, cancel=cancel, **options)
+            rows = class_statistics(result.labels, volume)
+            return result, rows, segmentation_layer_data(result, card, run)
+
+        return self._start(work, f"Segment {layer.name} ({card.name})",
+                           lambda outcome: self._show_result(card, run, *outcome))
+
+    def cancel(self) -> None:
+        """Stop the running job at its next check; it adds no layer."""
+        if self.job is not None:
+            self.job.cancel()
+            self.status.setText("Cancelling...")
+
+    def _show_result(self, card: ModelCard, run: dict, result: Segmentation,
+                     rows: list[dict], layer_data: list[tuple]) -> None:
+        previous = [layer for layer in self.viewer.layers if layer.metadata.get(RUN_KEY) == run]
+        edited = [layer for layer in previous if isinstance(layer, Labels)
+                  and labels_digest(layer.data) != layer.metadata.get(DIGEST_KEY)]
+        labels_kwargs = layer_data[0][1]
+        labels_kwargs["colormap"] = class_colormap(card)
+        new_layers = add_layers(self.viewer, layer_data)
+        for layer in previous:
+            if layer in edited:
+                # The user's work: keep it, and stop treating it as a run result.
+                layer.metadata.pop(RUN_KEY, None)
+                layer.metadata.pop(DIGEST_KEY, None)
+            else:
+                self.viewer.layers.remove(layer)
+        for layer, (_data, kwargs, _kind) in zip(new_layers, layer_data):
+            layer.name = kwargs["name"]  # napari made it unique while the old one existed
+        self.statistics = rows
+        self._fill_table(rows)
+        runtime = result.provenance["runtime_s"]
+        notes = " ".join(result.notes)
+        kept = (f" Kept your edited labels {', '.join(repr(l.name) for l in edited)}."
+                if edited else "")
+        self.status.setText(f"{card.name} on {result.provenance['device']}: "
+                            f"{runtime:.1f} s.{kept} {notes}".strip())
+
+    # -- statistics -----------------------------------------------------------------
+    def _fill_table(self, rows: list[dict]) -> None:
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, field in enumerate(TABLE_FIELDS):
+                value = row[field]
+                text = f"{value:.6g}" if isinstance(value, float) else str(value)
+                self.table.setItem(r, c, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+        self.export_button.setEnabled(bool(rows))
+
+    def export_statistics(self, path: str | Path) -> Path | None:
+        """Write the statistics of the last run to ``path`` as CSV (all of
+        :data:`~napari_medattn.metrics.statistics.FIELDS`); None on failure, with a
+        notification."""
+        try:
+            return write_statistics_csv(self.statistics, path)
+        except MedAttnError as error:
+            show_error(str(error))
+            return None
+
+    def _export_clicked(self) -> None:
+        path, _filter = QFileDialog.getSaveFileName(self, "Save statistics", "statistics.csv",
+                                                    "CSV (*.csv)")
+        if path:
+            self.export_statistics(path)
+
