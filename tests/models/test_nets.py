@@ -134,7 +134,7 @@ EXAMPLE_MAP = {
 
 
 @pytest.mark.parametrize(("case", "dims"), CASES, ids=IDS)
-def test_capture_names_maps_by_module_path_and_leaves_outputs_bitwise_equal(case, dims):
+def test_capture_maps_by_module_path_bitwise_equal_outputs_deterministic_eval(case, dims):
     net = build(case, dims).eval()
     x = torch.randn(SHAPES[dims])
     query = tuple(n // 2 for n in x.shape[2:])
@@ -320,3 +320,36 @@ def test_bad_names_and_configs_raise_model_error_with_one_sentence(name, config,
         create(name, **config)
     text = str(info.value)
     assert text.endswith(".") and "\n" not in text
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", ["unet_global", "unet_window", "unet_dssa", "dssa_unet",
+                                  "medformer", "unetr"])
+def test_cuda_gives_the_cpu_flop_count(case):
+    net = build(case, 3).eval()
+    flops_cpu = count_flops(net, SHAPES[3])
+    # CUDA attention kernels are counted by PyTorch's own formulas, the CPU one by ours.
+    assert count_flops(net.cuda(), SHAPES[3]) == flops_cpu
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", ["unet_gate", "unet_global", "unet_window", "unetr"])
+def test_cuda_gives_the_cpu_numbers(case):
+    """Nets with soft attention only: DSSA's hard top-k choices can flip on near-ties between
+    devices (seen on an H100: one decoder block of the tiny DSSA-UNet chose another region),
+    after which outputs legitimately differ."""
+    net = build(case, 3).eval()
+    x = torch.randn(SHAPES[3])
+    with torch.no_grad():
+        expected = net(x)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # full float32, as on the CPU
+    try:
+        with torch.no_grad(), torch.backends.cudnn.flags(allow_tf32=False):
+            actual = net.cuda()(x.cuda()).cpu()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert torch.allclose(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
