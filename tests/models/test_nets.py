@@ -31,6 +31,16 @@ from napari_medattn.models.blocks.window import WindowAttention
 from napari_medattn.models.nets import UNET_ATTENTIONS
 from napari_medattn.models.nets.unet import default_attention_stages
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: a second intra-op thread only adds synchronisation, which
+    costs several times the work on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # Odd sizes that no net's total downsampling (8, 16 or 32) divides.
 SHAPES = {2: (1, 1, 33, 47), 3: (1, 1, 19, 24, 27)}
 
