@@ -3,7 +3,10 @@ patch merging (down) and patch expanding (up). All 2D/3D from the same code."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from napari_medattn.models.blocks.common import (
@@ -12,6 +15,13 @@ from napari_medattn.models.blocks.common import (
     conv_transpose_nd,
     norm_nd,
 )
+
+
+def resize_linear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bi- or trilinear resampling of ``(B, C, *grid)`` to ``size`` (voxels), cell-centred
+    (``align_corners=False``), so maps of one field of view at different strides line up."""
+    mode = {4: "bilinear", 5: "trilinear"}[x.ndim]
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
 
 
 def _norm_act(spatial_dims: int, channels: int, act: bool = True) -> list[nn.Module]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from napari_medattn.models.blocks.common import (
@@ -39,14 +38,13 @@ from napari_medattn.models.nets._config import (
     check_io,
     positive_ints,
 )
-from napari_medattn.models.nets._layers import ConvBlock, PatchExpanding
+from napari_medattn.models.nets._layers import ConvBlock, PatchExpanding, resize_linear
 from napari_medattn.models.nets.medformer import (
     DSSAPyramid,
     FPNHead,
     check_dssa_arguments,
     drop_path_schedule,
     dssa_stage,
-    linear_mode,
 )
 
 __all__ = ["DSSAUNet", "PoolingPyramid"]
@@ -71,7 +69,6 @@ class PoolingPyramid(nn.Module):
                  bins: Sequence[int] = (1, 2, 3, 6)) -> None:
         super().__init__()
         self.bins = tuple(bins)
-        self.mode = linear_mode(spatial_dims)
         branch = max(1, channels // len(self.bins))
         pool = pool_nd(spatial_dims, "adaptive_avg")
         self.branches = nn.ModuleList(
@@ -81,8 +78,7 @@ class PoolingPyramid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
-        pooled = [F.interpolate(branch(x), size=size, mode=self.mode, align_corners=False)
-                  for branch in self.branches]
+        pooled = [resize_linear(branch(x), size) for branch in self.branches]
         return self.fuse(torch.cat([x, *pooled], dim=1))
 
 

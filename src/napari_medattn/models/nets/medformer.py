@@ -34,17 +34,10 @@ from napari_medattn.models.nets._config import (
     stage_topk,
     unit_interval,
 )
-from napari_medattn.models.nets._layers import ConvStem, PatchMerging
+from napari_medattn.models.nets._layers import ConvStem, PatchMerging, resize_linear
 from napari_medattn.models.nets.unet import dssa_stage_kwargs
 
-__all__ = ["DSSAPyramid", "MedFormer", "dssa_stage", "linear_mode"]
-
-_LINEAR = {2: "bilinear", 3: "trilinear"}
-
-
-def linear_mode(spatial_dims: int) -> str:
-    """``"bilinear"`` or ``"trilinear"`` for ``F.interpolate``."""
-    return _LINEAR[spatial_dims]
+__all__ = ["DSSAPyramid", "MedFormer", "FPNHead", "dssa_stage"]
 
 
 def check_dssa_arguments(n_stages: int, widths: Any, depths: Any, topk: Any, n_win: Any,
@@ -144,7 +137,6 @@ class FPNHead(nn.Module):
     def __init__(self, spatial_dims: int, in_widths: Sequence[int], channels: int) -> None:
         super().__init__()
         conv = conv_nd(spatial_dims)
-        self.mode = linear_mode(spatial_dims)
         self.lateral = nn.ModuleList(conv(w, channels, 1) for w in in_widths)
         self.smooth = nn.ModuleList(
             nn.Sequential(conv(channels, channels, 3, padding=1), ChannelsLayerNorm(channels),
@@ -158,8 +150,7 @@ class FPNHead(nn.Module):
             laterals[i] = laterals[i] + F.interpolate(laterals[i + 1],
                                                       size=laterals[i].shape[2:], mode="nearest")
         size = laterals[0].shape[2:]
-        levels = [F.interpolate(s(lat), size=size, mode=self.mode, align_corners=False)
-                  if i else s(lat) for i, (s, lat) in enumerate(zip(self.smooth, laterals))]
+        levels = [resize_linear(s(lat), size) if i else s(lat) for i, (s, lat) in enumerate(zip(self.smooth, laterals))]
         return self.fuse(torch.cat(levels, dim=1))
 
 
@@ -245,6 +236,4 @@ class MedFormer(ConfiguredNet, nn.Module):
         x, _ = pad_to_multiple(x, 32)
         _, features = self.backbone.forward_features(x)
         logits = self.head(self.fpn(features))
-        logits = F.interpolate(logits, size=x.shape[2:], mode=linear_mode(self.spatial_dims),
-                               align_corners=False)
-        return crop_to(logits, size)
+        return crop_to(resize_linear(logits, x.shape[2:]), size)

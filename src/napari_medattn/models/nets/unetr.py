@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from napari_medattn.errors import ModelError
@@ -26,8 +25,7 @@ from napari_medattn.models.nets._config import (
     positive_ints,
     positive_number,
 )
-from napari_medattn.models.nets._layers import ConvBlock, UpConv
-from napari_medattn.models.nets.medformer import linear_mode
+from napari_medattn.models.nets._layers import ConvBlock, UpConv, resize_linear
 
 __all__ = ["UNETR"]
 
@@ -164,8 +162,7 @@ class UNETR(ConfiguredNet, nn.Module):
         from the grid it was learned on)."""
         if tuple(grid) == tuple(self.pos_embed.shape[2:]):
             return self.pos_embed
-        return F.interpolate(self.pos_embed, size=tuple(grid),
-                             mode=linear_mode(self.spatial_dims), align_corners=False)
+        return resize_linear(self.pos_embed, grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.spatial_dims, self.in_channels)
