@@ -24,6 +24,7 @@ def save(folder, name, **card_fields):
 
 @pytest.fixture
 def folders(tmp_path, monkeypatch):
+    """Empty built-in and user model folders (and no MEDATTN_MODEL_PATH), in tmp_path."""
     builtin, user = tmp_path / "builtin", tmp_path / "user"
     builtin.mkdir()
     monkeypatch.setattr(registry, "BUILTIN_DIR", builtin)

@@ -18,6 +18,7 @@ from napari_medattn.inference import attention_map_names, segment
 from napari_medattn.io import read, read_volume, write_dicom_series
 from napari_medattn.models import create, registry
 from napari_medattn.models.card import ModelCard, default_classes
+from test_cli_models import folders  # noqa: F401 (fixture: empty built-in and user folders)
 
 ANATOMICAL = os.path.join(data_path, "anatomical.nii")  # 33 x 41 x 25, 2 mm, LAS
 NAMES = ["background", "dark", "bright"]
@@ -41,13 +42,9 @@ def save_tiny(folder, name="tiny-unet", attention="none", seed=0):
 
 
 @pytest.fixture
-def models(tmp_path, monkeypatch):
+def models(folders):
     """No built-in models and one user model; returns (builtin dir, user dir, model dir)."""
-    builtin, user = tmp_path / "builtin", tmp_path / "user"
-    builtin.mkdir()
-    monkeypatch.setattr(registry, "BUILTIN_DIR", builtin)
-    monkeypatch.setattr(registry, "user_model_dir", lambda: user)
-    monkeypatch.delenv("MEDATTN_MODEL_PATH", raising=False)
+    builtin, user = folders
     return builtin, user, save_tiny(user / "tiny")
 
 
