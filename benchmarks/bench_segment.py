@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -116,9 +117,13 @@ def prepare_models(names: list[str] | None, folder: Path) -> tuple[list[Path], s
     script = training_settings()
     names = names or list(script.MODELS)
     installed = {e.name: e.path for e in builtin_models()}
-    if all(name in installed for name in names):
-        return [installed[name] for name in names], "built-in (trained)"
     folders = []
+    if all(name in installed for name in names):
+        for name in names:
+            # A copy, so that weights re-installed during the run cannot mix versions.
+            shutil.copytree(installed[name], folder / name, dirs_exist_ok=True)
+            folders.append(folder / name)
+        return folders, "built-in (trained), copied from the package"
     for name in names:
         architecture, config = script.MODELS[name]
         torch.manual_seed(0)
@@ -138,10 +143,16 @@ def prepare_models(names: list[str] | None, folder: Path) -> tuple[list[Path], s
 def run_ours(model: str, image: str, out: str, overlap: float, batch: int,
              autocast: str) -> float:
     """``medattn segment`` on one file; returns the seconds from reading to written."""
+    # The command imports its modules lazily (to keep ``medattn --help`` fast); they are
+    # imported here before the timer, as the MONAI side imports its modules before its own.
+    import napari_medattn.inference.pipeline  # noqa: F401
+    import napari_medattn.io  # noqa: F401
+    import napari_medattn.metrics.report  # noqa: F401
+    import tqdm  # noqa: F401
     from napari_medattn.cli import main
     from napari_medattn.models.registry import load_model
 
-    load_model(model)  # warm the same imports the MONAI side pays before its timer
+    load_model(model)  # the model is loaded before the timer on the MONAI side too
     start = time.perf_counter()
     code = main(["segment", image, "--out", out, "--model", model, "--device", "cpu",
                  "--autocast", autocast, "--overlap", str(overlap), "--batch-size",
@@ -213,17 +224,18 @@ def spawn(kind: str, model: Path, image: Path, out: Path, args: argparse.Namespa
 # ------------------------------------------------------------------------------ parent
 
 
-def agreement(ours: Path, monai: Path, classes: int) -> list[float]:
-    """Dice of each foreground class between the two label maps (same grid)."""
-    from napari_medattn.metrics import evaluate_pair
+def agreement(ours: Path, monai: Path) -> tuple[dict[int, float], float]:
+    """Dice of each foreground class present in either label map, and the fraction of
+    voxels given the same label (the maps must be on the same grid)."""
     from napari_medattn.io import read_volume
+    from napari_medattn.metrics import evaluate_pair
 
     a, b = read_volume(ours), read_volume(monai)
     if not np.allclose(a.affine, b.affine, atol=1e-4) or a.spatial_shape != b.spatial_shape:
         raise SystemExit(f"The label maps are on different grids: {ours}, {monai}.")
-    scores = evaluate_pair(np.asarray(a.data), np.asarray(b.data), spacing=a.spacing,
-                           classes=list(range(1, classes)))
-    return [s.dice for s in scores]
+    first, second = np.asarray(a.data), np.asarray(b.data)
+    scores = evaluate_pair(first, second, spacing=a.spacing)
+    return {s.label: s.dice for s in scores}, float(np.mean(first == second))
 
 
 def main() -> None:
@@ -234,7 +246,8 @@ def main() -> None:
     parser.add_argument("--volumes", nargs="+", choices=("mni", "ct"), default=["mni", "ct"])
     parser.add_argument("--ct-shape", type=int, nargs=3, default=(512, 512, 300))
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--overlap", type=float, default=0.25,
+                        help="window overlap for both sides (default: 0.25, MONAI's default)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--bf16", action="store_true",
                         help="also run ours with bfloat16 autocast (on CPUs that have it)")
@@ -262,13 +275,15 @@ def main() -> None:
             synthesise_ct(ct, shape)
             print(f"synthesised {ct.name} in {time.perf_counter() - started:.1f} s")
         inputs["ct"] = ct
-    print(f"models: {origin}: {', '.join(m.name for m in models)}; overlap {args.overlap}, "
+    from napari_medattn.models.registry import WEIGHTS_FILE, weights_sha256
+
+    hashes = ", ".join(f"{m.name} {weights_sha256(m / WEIGHTS_FILE)[:12]}" for m in models)
+    print(f"models: {origin}: {hashes}; overlap {args.overlap}, "
           f"batch {args.batch_size}, Gaussian sigma 0.125, float32, "
           f"{os.cpu_count()} CPUs, torch threads default")
 
     figures = []
     for model in models:
-        card = json.loads((model / "card.json").read_text())
         for key, image in inputs.items():
             kinds = ["monai", "ours"] + (["ours-bf16"] if args.bf16 else [])
             runs: dict[str, list[dict]] = {k: [] for k in kinds}
@@ -279,9 +294,9 @@ def main() -> None:
                     print(f"  {model.name} {key} {kind:9s} {runs[kind][-1]['seconds']:8.2f} s  "
                           f"peak {runs[kind][-1]['peak_bytes'] / 2**30:.2f} GiB", flush=True)
             stem = image.name.split(".")[0]
-            dice = agreement(work / "out" / model.name / key / "ours" / f"{stem}_labels.nii.gz",
-                             work / "out" / model.name / key / "monai" / f"{stem}_labels.nii.gz",
-                             len(card["classes"]))
+            folder = work / "out" / model.name / key
+            dice, same = agreement(folder / "ours" / f"{stem}_labels.nii.gz",
+                                   folder / "monai" / f"{stem}_labels.nii.gz")
             ours_s = statistics.median(r["seconds"] for r in runs["ours"])
             monai_s = statistics.median(r["seconds"] for r in runs["monai"])
             tag = f"{model.name}_{key}"
@@ -293,9 +308,12 @@ def main() -> None:
                 f"{max(r['peak_bytes'] for r in runs['ours']) / 1e9:.2f} GB",
                 f"FIGURE segment_{tag}_peak_rss_monai "
                 f"{max(r['peak_bytes'] for r in runs['monai']) / 1e9:.2f} GB",
-                f"FIGURE segment_{tag}_dice_ours_vs_monai_mean {np.mean(dice):.4f} ratio",
+                f"FIGURE segment_{tag}_dice_ours_vs_monai_mean "
+                f"{np.mean(list(dice.values())):.4f} ratio",
+                f"FIGURE segment_{tag}_voxels_same_label {same:.4f} ratio",
             ]
-            print(f"  agreement (Dice per class 1..): {', '.join(f'{d:.4f}' for d in dice)}")
+            print("  agreement: Dice " + ", ".join(f"class {c} {d:.4f}" for c, d in dice.items())
+                  + f"; same label in {same:.2%} of the voxels")
             if args.bf16:
                 bf16_s = statistics.median(r["seconds"] for r in runs["ours-bf16"])
                 figures.append(f"FIGURE segment_{tag}_bf16_time_ours_over_monai "
