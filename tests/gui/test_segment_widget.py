@@ -202,17 +202,27 @@ def test_cancel_after_the_first_batch_leaves_no_layer(setup, qtbot, monkeypatch,
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
-def test_second_run_replaces_first_and_painted_labels_are_kept(setup, qtbot):
+def test_second_run_replaces_first_and_painted_labels_are_kept(setup, qtbot, brain):
     viewer, image, widget = setup
+    check(widget.probabilities, 2)
     run_and_wait(qtbot, widget)
-    first = result_layers(viewer)
-    assert len(first) == 1
-    widget.crop.setChecked(True)  # other options, same scan and model: still replaced
+    first_labels, first_probability = result_layers(viewer)
+    first_data = first_labels.data
+    # Same scan and model, other options: the labels are replaced in place by the new
+    # result, and the probability no longer asked for goes.
+    widget.probabilities.item(2).setCheckState(Qt.CheckState.Unchecked)
+    widget.crop.setChecked(True)
+    widget.min_component.setValue(2000.0)
     run_and_wait(qtbot, widget)
     second = result_layers(viewer)
-    assert len(second) == 1 and second[0] is not first[0]
-    assert first[0] not in viewer.layers
-    assert second[0].name == "mni152_t1 tiny-brain"  # not "... [1]"
+    assert second == [first_labels] and first_probability not in viewer.layers
+    assert second[0].name == "mni152_t1 tiny-brain"
+    module, card, _maps = widget._models[MODEL]
+    expected = segment_module.segment(brain[0].canonical(), module, card, device="cpu",
+                                      crop_to_body=True, min_component_mm3=2000.0)
+    assert second[0].data is not first_data
+    assert np.array_equal(second[0].data, expected.labels.data)
+    assert second[0].metadata[DIGEST_KEY] == segment_module.labels_digest(second[0].data)
 
     # The user paints into the result: the next run must not remove it.
     painted = second[0]
@@ -225,8 +235,10 @@ def test_second_run_replaces_first_and_painted_labels_are_kept(setup, qtbot):
     assert len(third) == 1 and third[0] is not painted
     assert "Kept your edited labels" in widget.status.text()
     # The edited layer is the user's now: a fourth run replaces only the third.
+    third_data = third[0].data
     run_and_wait(qtbot, widget)
-    assert painted in viewer.layers and third[0] not in viewer.layers
+    assert np.array_equal(painted.data, edited) and RUN_KEY not in painted.metadata
+    assert result_layers(viewer) == third and third[0].data is not third_data
     assert len([l for l in viewer.layers if l is not image]) == 2
 
 

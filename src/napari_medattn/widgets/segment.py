@@ -9,8 +9,10 @@ are prepared in the worker thread too, so the GUI thread only inserts finished l
 
 Replacing a previous run. Every layer a run makes carries ``metadata[RUN_KEY]``: the
 scan layer's ``unique_id`` and the model name. A new run of the same model on the same
-scan removes the layers of the previous one, after its own layers were added (so a
-failure leaves the old result in place). Labels the user painted are never removed:
+scan replaces the layers of the previous one: a layer of the same name and type gets the
+new data in place (removing a layer makes napari collect garbage on the GUI thread, a
+long pause with large volumes), new kinds of layers are added (all or none), and layers
+the new run no longer makes are removed last. Labels the user painted are never removed:
 each labels layer also records ``metadata[DIGEST_KEY]``, a hash of the labels as
 written; if the layer's data no longer match it, the layer is the user's work, it is
 left in the viewer (and no longer managed by this widget, its run key removed), and the
@@ -63,7 +65,8 @@ from napari_medattn.widgets.tooltips import SEGMENT as TOOLTIPS
 from napari_medattn.widgets.tooltips import model_card_tooltip
 from napari_medattn.widgets.worker import Job, add_layers, start_job
 
-#: ``layer.metadata`` key: ``{"image": <scan layer unique_id>, "model": <name>}``.
+#: ``layer.metadata`` key: ``{"image": <scan layer unique_id>, "model": <name>,
+#: "output": "labels" | "probability <c>" | "uncertainty" | "attention <map>"}``.
 RUN_KEY = "medattn_segment_run"
 #: ``layer.metadata`` key of a result labels layer: hash of the labels as written.
 DIGEST_KEY = "medattn_labels_digest"
@@ -101,30 +104,35 @@ def available_devices() -> list[str]:
 def segmentation_layer_data(result: Segmentation, card: ModelCard,
                             run: dict) -> list[tuple]:
     """Layer-data tuples of a segmentation: labels, then probability, uncertainty and
-    attention heat maps, each on the scan's geometry and tagged with ``run``.
+    attention heat maps, each on the scan's geometry and tagged with ``run`` and the
+    output it shows (``metadata[RUN_KEY]["output"]``).
 
     Pure data (no napari objects), so it can be prepared in the worker thread.
     """
+    import pandas  # napari's own dependency; imported here, in the worker, not on the GUI
+
     data, kwargs, kind = volume_layer_data(result.labels, "labels")
     names = card.class_names
     # The class name of each label value: napari shows it in the status bar.
     kwargs.update(opacity=LABELS_OPACITY,
-                  features={"index": np.arange(len(names)), "class": names},
-                  metadata={**kwargs["metadata"], RUN_KEY: dict(run),
+                  features=pandas.DataFrame({"index": np.arange(len(names)),
+                                             "class": names}),
+                  metadata={**kwargs["metadata"], RUN_KEY: {**run, "output": "labels"},
                             DIGEST_KEY: labels_digest(data)})
     layers = [(data, kwargs, kind)]
     # (volume, whether it is an attention map) for every heat map asked for.
-    heat_maps = [*((p, False) for p in result.probabilities.values()),
-                 *([(result.uncertainty, False)] if result.uncertainty is not None else []),
-                 *((a, True) for a in result.attention.values())]
-    for volume, is_attention in heat_maps:
+    heat_maps = [*((p, f"probability {c}", False) for c, p in result.probabilities.items()),
+                 *([(result.uncertainty, "uncertainty", False)]
+                   if result.uncertainty is not None else []),
+                 *((a, f"attention {name}", True) for name, a in result.attention.items())]
+    for volume, output, is_attention in heat_maps:
         data, kwargs, kind = volume_layer_data(volume, "image")
         # Probabilities and uncertainty live in [0, 1]; attention maps are scaled to
         # their own maximum so a map is visible whatever its range.
         top = float(np.max(data)) if is_attention else 1.0
         kwargs.update(colormap="inferno", blending="additive", opacity=HEAT_OPACITY,
                       contrast_limits=(0.0, top if top > 0 else 1.0),
-                      metadata={**kwargs["metadata"], RUN_KEY: dict(run)})
+                      metadata={**kwargs["metadata"], RUN_KEY: {**run, "output": output}})
         layers.append((data, kwargs, kind))
     return layers
 
@@ -134,6 +142,12 @@ def class_colormap(card: ModelCard) -> DirectLabelColormap:
     colours: dict[int | None, Any] = {0: "transparent", None: "magenta"}
     colours.update({index: info.color for index, info in enumerate(card.classes) if index})
     return DirectLabelColormap(color_dict=colours)
+
+
+def _run_of(layer: Any) -> dict | None:
+    """The run (scan id and model) that made ``layer``, or None for other layers."""
+    tag = layer.metadata.get(RUN_KEY)
+    return None if tag is None else {k: v for k, v in tag.items() if k != "output"}
 
 
 class SegmentWidget(QWidget):
@@ -403,21 +417,33 @@ class SegmentWidget(QWidget):
 
     def _show_result(self, card: ModelCard, run: dict, result: Segmentation,
                      rows: list[dict], layer_data: list[tuple]) -> None:
-        previous = [layer for layer in self.viewer.layers if layer.metadata.get(RUN_KEY) == run]
+        layer_data[0][1]["colormap"] = class_colormap(card)
+        previous = [layer for layer in self.viewer.layers if _run_of(layer) == run]
         edited = [layer for layer in previous if isinstance(layer, Labels)
                   and labels_digest(layer.data) != layer.metadata.get(DIGEST_KEY)]
-        labels_kwargs = layer_data[0][1]
-        labels_kwargs["colormap"] = class_colormap(card)
-        new_layers = add_layers(self.viewer, layer_data)
-        for layer in previous:
-            if layer in edited:
-                # The user's work: keep it, and stop treating it as a run result.
-                layer.metadata.pop(RUN_KEY, None)
-                layer.metadata.pop(DIGEST_KEY, None)
+        for layer in edited:
+            # The user's work: keep it as it is, and stop treating it as a run result.
+            layer.metadata.pop(RUN_KEY, None)
+            layer.metadata.pop(DIGEST_KEY, None)
+        # A previous layer showing the same output is updated in place (cheaper for the
+        # GUI than removing it and adding another, and it keeps the user's display
+        # settings); the others are added, all or none, before anything is removed.
+        reusable = {layer.metadata[RUN_KEY]["output"]: layer for layer in previous
+                    if layer not in edited}
+        updates, additions = [], []
+        for data, kwargs, kind in layer_data:
+            old = reusable.pop(kwargs["metadata"][RUN_KEY]["output"], None)
+            (updates if old is not None else additions).append((old, data, kwargs, kind))
+        add_layers(self.viewer, [(data, kwargs, kind) for _old, data, kwargs, kind in additions])
+        for old, data, kwargs, _kind in updates:
+            old.data = data
+            old.metadata = kwargs["metadata"]
+            if isinstance(old, Labels):
+                old.features = kwargs["features"]
             else:
-                self.viewer.layers.remove(layer)
-        for layer, (_data, kwargs, _kind) in zip(new_layers, layer_data):
-            layer.name = kwargs["name"]  # napari made it unique while the old one existed
+                old.contrast_limits = kwargs["contrast_limits"]
+        for layer in reusable.values():  # asked for last time, not this time
+            self.viewer.layers.remove(layer)
         self.statistics = rows
         self._fill_table(rows)
         runtime = result.provenance["runtime_s"]

@@ -1,0 +1,194 @@
+"""The viewer during a Segment run: event-loop gaps, and the run's time against the CLI.
+
+Side by side in one run, on the same file and model:
+
+* **CLI**: ``medattn segment FILE --out TMP --model MODEL --device cpu`` in a subprocess;
+  its time is the ``runtime_s`` of the provenance json (the segmentation call alone, no
+  start-up, no reading, no writing), and ``total_runtime_s`` (with writing) is printed
+  too.
+* **Widget**: a real napari viewer (Xvfb when there is no display) with the scan as a
+  layer and the Segment widget docked; a Qt timer ticks every ``--tick-ms`` ms on the GUI
+  thread and records its times. The run is timed from the click on Run until the result
+  layers and the statistics table are in the viewer. The longest interval between two
+  ticks during the run is how long the viewer could not react (ideal: the tick
+  interval; napari's own redraws of the progress bar are included, as a user sees them).
+
+The model is the first built-in MR model (``medattn models``) or, when none is installed,
+a stand-in: an untrained attention-gated U-Net (channels 16-32-64-128, 64^3 windows) with
+the same cost per window as a trained one. ``--compare-threads`` also runs the widget
+with torch using every core (no core left to the GUI), to show what leaving one costs
+and buys. Runs alternate CLI / widget ``--repeats`` times; the figures are medians.
+
+Run: ``.venv/bin/python benchmarks/bench_viewer_responsiveness.py [--repeats 2]``
+Prints ``FIGURE viewer_max_tick_gap <ms> ms`` and ``FIGURE viewer_run_vs_cli <r> ratio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import napari_medattn
+from napari_medattn.io import read_volume
+from napari_medattn.models import create
+from napari_medattn.models.card import ClassInfo, ModelCard
+from napari_medattn.models.registry import builtin_models, save_model
+
+SAMPLE = Path(napari_medattn.__file__).parent / "sample_data" / "mni152_t1.nii.gz"
+
+
+def stand_in_model(folder: Path) -> Path:
+    """An untrained 4-class attention-gated U-Net saved as a model folder."""
+    import torch
+
+    torch.manual_seed(0)
+    config = {"spatial_dims": 3, "in_channels": 1, "out_channels": 4,
+              "channels": [16, 32, 64, 128], "attention": "gate"}
+    card = ModelCard(
+        name="bench-unet", architecture="unet", config=config, modality="MR",
+        classes=[ClassInfo("background", "#000000"), ClassInfo("CSF", "#3399ff"),
+                 ClassInfo("grey matter", "#ff3333"), ClassInfo("white matter", "#ffee00")],
+        patch_size=(64, 64, 64), normalization={"scheme": "zscore"},
+        training_data="none: untrained stand-in for timing")
+    return save_model(create("unet", **config).eval(), card, folder / "bench-unet")
+
+
+def choose_model(tmp: Path) -> Path:
+    for entry in builtin_models():
+        if entry.card.modality == "MR" and len(entry.card.patch_size) == 3:
+            return entry.path
+    return stand_in_model(tmp)
+
+
+def run_cli(model: Path, out: Path) -> tuple[float, float]:
+    """(runtime_s, total_runtime_s) of ``medattn segment`` on the sample."""
+    command = [sys.executable, "-m", "napari_medattn.cli", "segment", str(SAMPLE),
+               "--out", str(out), "--model", str(model), "--device", "cpu"]
+    subprocess.run(command, check=True, capture_output=True)
+    record = json.loads(next(out.glob("*_provenance.json")).read_text())
+    for path in out.iterdir():
+        path.unlink()
+    return float(record["runtime_s"]), float(record["total_runtime_s"])
+
+
+class WidgetBench:
+    """A viewer with the scan and the Segment widget; times runs and event-loop ticks."""
+
+    def __init__(self, model: Path, tick_ms: int) -> None:
+        import napari
+        from qtpy.QtCore import QTimer
+
+        from napari_medattn.display.layers import volume_layer_data
+        from napari_medattn.widgets.segment import SegmentWidget
+
+        self.viewer = napari.Viewer(show=True)
+        self.viewer.window.resize(1400, 900)
+        self.viewer._add_layer_from_data(*volume_layer_data(read_volume(SAMPLE)))
+        self.widget = SegmentWidget(self.viewer)
+        self.viewer.window.add_dock_widget(self.widget, name="Segment")
+        self.ticks: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(tick_ms)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        self.widget.add_model(model)
+        self.widget.device.setCurrentText("cpu")
+        self._wait(lambda: self.widget.run_button.isEnabled())
+
+    def _wait(self, condition) -> None:
+        """Run the Qt event loop (not a busy loop) until ``condition()`` holds."""
+        from qtpy.QtCore import QEventLoop, QTimer
+
+        loop = QEventLoop()
+        poll = QTimer()
+        poll.setInterval(20)
+        poll.timeout.connect(lambda: loop.quit() if condition() else None)
+        poll.start()
+        loop.exec()
+        poll.stop()
+
+    def run(self) -> tuple[float, float, float]:
+        """(wall time s, longest tick gap ms, 99th percentile gap ms) of one run."""
+        self.ticks.clear()
+        self.timer.start()
+        self._wait(lambda: len(self.ticks) >= 20)  # the timer is ticking steadily
+        started = time.perf_counter()
+        job = self.widget.run()
+        self._wait(lambda: job.finished)
+        wall = time.perf_counter() - started
+        self.timer.stop()
+        if job.outcome != "done":
+            raise SystemExit(f"The widget run ended with {job.outcome}.")
+        during = np.array([t for t in self.ticks if t >= started])
+        gaps = np.diff(np.concatenate([[started], during])) * 1000
+        return wall, float(gaps.max()), float(np.percentile(gaps, 99))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tick-ms", type=int, default=10)
+    parser.add_argument("--compare-threads", action="store_true",
+                        help="also run the widget with torch on every core")
+    args = parser.parse_args(argv)
+
+    from napari_medattn.launch import needs_virtual_display, start_virtual_display
+
+    display = start_virtual_display() if needs_virtual_display() else None
+    try:
+        import torch
+
+        from napari_medattn.widgets import worker
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            model = choose_model(tmp)
+            out = tmp / "cli"
+            out.mkdir()
+            print(f"scan {SAMPLE.name}, model {model.name}, torch {torch.__version__}, "
+                  f"{torch.get_num_threads()} torch threads, GUI job threads "
+                  f"{worker.worker_threads()}, {os.cpu_count()} cores")
+            bench = WidgetBench(model, args.tick_ms)
+            cli, cli_total, wall, max_gap, p99 = [], [], [], [], []
+            for repeat in range(args.repeats):
+                runtime, total = run_cli(model, out)
+                cli.append(runtime)
+                cli_total.append(total)
+                w, gap, gap99 = bench.run()
+                wall.append(w)
+                max_gap.append(gap)
+                p99.append(gap99)
+                print(f"repeat {repeat}: CLI {runtime:.2f} s (with writing {total:.2f} s), "
+                      f"widget {w:.2f} s, longest tick gap {gap:.0f} ms, p99 {gap99:.0f} ms")
+            if args.compare_threads:
+                default = worker.worker_threads
+                worker.worker_threads = lambda cores=None: os.cpu_count() or 1
+                try:
+                    w, gap, gap99 = bench.run()
+                finally:
+                    worker.worker_threads = default
+                print(f"widget with torch on every core: {w:.2f} s, longest tick gap "
+                      f"{gap:.0f} ms, p99 {gap99:.0f} ms")
+            bench.viewer.close()
+        ratio = statistics.median(wall) / statistics.median(cli)
+        print(f"median: CLI {statistics.median(cli):.2f} s, widget "
+              f"{statistics.median(wall):.2f} s")
+        print(f"FIGURE viewer_max_tick_gap {max(max_gap):.0f} ms")
+        print(f"FIGURE viewer_p99_tick_gap {statistics.median(p99):.0f} ms")
+        print(f"FIGURE viewer_run_vs_cli {ratio:.2f} ratio")
+    finally:
+        if display is not None:
+            display.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
