@@ -120,7 +120,7 @@ def load_split(folder: Path, split: str) -> list:
 
 def _train(name: str, train_cases, val_cases, out_dir: Path, *, epochs: int,
            steps_per_epoch: int, batch_size: int, seed: int, device: str, workers: int,
-           progress=None):
+           amp: bool = True, progress=None):
     from napari_medattn.training.loop import train
 
     architecture, config = MODELS[name]
@@ -130,7 +130,7 @@ def _train(name: str, train_cases, val_cases, out_dir: Path, *, epochs: int,
         out_dir=out_dir, spacing=SPACING_MM, orientation="RAS",
         normalization={"scheme": "zscore"}, modality="MR", batch_size=batch_size,
         epochs=epochs, steps_per_epoch=steps_per_epoch, lr=2e-3, weight_decay=1e-4,
-        seed=seed, device=device, augment=AUGMENTATION, val_cases=val_cases,
+        seed=seed, device=device, amp=amp, augment=AUGMENTATION, val_cases=val_cases,
         num_workers=workers, progress=progress, progress_bar=False,
         card_fields={
             "name": name,
@@ -169,7 +169,7 @@ def run_training(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         probe = _train(args.model, train_cases, [], Path(tmp) / "probe", epochs=1,
                        steps_per_epoch=16, batch_size=args.batch_size, seed=args.seed,
-                       device=args.device, workers=args.workers,
+                       device=args.device, workers=args.workers, amp=not args.float32,
                        progress=lambda p: stamps.append(time.perf_counter()))
         step_s = (stamps[15] - stamps[4]) / 11
         module, card = load_model(probe.last, device=args.device)
@@ -195,7 +195,8 @@ def run_training(args: argparse.Namespace) -> None:
     run_dir = args.runs / args.model
     result = _train(args.model, train_cases, val_cases, run_dir, epochs=epochs,
                     steps_per_epoch=steps, batch_size=args.batch_size, seed=args.seed,
-                    device=args.device, workers=args.workers, progress=report)
+                    device=args.device, workers=args.workers, amp=not args.float32,
+                    progress=report)
     print(f"{args.model}: losses {[round(h['loss'], 4) for h in result.history]}; best "
           f"epoch {result.card.metrics['epoch']}; {time.perf_counter() - budget_start:.0f} s; "
           f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
@@ -206,6 +207,101 @@ def run_training(args: argparse.Namespace) -> None:
         for source in (result.best / "weights.safetensors", result.best / "card.json",
                        run_dir / "history.json", run_dir / "curves.png"):
             shutil.copy2(source, target / source.name)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def sample_scans() -> dict:
+    """The scans the built-in models are looked at on: name -> Volume."""
+    from importlib.resources import files
+
+    import nibabel
+
+    from napari_medattn.io import read_volume
+
+    samples = files("napari_medattn") / "sample_data"
+    return {
+        "nibabel anatomical.nii (T1, 2 mm)": read_volume(
+            Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii", modality="MR"),
+        "dipy aniso_vox (b0/T2-like, 4x4x5 mm)": read_volume(samples / "dipy_aniso_vox.nii.gz"),
+        "MNI152 2009a T1 (1 mm, the template itself)": read_volume(samples / "mni152_t1.nii.gz"),
+    }
+
+
+def figures(out_dir: Path, models: list[str]) -> None:
+    """Segment the sample scans with each model; save napari screenshots with the labels.
+
+    One PNG per model (``builtin_<name>.png``): a column per scan, two axial levels, each
+    a napari canvas screenshot (image and labels layers as the plugin adds them,
+    radiological convention), with the class fractions of the whole scan in the title.
+    """
+    import napari
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from napari_medattn.display.layers import volume_layer_data
+    from napari_medattn.inference import segment
+    from napari_medattn.launch import needs_virtual_display, start_virtual_display
+    from napari_medattn.models.registry import load_model
+    from napari_medattn.widgets.segment import class_colormap
+
+    display = start_virtual_display() if needs_virtual_display() else None
+    scans = sample_scans()
+    from qtpy.QtWidgets import QApplication
+
+    # A shown window (on the virtual display when there is no screen): a hidden one
+    # renders a black canvas.
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(700, 700)
+    try:
+        for name in models:
+            module, card = load_model(name)
+            figure = Figure(figsize=(4 * len(scans), 8.6), dpi=100)
+            FigureCanvasAgg(figure)
+            axes = figure.subplots(2, len(scans), squeeze=False)
+            for column, (title, volume) in enumerate(scans.items()):
+                started = time.perf_counter()
+                labels = segment(volume, module, card, device="cpu").labels
+                seconds = time.perf_counter() - started
+                fractions = np.bincount(labels.data.ravel(), minlength=card.num_classes)
+                fractions = fractions / fractions.sum()
+                viewer.layers.clear()
+                data, kwargs, _ = volume_layer_data(volume, "image")
+                viewer.add_image(data, **kwargs)
+                data, kwargs, _ = volume_layer_data(labels, "labels")
+                kwargs["metadata"] = {}
+                viewer.add_labels(data, colormap=class_colormap(card), opacity=0.45,
+                                  **{k: kwargs[k] for k in ("name", "scale", "translate")})
+                viewer.dims.ndisplay = 2
+                viewer.dims.order = (0, 1, 2)
+                brain = np.argwhere(data > 0)
+                low, high = np.percentile(brain[:, 0], [35, 65]).astype(int)
+                for row, index in enumerate((high, low)):
+                    viewer.dims.set_current_step(0, int(index))
+                    viewer.reset_view()
+                    for _ in range(5):
+                        QApplication.processEvents()
+                    shot = viewer.screenshot(canvas_only=True, flash=False)
+                    axes[row, column].imshow(shot)
+                    axes[row, column].set_axis_off()
+                axes[0, column].set_title(
+                    f"{title}\n" + ", ".join(f"{short} {f:.0%}" for short, f in
+                                              zip(("bg", "CSF", "GM", "WM"), fractions)) +
+                    f"\n({seconds:.0f} s on a 2-core CPU)", fontsize=9)
+            figure.legend(handles=[Patch(color=c.color, label=c.name)
+                                   for c in card.classes[1:]], loc="lower center", ncol=3)
+            figure.suptitle(f"{name}: axial slices, radiological view (patient right on "
+                            f"screen left, anterior up)")
+            figure.tight_layout(rect=(0, 0.04, 1, 1))
+            out_dir.mkdir(parents=True, exist_ok=True)
+            figure.savefig(out_dir / f"builtin_{name}.png")
+            print(f"wrote {out_dir / f'builtin_{name}.png'}")
+    finally:
+        viewer.close()
+        if display is not None:
+            display.stop()
 
 
 # ----------------------------------------------------------------------------- install
@@ -243,6 +339,10 @@ def main(argv=None) -> None:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto")
     tr.add_argument("--workers", type=int, default=4)
+    tr.add_argument("--float32", action="store_true", help="no bfloat16 autocast on CUDA")
+    fig = sub.add_parser("figures", help="napari screenshots of the models on sample scans")
+    fig.add_argument("--out", type=Path, default=Path("docs/screenshots"))
+    fig.add_argument("--model", action="append", choices=sorted(MODELS))
     ins = sub.add_parser("install", help="copy a trained model into the package")
     ins.add_argument("run", type=Path)
     args = parser.parse_args(argv)
@@ -250,6 +350,8 @@ def main(argv=None) -> None:
         generate(args.out, args.cases, args.val_cases)
     elif args.step == "train":
         run_training(args)
+    elif args.step == "figures":
+        figures(args.out, args.model or sorted(MODELS))
     else:
         install(args.run)
 

@@ -260,13 +260,15 @@ def train(
     choice = resolve_device(device)
     run_device = choice.device
     use_amp = bool(amp) and run_device.type == "cuda"
+    precision = (f"bfloat16 autocast on {run_device.type}" if use_amp
+                 else f"float32 on {run_device.type}")
 
     torch.manual_seed(int(seed))  # the weights' initialisation
     model = create(model_name, **net_config)
     net_config = json.loads(json.dumps(model.config))  # every default spelled out
     settings["config"] = net_config
-    card = _card(model_name, net_config, class_list, patch, settings, modality, out_dir,
-                 card_fields)
+    card = _card(model_name, net_config, class_list, patch, {**settings, "precision": precision},
+                 modality, out_dir, card_fields)
 
     prepared = [prepare_case(c, orientation=orientation, spacing=spacing,
                              normalization=normalization) for c in cases]
@@ -457,8 +459,8 @@ def _procedure(settings: dict) -> str:
             f"({settings['foreground_fraction']:.0%} forced to hold foreground), soft Dice + "
             f"cross-entropy, AdamW (lr {settings['lr']:g}, weight decay "
             f"{settings['weight_decay']:g}) with {settings['warmup_steps']} linear warm-up "
-            f"steps then a cosine to 0, gradient norm clipped at 12, seed {settings['seed']}; "
-            f"augmentation: {names}.")
+            f"steps then a cosine to 0, gradient norm clipped at 12, {settings['precision']}, "
+            f"seed {settings['seed']}; augmentation: {names}.")
 
 
 def _with_metrics(card: ModelCard, history: list[dict], val_cases: Sequence[Case],
