@@ -225,3 +225,17 @@ def test_bad_configuration_and_input_raise_typed_errors():
     with pytest.raises(DimensionError):
         attn(torch.randn(1, 8, 4, 4))
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runs_under_cuda_autocast():
+    # CUDA autocast computes softmax in float32 over bfloat16 scores; the sparse weights
+    # must follow (a bfloat16 training run of the built-in DSSA-UNet once stopped here).
+    attn = DualSparseSelectionAttention(3, 32, n_win=2, topk=2).cuda()
+    x = torch.randn(1, 32, 8, 8, 8, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = attn(x)
+    y.float().sum().backward()
+    reference = attn(x)
+    assert torch.isfinite(y).all()
+    assert (y.float() - reference).abs().max() < 0.1

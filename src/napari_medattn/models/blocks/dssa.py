@@ -258,7 +258,10 @@ class DualSparseSelectionAttention(nn.Module):
                 # Unsorted top-k is cheaper; the softmax does not depend on the order.
                 top_scores, top_index = scores.topk(n_keep, dim=-1, sorted=False)
                 kept_weights = top_scores.softmax(dim=-1)
-                weights = torch.zeros_like(scores).scatter_(-1, top_index, kept_weights)
+                # CUDA autocast runs softmax in float32 while the scores are bfloat16/half:
+                # the dense weights take the softmax's dtype (the matmul casts them back).
+                weights = torch.zeros_like(scores, dtype=kept_weights.dtype).scatter_(
+                    -1, top_index, kept_weights)
             else:
                 top_index = None
                 weights = kept_weights = scores.softmax(dim=-1)
