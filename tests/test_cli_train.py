@@ -42,7 +42,7 @@ def test_train_one_tiny_epoch(tmp_path, capsys):
     assert card.name == "tiny-ball" and card.class_names == ["background", "ball"]
     # Spacing defaults to the training cases' median, in the cases' canonical axis order.
     assert np.allclose(sorted(card.spacing), [1.2, 1.2, 1.5])
-    assert "2 case(s)" in card.training_data and "c" in card.evaluated_on
+    assert "2 case(s)" in card.training_data and "1 held-out case(s) (c" in card.evaluated_on
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 1
 
