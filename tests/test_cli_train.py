@@ -46,6 +46,16 @@ def test_train_one_tiny_epoch(tmp_path, capsys):
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 1
 
+    # Fine-tuning: --init takes the config from the model's card.
+    code = main(["train", "--data", str(data), "--model", "unet", "--init",
+                 str(tmp_path / "run" / "best"), "--out", str(tmp_path / "tuned"), "--epochs",
+                 "1", "--steps-per-epoch", "1", "--patch-size", "16", "16", "16", "--device",
+                 "cpu", "--augment", "none", "--no-progress"])
+    assert code == 0
+    _, tuned = load_model(tmp_path / "tuned" / "last")
+    assert tuned.config == card.config
+    assert tuned.training_procedure.startswith("Fine-tuned from tiny-ball")
+
 
 def test_refusals_are_one_sentence(tmp_path, capsys):
     missing = main(["train", "--data", str(tmp_path / "nowhere"), "--model", "unet",

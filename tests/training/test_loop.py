@@ -134,6 +134,23 @@ def test_seed_determinism(tmp_path):
     assert ModelCard.read(first.best / "card.json").evaluated_on == "not evaluated"
 
 
+def test_fine_tuning_starts_from_the_given_weights(tmp_path):
+    first = _run(tmp_path, "first", epochs=1, val_cases=())
+    # With a zero learning rate AdamW leaves the weights as they started.
+    tuned = _run(tmp_path, "tuned", epochs=1, val_cases=(), lr=0.0,
+                 initial_weights=first.last)
+    a = read_state_dict(first.last / "weights.safetensors")
+    b = read_state_dict(tuned.last / "weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    source = ModelCard.read(first.last / "card.json")
+    assert tuned.card.training_procedure.startswith(
+        f"Fine-tuned from first (weights SHA-256 {source.weights_sha256}).")
+    with pytest.raises(ModelError, match="another configuration"):
+        train("unet", {"channels": [4, 8, 16]}, [_case(0)], classes=CLASSES,
+              patch_size=(16, 16, 16), out_dir=tmp_path / "z", initial_weights=first.last,
+              progress_bar=False)
+
+
 def test_bad_requests(tmp_path):
     with pytest.raises(ModelError, match="no run to resume"):
         _run(tmp_path, "nothing", resume=True)

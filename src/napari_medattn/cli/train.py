@@ -31,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", default=None, metavar="JSON",
                         help="architecture arguments as JSON text or a .json file")
     parser.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    parser.add_argument("--init", default=None, metavar="MODEL",
+                        help="fine-tune: start from this model's weights (a name from "
+                             "'medattn models', a model folder or a weights file); --config "
+                             "defaults to its card's")
     parser.add_argument("--name", default=None, help="model name (default: the --out name)")
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--steps-per-epoch", type=int, default=100)
@@ -82,7 +86,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.model not in architectures():  # before reading a possibly large dataset
         raise ModelError(f"Unknown architecture {args.model!r}; valid choices are "
                          f"{', '.join(architectures())}.")
-    config = _json_argument(args.config, "--config") or {}
+    config = _json_argument(args.config, "--config")
+    if config is None and args.init is not None:
+        from napari_medattn.models.registry import load_model
+
+        config = load_model(args.init)[1].config
+    config = config or {}
     if not isinstance(config, dict):
         raise ModelError("--config must be a JSON object of architecture arguments.")
     augment = {"default": DEFAULT_AUGMENTATION, "none": None}.get(args.augment, args.augment)
@@ -103,7 +112,8 @@ def run_train(args: argparse.Namespace) -> int:
         else first.orientation, normalization=normalization, modality=modality,
         batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=args.device,
-        resume=args.resume, augment=augment, val_cases=val_cases, num_workers=args.workers,
+        resume=args.resume, initial_weights=args.init, augment=augment,
+        val_cases=val_cases, num_workers=args.workers,
         card_fields={"name": args.name or Path(args.out).resolve().name,
                      "training_data": f"{len(train_cases)} case(s) of {data.source} "
                                       f"(channels {', '.join(data.channel_names)})."},

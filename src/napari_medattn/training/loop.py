@@ -73,7 +73,8 @@ CURVES_FILE = "curves.png"
 #: Settings that must match between a run and its resumption.
 _RESUME_KEYS = ("architecture", "config", "patch_size", "batch_size", "epochs",
                 "steps_per_epoch", "lr", "weight_decay", "warmup_steps", "seed", "augment",
-                "spacing", "orientation", "normalization", "foreground_fraction")
+                "spacing", "orientation", "normalization", "foreground_fraction",
+                "initial_weights")
 
 #: Progress callback: one dict per training step (``{"phase": "train", "epoch", "step",
 #: "steps", "loss"}``) and per validation (``{"phase": "validation", "epoch", **scores}``).
@@ -143,6 +144,7 @@ def train(
     augment: Mapping[str, Any] | None = None,
     val_cases: Sequence[Case] = (),
     foreground_fraction: float = FOREGROUND_FRACTION,
+    initial_weights: str | os.PathLike | None = None,
     num_workers: int = 0,
     card_fields: Mapping[str, Any] | None = None,
     progress: TrainingProgress | None = None,
@@ -197,6 +199,10 @@ def train(
         Whole cases segmented after every epoch (on their own grids).
     foreground_fraction : float
         Fraction of patches forced to hold foreground.
+    initial_weights : str or path-like, optional
+        Fine-tune: start from the weights of this model (a name, model folder or weights
+        file, as :func:`~napari_medattn.models.registry.load_model` reads), which must
+        have been made with ``model_name`` and the same config.
     num_workers : int
         DataLoader worker processes (patches do not depend on it).
     card_fields : mapping, optional
@@ -267,6 +273,10 @@ def train(
     model = create(model_name, **net_config)
     net_config = json.loads(json.dumps(model.config))  # every default spelled out
     settings["config"] = net_config
+    settings["initial_weights"] = None
+    if initial_weights is not None:
+        source = _initialise_from(model, model_name, net_config, initial_weights)
+        settings["initial_weights"] = source
     card = _card(model_name, net_config, class_list, patch, {**settings, "precision": precision},
                  modality, out_dir, card_fields)
 
@@ -434,6 +444,9 @@ def _card(architecture: str, config: dict, classes: list[Any], patch: tuple[int,
         raise ModelError(f"Card field(s) {', '.join(unknown)} cannot be set here; allowed: "
                          f"{', '.join(sorted(allowed))}.")
     procedure = _procedure(settings)
+    if settings.get("initial_weights"):
+        procedure = (f"Fine-tuned from {settings['initial_weights']['name']} (weights "
+                     f"SHA-256 {settings['initial_weights']['sha256']}). {procedure}")
     if fields.get("training_procedure"):
         procedure = f"{fields['training_procedure']} {procedure}"
     return ModelCard(
@@ -481,6 +494,20 @@ def _with_metrics(card: ModelCard, history: list[dict], val_cases: Sequence[Case
     procedure = card.training_procedure + f" Weights of epoch {entry['epoch']} of {epochs}."
     return dataclasses.replace(card, metrics=metrics, evaluated_on=evaluated_on,
                                training_procedure=procedure)
+
+
+def _initialise_from(model: nn.Module, architecture: str, config: dict,
+                     source: str | os.PathLike) -> dict[str, str]:
+    """Copy the weights of model ``source`` into ``model``; its name and weights hash."""
+    from napari_medattn.models.registry import load_model
+
+    trained, card = load_model(source)
+    if card.architecture != architecture or json.loads(json.dumps(trained.config)) != config:
+        raise ModelError(f"The model {card.name!r} is a {card.architecture} with another "
+                         f"configuration; fine-tune it with its own architecture and config "
+                         f"(its card lists them).")
+    model.load_state_dict(trained.state_dict())
+    return {"name": card.name, "sha256": str(card.weights_sha256)}
 
 
 # ----------------------------------------------------------------------------- resume
