@@ -242,7 +242,7 @@ def test_second_run_replaces_first_and_painted_labels_are_kept(setup, qtbot, bra
     assert len([l for l in viewer.layers if l is not image]) == 2
 
 
-def test_errors_are_one_notification(setup, qtbot, notes):
+def test_errors_are_one_notification(setup, qtbot, notes, tmp_path):
     viewer, image, widget = setup
     viewer.add_image(np.zeros((8, 9, 10), np.float32), name="no geometry")
     widget.image.setCurrentText("no geometry")
@@ -257,6 +257,16 @@ def test_errors_are_one_notification(setup, qtbot, notes):
     assert notes[1:] == [("error", "Variance uncertainty needs test-time augmentation "
                                    "(tta=True).")]
     assert result_layers(viewer) == [] and widget.run_button.isEnabled()
+    # A model folder that cannot load: one sentence, Run off, no retry loop.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "card.json").write_text(widget._models[MODEL][1].to_json())
+    widget.add_model(broken)
+    qtbot.waitUntil(lambda: widget.job.finished, timeout=10_000)
+    qtbot.wait(100)
+    assert notes[-1] == ("error", "The model folder broken has a card but no "
+                                  "weights.safetensors.")
+    assert len(notes) == 3 and widget.job.finished and not widget.run_button.isEnabled()
 
 
 def test_screenshot_shows_labels_over_the_scan(make_napari_viewer, qtbot, brain, model_folder,

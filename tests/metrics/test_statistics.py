@@ -147,3 +147,21 @@ def test_bad_input_is_refused():
         class_statistics(Volume(labels.data.astype(np.int8) - 1, AFFINE, "SEG", {"name": "n"}))
     # A grid within the tolerance (1e-6 mm) is the same grid.
     assert class_statistics(labels, same_grid)[0] == class_statistics(labels, image)[0]
+
+
+def test_axis_aligned_bounding_box_equals_every_voxel():
+    """Axis-aligned grids take the bounding box from the index box corners: check it
+    against all voxel centres on a permuted, flipped, anisotropic grid."""
+    rng = np.random.default_rng(7)
+    labels = np.zeros((12, 10, 14), np.uint8)
+    labels[2:9, 1:7, 3:12] = rng.integers(0, 3, (7, 6, 9))
+    affine = np.array([[0.0, 0.0, -0.8, 50.0],   # axis 2 -> towards the right (-x)
+                       [0.0, 1.5, 0.0, -30.0],   # axis 1 -> posterior
+                       [-3.0, 0.0, 0.0, 12.0],   # axis 0 -> inferior
+                       [0.0, 0.0, 0.0, 1.0]])
+    rows = class_statistics(Volume(labels, affine, "SEG", {"name": "a"}))
+    for row in rows:
+        points = (affine[:3, :3] @ np.argwhere(labels == row["label"]).T).T + affine[:3, 3]
+        assert [row[f"bbox_min_{c}_mm"] for c in "xyz"] == pytest.approx(points.min(axis=0))
+        assert [row[f"bbox_max_{c}_mm"] for c in "xyz"] == pytest.approx(points.max(axis=0))
+        assert [row[f"centroid_{c}_mm"] for c in "xyz"] == pytest.approx(points.mean(axis=0))

@@ -118,18 +118,32 @@ def class_statistics(labels: Volume, image: Volume | None = None, *,
             continue
         # Work inside the class's index bounding box only: cost scales with the class.
         inside = label_map[box] == label
-        index = np.nonzero(inside)
-        count = index[0].size
         offset = np.array([s.start for s in box], dtype=np.float64)
-        # Voxel centres in LPS mm through the exact affine (oblique grids included).
-        points = linear @ (np.stack(index).astype(np.float64) + offset[:, None])
-        points += origin[:, None]
-        row.update(voxels=int(count), volume_mm3=count * voxel_mm3,
+        # Count and mean index from the projections on each axis (no voxel list).
+        profiles = [inside.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
+                    for axis in range(3)]
+        count = int(profiles[0].sum())
+        mean_index = offset + np.array([np.dot(p, np.arange(p.size)) / count for p in profiles])
+        # The centroid of the voxel centres maps through the affine (it is linear).
+        centroid = linear @ mean_index + origin
+        if labels.is_oblique:
+            # Each patient coordinate mixes array axes: its extremes need every voxel.
+            index = np.stack(np.nonzero(inside)).astype(np.float64) + offset[:, None]
+            points = linear @ index + origin[:, None]
+            low, high = points.min(axis=1), points.max(axis=1)
+        else:
+            # Each patient coordinate follows one array axis: the extremes are corners of
+            # the (tight) index box.
+            corners = np.array(np.meshgrid(*[[s.start, s.stop - 1] for s in box],
+                                           indexing="ij")).reshape(3, -1)
+            points = linear @ corners + origin[:, None]
+            low, high = points.min(axis=1), points.max(axis=1)
+        row.update(voxels=count, volume_mm3=count * voxel_mm3,
                    volume_ml=count * voxel_mm3 / 1000.0)
         for axis, letter in enumerate("xyz"):
-            row[f"centroid_{letter}_mm"] = float(points[axis].mean())
-            row[f"bbox_min_{letter}_mm"] = float(points[axis].min())
-            row[f"bbox_max_{letter}_mm"] = float(points[axis].max())
+            row[f"centroid_{letter}_mm"] = float(centroid[axis])
+            row[f"bbox_min_{letter}_mm"] = float(low[axis])
+            row[f"bbox_max_{letter}_mm"] = float(high[axis])
         if values is None:
             row.update({k: float("nan") for k in _INTENSITY_FIELDS})
         else:

@@ -30,6 +30,7 @@ from typing import Any
 
 import napari
 import numpy as np
+import pandas  # imported with the widget: importing it during a run stalls the GUI ~0.5 s
 import torch
 from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
@@ -109,8 +110,6 @@ def segmentation_layer_data(result: Segmentation, card: ModelCard,
 
     Pure data (no napari objects), so it can be prepared in the worker thread.
     """
-    import pandas  # napari's own dependency; imported here, in the worker, not on the GUI
-
     data, kwargs, kind = volume_layer_data(result.labels, "labels")
     names = card.class_names
     # The class name of each label value: napari shows it in the status bar.
@@ -173,6 +172,7 @@ class SegmentWidget(QWidget):
         install_radiology_view(napari_viewer)
         self.job: Job | None = None
         self.statistics: list[dict] = []
+        self._load_when_idle = False
         self._entries: dict[str, ModelEntry | Path] = {}
         self._models: dict[str, tuple[torch.nn.Module, ModelCard, list[str]]] = {}
 
@@ -317,6 +317,8 @@ class SegmentWidget(QWidget):
             self._show_model(name, *self._models[name])
         elif self.job is None or not self.job.running:
             self._load_in_background(name)
+        else:
+            self._load_when_idle = True
 
     def _load_in_background(self, name: str) -> None:
         entry = self._entries[name]
@@ -368,10 +370,12 @@ class SegmentWidget(QWidget):
 
     def _job_finished(self, job: Job) -> None:
         self._update_buttons()
-        # A model chosen while another job ran is loaded now.
+        # A model chosen while another job ran is loaded now (once: a model that fails
+        # to load is not retried until it is chosen again).
         name = self.model.currentText()
-        if name in self._entries and name not in self._models:
+        if self._load_when_idle and name in self._entries and name not in self._models:
             self._load_in_background(name)
+        self._load_when_idle = False
 
     def run(self) -> Job | None:
         """Segment the chosen image with the chosen model in the background.

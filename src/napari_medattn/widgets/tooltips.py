@@ -10,8 +10,8 @@ SEGMENT = {
              "geometry is known).",
     "model": "Built-in and user models (user models: the napari-medattn model folder or "
              "MEDATTN_MODEL_PATH). Hover an entry for its model card.",
-    "open_model": "Add a model from a folder (card.json + weights.safetensors), a "
-                  ".safetensors/.pt file with a card beside it, or a MONAI bundle.",
+    "open_model": "Add a model folder: card.json + weights.safetensors, or a MONAI "
+                  "bundle.",
     "device": "Where the network runs: auto picks a CUDA GPU, then Apple MPS, then the CPU.",
     "tta": "Test-time augmentation: average the predictions over flips (slower, smoother).",
     "uncertainty": "Add an uncertainty map in [0, 1]: predictive entropy, or the variance "
