@@ -125,3 +125,17 @@ def test_add_layers_is_all_or_none(make_napari_viewer):
     assert len(viewer.layers) == 0
     layers = add_layers(viewer, [good, (np.ones((4, 5, 6), np.uint8), {"name": "l"}, "labels")])
     assert [layer.name for layer in viewer.layers] == ["good", "l"] == [l.name for l in layers]
+
+
+def test_bugs_keep_their_traceback(qtbot, notes, monkeypatch):
+    received = []
+    monkeypatch.setattr(worker_module.notification_manager, "receive_error",
+                        lambda *info: received.append(info))
+
+    def call(progress, cancel):
+        raise ZeroDivisionError("a bug, not bad input")
+
+    job = finish(qtbot, start_job(call, description="bug", on_result=lambda r: None))
+    assert job.outcome == "failed" and notes == []
+    (kind, error, traceback), = received
+    assert kind is ZeroDivisionError and traceback is not None

@@ -4,8 +4,9 @@ The work is :func:`napari_medattn.inference.segment` and
 :func:`napari_medattn.metrics.statistics.class_statistics`, run through the shared
 worker helper (:mod:`napari_medattn.widgets.worker`): progress in napari's activity
 dock, Cancel between windows, and layers only when the whole run succeeded. The layer
-data (on the scan's exact geometry, through :func:`~napari_medattn.display.layers.volume_layer_data`)
-are prepared in the worker thread too, so the GUI thread only inserts finished layers.
+data (on the scan's exact geometry, through
+:func:`~napari_medattn.display.layers.volume_layer_data`) are prepared in the worker
+thread too, so the GUI thread only inserts finished layers.
 
 Replacing a previous run. Every layer a run makes carries ``metadata[RUN_KEY]``: the
 scan layer's ``unique_id`` and the model name. A new run of the same model on the same
