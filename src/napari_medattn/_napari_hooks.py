@@ -17,6 +17,7 @@ from napari.utils.notifications import show_error, show_warning
 from napari_medattn.display.layers import layer_volume, oblique_message, volume_layer_data
 from napari_medattn.errors import MedAttnError
 from napari_medattn.io import read, write_nifti
+from napari_medattn.io.dicom import has_dicom_preamble
 from napari_medattn.io.nifti import is_nifti
 from napari_medattn.widgets.radiology_view import install_radiology_view
 
@@ -39,12 +40,7 @@ def _readable(path: Path) -> bool:
     if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
         return True
     # Extension-less DICOM files are common: check the 'DICM' preamble marker.
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
+    return has_dicom_preamble(path)
 
 
 def read_layers(path: str | list[str]) -> list:

@@ -168,7 +168,7 @@ def _walk(folder: Path) -> tuple[list[tuple[Path, bool]], int]:
             if name.startswith(".") or name.upper() == "DICOMDIR":
                 continue
             file = Path(root) / name
-            preamble = _has_preamble(file)
+            preamble = has_dicom_preamble(file)
             if preamble or file.suffix.lower() in _DICOM_SUFFIXES:
                 found.append((file, not preamble))
             else:
@@ -176,7 +176,8 @@ def _walk(folder: Path) -> tuple[list[tuple[Path, bool]], int]:
     return found, ignored
 
 
-def _has_preamble(path: Path) -> bool:
+def has_dicom_preamble(path: Path) -> bool:
+    """Whether ``path`` carries the DICOM Part 10 'DICM' marker after its 128-byte preamble."""
     try:
         with open(path, "rb") as handle:
             handle.seek(128)
