@@ -101,9 +101,9 @@ def write_report(report: EvaluationReport, out_dir: str | os.PathLike) -> list[P
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         written = [
-            _write_csv(out_dir / "scores.csv", score_fields,
+            write_csv(out_dir / "scores.csv", score_fields,
                        [s.as_dict() for s in report.scores]),
-            _write_csv(out_dir / "summary.csv", summary_fields,
+            write_csv(out_dir / "summary.csv", summary_fields,
                        [_summary_row(m) for m in report.summary]),
             _atomic_write(out_dir / "evaluation.json",
                           lambda f: json.dump(document, f, indent=2, allow_nan=False)),
@@ -118,7 +118,7 @@ def _summary_row(mean: MeanScores) -> dict:
             "n": mean.n, **mean.means, **{f"excluded_{k}": v for k, v in mean.excluded.items()}}
 
 
-def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> Path:
+def write_csv(path: Path, fields: list[str], rows: list[dict]) -> Path:
     def dump(f):
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

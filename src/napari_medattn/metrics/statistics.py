@@ -25,7 +25,7 @@ from scipy import ndimage
 from napari_medattn.display.layers import intensity_unit
 from napari_medattn.errors import DimensionError, GeometryError, WriteError
 from napari_medattn.io.volume import Volume, require_3d
-from napari_medattn.metrics.report import _write_csv
+from napari_medattn.metrics.report import write_csv
 
 #: Keys of each row, in CSV column order. Positions are LPS mm (x: towards the patient's
 #: left, y: posterior, z: superior).
@@ -167,7 +167,7 @@ def write_statistics_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> Pa
     """
     path = Path(path)
     try:
-        return _write_csv(path, list(FIELDS), [dict(row) for row in rows])
+        return write_csv(path, list(FIELDS), [dict(row) for row in rows])
     except OSError as error:
         raise WriteError(f"Could not write the statistics to {path}: "
                          f"{error.strerror or error}.") from error
