@@ -79,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         choices=(UNCERTAINTY_AUTO, "entropy", "variance"),
                         help="write an uncertainty map in [0, 1]: predictive entropy, or "
                              "variance across the TTA flips (needs --tta); without a value: "
-                             "variance with --tta, else entropy")
+                             "variance with --tta, else entropy (put this option after the "
+                             "inputs or give its value)")
     parser.add_argument("--attention", nargs="*", metavar="MAP",
                         help="write the model's spatial attention maps (all of them, or "
                              "the named ones); put this option after the inputs")
