@@ -4,12 +4,15 @@ inputs never overwritten, and the default-model rule."""
 
 import json
 import os
+import re
 import shutil
+import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import tqdm
 from nibabel.testing import data_path
 
 from napari_medattn.cli import main
@@ -270,3 +273,24 @@ def test_plain_state_dict_with_architecture_config_and_patch_size(models, tmp_pa
                  "--architecture", "unet", "--config", "[1, 2]"]) == 1
     assert capsys.readouterr().err == ("medattn: --config must be a JSON object of "
                                        "architecture arguments.\n")
+
+
+def test_progress_bar_counts_windows_on_a_terminal(models, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+
+    class EveryUpdate(tqdm.tqdm):
+        """Draws every update, however fast (tqdm's default redraws at most every 0.1 s)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, mininterval=0, **kwargs)
+
+    monkeypatch.setattr(tqdm, "tqdm", EveryUpdate)
+    out = tmp_path / "out"
+    assert main(["segment", ANATOMICAL, "--out", str(out), "--model", "tiny-unet",
+                 "--device", "cpu", "--batch-size", "1"]) == 0
+    windows = json.loads((out / "anatomical_provenance.json").read_text())["windows"]
+    bar = capsys.readouterr().err
+    # One update per batch (here one window each), ending at the total.
+    drawn = re.findall(r"anatomical:\s+\d+%\|[^|]*\| (\d+)/(\d+)", bar)
+    assert drawn[-1] == (str(windows), str(windows))
+    assert [int(done) for done, _ in drawn] == list(range(windows + 1))
