@@ -11,7 +11,8 @@ Formats
   present).
 * **A MONAI bundle** folder or zip (needs MONAI): the network is built from the bundle's
   ``network_def`` (a class of ``monai.networks.nets`` and literal arguments only), its
-  ``channel_def`` labels and preprocessing (spacing, orientation, intensity) become a card.
+  ``channel_def`` labels and preprocessing (spacing, orientation, intensity) become a card
+  (see :mod:`napari_medattn.models.monai_bundle`).
 
 Safety: safetensors holds tensors only; ``torch.load(weights_only=True)`` refuses any
 pickle that would import or call code, and the refusal is reported as a
@@ -26,7 +27,6 @@ import hashlib
 import os
 import pickle
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,13 +35,14 @@ import torch
 from torch import nn
 
 from napari_medattn.errors import ModelError
+from napari_medattn.models import monai_bundle
 from napari_medattn.models.card import ModelCard, default_classes
+from napari_medattn.models.monai_bundle import MONAI_PREFIX
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
 ENV_MODEL_PATH = "MEDATTN_MODEL_PATH"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "weights"
-MONAI_PREFIX = "monai:"
 
 Architecture = str | Callable[..., nn.Module]
 
@@ -197,7 +198,7 @@ def _create(architecture: Architecture, config: Mapping[str, Any]) -> nn.Module:
         except TypeError as error:
             raise ModelError(f"The architecture does not accept this config: {error}.") from None
     if architecture.startswith(MONAI_PREFIX):
-        return _create_monai(architecture[len(MONAI_PREFIX):], config)
+        return monai_bundle.create_monai(architecture[len(MONAI_PREFIX):], config)
     from napari_medattn import models
 
     try:
@@ -205,20 +206,6 @@ def _create(architecture: Architecture, config: Mapping[str, Any]) -> nn.Module:
     except TypeError as error:
         raise ModelError(f"Architecture {architecture!r} does not accept this config: "
                          f"{error}.") from None
-
-
-def _create_monai(name: str, config: Mapping[str, Any]) -> nn.Module:
-    try:
-        from monai.networks import nets
-    except ImportError:
-        raise ModelError("This model is a MONAI network; install MONAI to load it.") from None
-    cls = getattr(nets, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ModelError(f"{name!r} is not a network of monai.networks.nets.")
-    try:
-        return cls(**config)
-    except (TypeError, ValueError) as error:
-        raise ModelError(f"MONAI's {name} does not accept this config: {error}.") from None
 
 
 def _load_into(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
@@ -276,7 +263,7 @@ def load_model(
             raise ModelError(f"The model {name_or_path} does not exist.")
     if path.is_dir() and (path / CARD_FILE).is_file():
         module, card = _load_package_format(path)
-    elif _is_bundle(path):
+    elif monai_bundle.is_bundle(path):
         module, card = _load_bundle(path, card)
     elif path.is_file() and path.suffix in (".safetensors", ".pt", ".pth"):
         module, card = _load_weights_file(path, architecture, config, card)
@@ -348,6 +335,15 @@ def _card_for_bare_weights(path: Path, architecture: Architecture, config: dict,
     )
 
 
+def _load_bundle(path: Path, card: ModelCard | None) -> tuple[nn.Module, ModelCard]:
+    """A MONAI bundle's network with its weights; its card is derived unless ``card`` is given."""
+    with monai_bundle.open_bundle(path) as bundle:
+        module = bundle.network()
+        weights = bundle.weights()
+        _load_into(module, read_state_dict(weights), f"of bundle {bundle.folder.name}")
+        return module, _with_hash(card if card is not None else bundle.card(), weights)
+
+
 # ------------------------------------------------------------------------------ saving
 
 
@@ -383,186 +379,3 @@ def save_model(module: nn.Module, card: ModelCard, folder: str | Path) -> Path:
         for tmp in folder.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
     return folder
-
-
-# ------------------------------------------------------------------------------ MONAI
-
-
-def _is_bundle(path: Path) -> bool:
-    if path.is_dir():
-        return (path / "configs").is_dir()
-    if path.suffix == ".zip" and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            return any(Path(n).parent.name == "configs" for n in archive.namelist())
-    return False
-
-
-def _load_bundle(path: Path, card: ModelCard | None) -> tuple[nn.Module, ModelCard]:
-    try:
-        from monai.bundle import ConfigParser
-    except ImportError:
-        raise ModelError("Loading a MONAI bundle needs MONAI; install it "
-                         "(pip install monai).") from None
-    if path.is_file():
-        with tempfile.TemporaryDirectory() as tmp:
-            return _load_bundle(_extract_zip(path, Path(tmp)), card)
-    configs = path / "configs"
-    config_file = next((configs / f"inference.{ext}" for ext in ("json", "yaml", "yml")
-                        if (configs / f"inference.{ext}").is_file()), None)
-    meta_file = configs / "metadata.json"
-    if config_file is None:
-        raise ModelError(f"The MONAI bundle {path.name} has no configs/inference.json.")
-    parser = ConfigParser()
-    parser.read_config(str(config_file))
-    if meta_file.is_file():
-        parser.read_meta(str(meta_file))
-    if "network_def" not in parser.config:
-        raise ModelError(f"The MONAI bundle {path.name} defines no network_def.")
-    # Resolve references only: expressions are not evaluated and nothing is instantiated.
-    definition = parser.get_parsed_content("network_def", instantiate=False, eval_expr=False)
-    definition = definition.get_config() if hasattr(definition, "get_config") else definition
-    target, kwargs = _network_from_definition(definition, path.name)
-    module = _create_monai(target, kwargs)
-    weights = _bundle_weights(path)
-    _load_into(module, read_state_dict(weights), f"of bundle {path.name}")
-    if card is None:
-        card = _bundle_card(path, parser, target, kwargs)
-    return module, _with_hash(card, weights)
-
-
-def _extract_zip(path: Path, into: Path) -> Path:
-    with zipfile.ZipFile(path) as archive:
-        for member in archive.infolist():
-            target = (into / member.filename).resolve()
-            if not target.is_relative_to(into.resolve()):
-                raise ModelError(f"The bundle {path.name} holds a path outside itself "
-                                 f"({member.filename}); refusing to extract it.")
-        archive.extractall(into)
-    roots = [p.parent for p in into.rglob("configs") if p.is_dir()]
-    if not roots:
-        raise ModelError(f"The zip {path.name} holds no MONAI bundle (no configs folder).")
-    return min(roots, key=lambda p: len(p.parts))
-
-
-def _is_literal(value: Any) -> bool:
-    """Plain JSON data: no expression (``$``), macro (``%``) or unresolved reference."""
-    if isinstance(value, str):
-        return not value.startswith(("$", "%", "@"))
-    if isinstance(value, Mapping):
-        return all(_is_literal(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return all(_is_literal(v) for v in value)
-    # MONAI hands back unevaluated expressions as ConfigExpression objects.
-    return value is None or isinstance(value, (bool, int, float))
-
-
-def _network_from_definition(definition: Any, name: str) -> tuple[str, dict]:
-    if not isinstance(definition, Mapping) or "_target_" not in definition:
-        raise ModelError(f"The network_def of bundle {name} is not a component with _target_.")
-    target = str(definition["_target_"])
-    if "." in target:
-        if not target.startswith("monai.networks.nets."):
-            raise ModelError(f"The bundle {name} builds {target}; only networks of "
-                             f"monai.networks.nets are built from bundles.")
-        target = target.rsplit(".", 1)[1]
-    kwargs = {k: v for k, v in definition.items() if not k.startswith("_")}
-    if set(definition) - set(kwargs) - {"_target_"}:
-        raise ModelError(f"The network_def of bundle {name} uses "
-                         f"{', '.join(sorted(set(definition) - set(kwargs) - {'_target_'}))}, "
-                         f"which napari-medattn does not run.")
-    if not _is_literal(kwargs):
-        raise ModelError(f"The network_def of bundle {name} contains a Python expression; "
-                         f"napari-medattn refuses to execute code from a model file.")
-    return target, kwargs
-
-
-def _bundle_weights(path: Path) -> Path:
-    for candidate in ("model.safetensors", "model.pt", "model.pth"):
-        if (path / "models" / candidate).is_file():
-            return path / "models" / candidate
-    if any((path / "models").glob("*.ts")):
-        raise ModelError(f"The bundle {path.name} holds only a TorchScript model, which is "
-                         f"code; it needs models/model.pt.")
-    raise ModelError(f"The bundle {path.name} has no weights (models/model.pt).")
-
-
-_MONAI_MODALITY = {"CT": "CT", "MR": "MR", "MRI": "MR", "PET": "PT", "PT": "PT"}
-
-
-def _bundle_card(path: Path, parser, target: str, kwargs: dict) -> ModelCard:
-    meta = parser.config.get("_meta_", {}) if isinstance(parser.config, dict) else {}
-    data_format = meta.get("network_data_format", {})
-    image = data_format.get("inputs", {}).get("image", {})
-    pred = data_format.get("outputs", {}).get("pred", {})
-    channel_def = pred.get("channel_def") or {}
-    classes_count = int(pred.get("num_channels") or kwargs.get("out_channels") or len(channel_def))
-    names = [str(channel_def.get(str(i), "background" if i == 0 else f"class {i}"))
-             for i in range(classes_count)]
-    transforms = _bundle_transforms(parser.config)
-    patch = _bundle_patch(parser.config, image)
-    if patch is None:
-        raise ModelError(f"The bundle {path.name} names no window size (inferer roi_size or "
-                         f"input spatial_shape); pass a card.")
-    spacing = transforms.get("pixdim")
-    unmapped = transforms.get("unmapped", [])
-    return ModelCard(
-        name=str(meta.get("name") or path.name),
-        architecture=MONAI_PREFIX + target,
-        config=kwargs,
-        classes=default_classes(names),
-        patch_size=patch,
-        modality=_MONAI_MODALITY.get(str(image.get("modality", "")).upper(), "OT"),
-        spacing=tuple(float(s) for s in spacing) if spacing else None,
-        orientation=transforms.get("axcodes"),
-        normalization=transforms.get("normalization", {"scheme": "none"}),
-        in_channels=int(image.get("num_channels") or kwargs.get("in_channels", 1)),
-        training_data=str(meta.get("data_source", "unknown")),
-        training_procedure=f"MONAI bundle {meta.get('version', '')}".strip()
-        + (f"; preprocessing not carried over: {', '.join(unmapped)}" if unmapped else ""),
-        license=str(meta.get("copyright", "unknown")),
-        intended_use=str(meta.get("description", "")) + " Research use only; not for "
-                                                         "clinical use.",
-    )
-
-
-def _bundle_transforms(config: Mapping) -> dict[str, Any]:
-    """Spacing, orientation and intensity scaling named in the bundle's preprocessing."""
-    found: dict[str, Any] = {"unmapped": []}
-    stack = [config.get("preprocessing", {})]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(reversed(item))
-            continue
-        if not isinstance(item, Mapping):
-            continue
-        name = str(item.get("_target_", "")).rsplit(".", 1)[-1].rstrip("d")
-        if name == "Spacing" and isinstance(item.get("pixdim"), list):
-            found["pixdim"] = item["pixdim"]
-        elif name == "Orientation" and isinstance(item.get("axcodes"), str):
-            found["axcodes"] = item["axcodes"]
-        elif (name == "ScaleIntensityRange" and item.get("clip")
-              and item.get("b_min", 0) == 0 and item.get("b_max", 1) == 1):
-            found["normalization"] = {"scheme": "ct_window",
-                                      "window": [float(item["a_min"]), float(item["a_max"])]}
-        elif name == "NormalizeIntensity":
-            found["normalization"] = {"scheme": "zscore"}
-            found["unmapped"].append("NormalizeIntensity (approximated by a robust z-score)")
-        elif name == "ScaleIntensityRangePercentiles" and item.get("clip"):
-            found["normalization"] = {"scheme": "percentile",
-                                      "percentiles": [float(item["lower"]),
-                                                      float(item["upper"])]}
-        elif name in ("ScaleIntensityRange", "ScaleIntensityRangePercentiles"):
-            found["unmapped"].append(name)
-        stack.extend(v for k, v in item.items() if isinstance(v, (list, Mapping)))
-    return found
-
-
-def _bundle_patch(config: Mapping, image: Mapping) -> tuple[int, ...] | None:
-    inferer = config.get("inferer", {})
-    for candidate in (inferer.get("roi_size") if isinstance(inferer, Mapping) else None,
-                      image.get("spatial_shape")):
-        if isinstance(candidate, list) and candidate and all(
-                isinstance(v, int) and v > 0 for v in candidate):
-            return tuple(candidate)
-    return None
