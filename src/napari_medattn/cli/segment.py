@@ -203,7 +203,7 @@ def segment_volume(volume, module, card, namer: OutputNamer, options: dict[str, 
     """
     from napari_medattn.inference import segment
     from napari_medattn.io import write_nifti
-    from napari_medattn.metrics.report import _atomic_write
+    from napari_medattn.metrics.report import write_text_atomically
 
     started = time.perf_counter()
     with _ProgressBar(volume.name) as bar:
@@ -233,7 +233,7 @@ def segment_volume(volume, module, card, namer: OutputNamer, options: dict[str, 
     record["input_warnings"] = list(volume.meta.get("warnings", []))
     record["total_runtime_s"] = time.perf_counter() - started
     provenance = namer.path(stem, PROVENANCE, suffix=".json")
-    _atomic_write(provenance, lambda f: json.dump(record, f, indent=2, default=_json_default))
+    write_text_atomically(provenance, lambda f: json.dump(record, f, indent=2, default=_json_default))
     return outputs["labels"], record["input_warnings"] + result.notes
 
 

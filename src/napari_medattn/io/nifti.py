@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from napari_medattn.errors import DimensionError, GeometryError, ReadError, WriteError
+from napari_medattn.io.atomic import atomic_path
 from napari_medattn.io.volume import RAS_TO_LPS, Volume, reorient_affine
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -314,17 +314,11 @@ def _atomic_save(image, path: Path) -> None:
     folder = path.parent
     if not folder.is_dir():
         raise WriteError(f"The folder {folder} does not exist.")
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
-    os.close(handle)
     try:
-        nib.save(image, temporary)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            nib.save(image, temporary)
     except OSError as error:
         raise WriteError(f"Could not write {path}: {error.strerror or error}.") from None
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def _guess_modality(header) -> str:

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from napari_medattn.errors import WriteError
+from napari_medattn.io.atomic import atomic_path
 from napari_medattn.metrics.segmentation import METRICS, EvaluationReport, MeanScores
 
 CONVENTIONS = (
@@ -105,7 +106,7 @@ def write_report(report: EvaluationReport, out_dir: str | os.PathLike) -> list[P
                        [s.as_dict() for s in report.scores]),
             write_csv(out_dir / "summary.csv", summary_fields,
                        [_summary_row(m) for m in report.summary]),
-            _atomic_write(out_dir / "evaluation.json",
+            write_text_atomically(out_dir / "evaluation.json",
                           lambda f: json.dump(document, f, indent=2, allow_nan=False)),
         ]
     except OSError as error:
@@ -125,14 +126,13 @@ def write_csv(path: Path, fields: list[str], rows: list[dict]) -> Path:
         # repr keeps every float digit (round trip exact) and writes inf/nan by name.
         writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()}
                          for row in rows)
-    return _atomic_write(path, dump)
+    return write_text_atomically(path, dump)
 
 
-def _atomic_write(path: Path, dump) -> Path:
-    temporary = path.with_name(f".{path.name}.partial")
-    with open(temporary, "w", newline="", encoding="utf-8") as f:
+def write_text_atomically(path: Path, dump) -> Path:
+    """Write a text file through ``dump(file_object)`` under a temporary name, then rename."""
+    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
         dump(f)
-    os.replace(temporary, path)
     return path
 
 

@@ -45,7 +45,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -58,6 +57,7 @@ from torch import nn
 from napari_medattn.errors import Cancelled, DimensionError, ModelError
 from napari_medattn.inference.devices import resolve_device
 from napari_medattn.inference.sliding_window import CancelCheck, check_cancel
+from napari_medattn.io.atomic import atomic_path
 from napari_medattn.io.volume import Volume
 from napari_medattn.models import create
 from napari_medattn.models.card import NOT_CLINICAL, ClassInfo, ModelCard, default_classes
@@ -526,13 +526,8 @@ def _save_state(out_dir: Path, settings: dict, optimizer: torch.optim.Optimizer,
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "augment_rng": augment_rng.get_state(),
     }
-    with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".tmp", delete=False) as handle:
-        tmp = Path(handle.name)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, out_dir / STATE_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out_dir / STATE_FILE) as temporary:
+        torch.save(state, temporary)
 
 
 def _restore(out_dir: Path, settings: dict, model: nn.Module,
@@ -570,8 +565,5 @@ def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> Non
 
 
 def _write_json(path: Path, data: Any) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False,
-                                     encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-        tmp = Path(handle.name)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=1), encoding="utf-8")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from napari_medattn.io.atomic import atomic_path
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
@@ -68,11 +69,6 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png.tmp", delete=False) as handle:
-        tmp = Path(handle.name)
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
     return path

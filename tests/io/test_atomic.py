@@ -1,0 +1,28 @@
+"""atomic_path: a result appears whole or not at all, and a failed write keeps the old file."""
+
+import pytest
+
+from napari_medattn.io.atomic import atomic_path
+
+
+def test_success_replaces_the_target_and_keeps_its_suffixes(tmp_path):
+    target = tmp_path / "labels.nii.gz"
+    target.write_text("old")
+    with atomic_path(target) as temporary:
+        assert temporary.parent == tmp_path and temporary.name.endswith(".nii.gz")
+        assert temporary != target
+        temporary.write_text("new")
+        assert target.read_text() == "old"  # nothing visible until the block ends
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz"]
+
+
+def test_failure_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "scores.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]
