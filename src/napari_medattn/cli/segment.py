@@ -259,7 +259,8 @@ def collect_inputs(inputs: Sequence[Path]) -> list[InputJob]:
     beside them lists as outputs) are left out, so ``--out`` may lie inside an input
     folder or be the folder itself.
     """
-    from napari_medattn.io.dicom import _walk  # the DICOM reader's own notion of candidates
+    # The DICOM reader's own notion of candidates, so both agree on what a series is.
+    from napari_medattn.io.dicom import find_dicom_files
     from napari_medattn.io.nifti import is_nifti
 
     jobs = []
@@ -272,7 +273,7 @@ def collect_inputs(inputs: Sequence[Path]) -> list[InputJob]:
         niftis = sorted(p for p in path.rglob("*") if p.is_file() and is_nifti(p)
                         and not any(part.startswith(".") for part in p.relative_to(path).parts)
                         and p.resolve() not in earlier)
-        dicom = [file for file, _ in _walk(path)[0]]
+        dicom = [file for file, _ in find_dicom_files(path)[0]]
         if not niftis and not dicom:
             jobs.append(InputJob(path, frozenset(),
                                  ReadError(f"{path} holds no NIfTI or DICOM files.")))

@@ -104,7 +104,7 @@ def read_dicom(path: str | os.PathLike) -> list[Volume]:
     path = Path(path)
     notes: list[str] = []
     if path.is_dir():
-        candidates, ignored = _walk(path)
+        candidates, ignored = find_dicom_files(path)
         if ignored:
             notes.append(f"{ignored} non-DICOM file(s) ignored")
         single = False
@@ -159,7 +159,7 @@ def read_dicom(path: str | os.PathLike) -> list[Volume]:
     return volumes
 
 
-def _walk(folder: Path) -> tuple[list[tuple[Path, bool]], int]:
+def find_dicom_files(folder: Path) -> tuple[list[tuple[Path, bool]], int]:
     """DICOM candidates in a folder tree (with whether to force-parse), and the others."""
     found, ignored = [], 0
     for root, dirs, names in os.walk(folder):
