@@ -113,9 +113,9 @@ def open_bundle(path: Path) -> Iterator[Bundle]:
         raise ModelError("Loading a MONAI bundle needs MONAI; install it "
                          "(pip install monai).") from None
     if path.is_file():
-        with tempfile.TemporaryDirectory() as tmp:
-            with open_bundle(_extract_zip(path, Path(tmp))) as bundle:
-                yield bundle
+        with (tempfile.TemporaryDirectory() as tmp,
+              open_bundle(_extract_zip(path, Path(tmp))) as bundle):
+            yield bundle
         return
     configs = path / "configs"
     config_file = next((configs / f"inference.{ext}" for ext in ("json", "yaml", "yml")
