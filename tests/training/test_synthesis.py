@@ -9,6 +9,7 @@ from scipy import ndimage
 import napari_medattn
 from napari_medattn.errors import DimensionError, GeometryError
 from napari_medattn.io import Volume, read_volume
+from napari_medattn.training import lesions as L
 from napari_medattn.training import synthesis as S
 from napari_medattn.training.augment import bias_field
 
@@ -115,42 +116,42 @@ def test_coarse_resolution_removes_fine_detail(crop):
 @pytest.fixture(scope="module")
 def tumour(mni2):
     _, labels = mni2
-    return labels, S.add_tumour(labels, seed=3, core_radius_mm=(6, 8))
+    return labels, L.add_tumour(labels, seed=3, core_radius_mm=(6, 8))
 
 
 def test_tumour_lies_in_the_brain_with_nested_shells(tumour):
     tissue, lesion = tumour
     assert set(np.unique(lesion.data)) == set(range(7))
-    lesion_voxels = lesion.data >= S.OEDEMA
+    lesion_voxels = lesion.data >= L.OEDEMA
     assert np.all(tissue.data[lesion_voxels] > 0)          # inside the brain
-    assert np.all(tissue.data[lesion.data == S.OEDEMA] == 3)  # oedema in white matter only
+    assert np.all(tissue.data[lesion.data == L.OEDEMA] == 3)  # oedema in white matter only
     np.testing.assert_array_equal(lesion.data[~lesion_voxels], tissue.data[~lesion_voxels])
     centre = np.linalg.solve(lesion.affine, np.append(lesion.meta["lesion"]["centre_mm"], 1))
-    assert lesion.data[tuple(np.round(centre[:3]).astype(int))] == S.CORE
+    assert lesion.data[tuple(np.round(centre[:3]).astype(int))] == L.CORE
     distance = {v: np.linalg.norm((np.argwhere(lesion.data == v) - centre[:3]) * 2.0,
-                                  axis=1).mean() for v in (S.CORE, S.RIM, S.OEDEMA)}
-    assert distance[S.CORE] < distance[S.RIM] < distance[S.OEDEMA]
-    again = S.add_tumour(tissue, seed=3, core_radius_mm=(6, 8))
+                                  axis=1).mean() for v in (L.CORE, L.RIM, L.OEDEMA)}
+    assert distance[L.CORE] < distance[L.RIM] < distance[L.OEDEMA]
+    again = L.add_tumour(tissue, seed=3, core_radius_mm=(6, 8))
     np.testing.assert_array_equal(again.data, lesion.data)
 
 
 def test_modalities_show_the_documented_contrasts(tumour):
     _, lesion = tumour
-    images = S.render_modalities(lesion, seed=0)
-    assert list(images) == list(S.MODALITIES)
+    images = L.render_modalities(lesion, seed=0)
+    assert list(images) == list(L.MODALITIES)
 
     def mean(contrast, value):
         return float(images[contrast].data[lesion.data == value].mean())
 
-    assert mean("FLAIR", S.OEDEMA) > mean("FLAIR", 3) and mean("FLAIR", S.OEDEMA) > mean(
+    assert mean("FLAIR", L.OEDEMA) > mean("FLAIR", 3) and mean("FLAIR", L.OEDEMA) > mean(
         "FLAIR", 2)
     assert mean("FLAIR", 1) < mean("FLAIR", 3)                 # fluid suppressed
-    assert mean("T2", S.OEDEMA) > mean("T2", 3) and mean("T2", 1) > mean("T2", 2)
-    assert mean("T1ce", S.RIM) > max(mean("T1ce", v) for v in (1, 2, 3, S.OEDEMA, S.CORE))
-    assert mean("T1ce", S.RIM) > mean("T1", S.RIM) + 0.2 * S.MR_SCALE  # enhancement
-    assert mean("T1", S.CORE) < min(mean("T1", 2), mean("T1", 3))
+    assert mean("T2", L.OEDEMA) > mean("T2", 3) and mean("T2", 1) > mean("T2", 2)
+    assert mean("T1ce", L.RIM) > max(mean("T1ce", v) for v in (1, 2, 3, L.OEDEMA, L.CORE))
+    assert mean("T1ce", L.RIM) > mean("T1", L.RIM) + 0.2 * S.MR_SCALE  # enhancement
+    assert mean("T1", L.CORE) < min(mean("T1", 2), mean("T1", 3))
     with pytest.raises(DimensionError, match="Unknown MR contrast"):
-        S.render_modalities(lesion, 0, modalities=("DWI",))
+        L.render_modalities(lesion, 0, modalities=("DWI",))
 
 
 def _oblique_volume():
@@ -232,8 +233,8 @@ def test_synthetic_cases_are_seeded_and_reproduce_their_ingredients(mni2):
 
 
 def test_tumour_case_has_all_contrasts_on_one_grid_and_is_seeded():
-    images, labels = S.synthetic_tumour_case(5, modalities=("T2", "FLAIR"))
-    again, labels_again = S.synthetic_tumour_case(5, modalities=("T2", "FLAIR"))
+    images, labels = L.synthetic_tumour_case(5, modalities=("T2", "FLAIR"))
+    again, labels_again = L.synthetic_tumour_case(5, modalities=("T2", "FLAIR"))
     assert list(images) == ["T2", "FLAIR"]
     assert set(np.unique(labels.data)) == set(range(7))
     for name, image in images.items():
@@ -242,4 +243,4 @@ def test_tumour_case_has_all_contrasts_on_one_grid_and_is_seeded():
     np.testing.assert_array_equal(labels.data, labels_again.data)
     assert labels.meta["displacement_mm"].shape == (3, *labels.spatial_shape)
     flair = images["FLAIR"].data
-    assert flair[labels.data == S.OEDEMA].mean() > flair[labels.data == 3].mean()
+    assert flair[labels.data == L.OEDEMA].mean() > flair[labels.data == 3].mean()

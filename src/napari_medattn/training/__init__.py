@@ -11,7 +11,10 @@ torch tensors and :class:`~napari_medattn.io.Volume`):
 * :mod:`~napari_medattn.training.augment`: batched torch augmentation on the tensor's
   device, configured by a JSON-serialisable dict (:class:`~.augment.Compose`).
 * :mod:`~napari_medattn.training.synthesis`: MNI152 tissue labels
-  (:func:`~.synthesis.mni152_tissue_labels`), label-to-image synthesis, tumour-like
-  lesions per MR contrast, smooth deformations with their fields, and the generator of
-  synthetic brain training cases (:func:`~.synthesis.synthetic_brain_cases`).
+  (:func:`~.synthesis.mni152_tissue_labels`), label-to-image synthesis, smooth
+  deformations with their fields, and the generator of synthetic brain training cases
+  (:func:`~.synthesis.synthetic_brain_cases`).
+* :mod:`~napari_medattn.training.lesions`: tumour-like lesions (:func:`~.lesions.add_tumour`)
+  rendered per MR contrast, and whole multi-contrast tumour cases
+  (:func:`~.lesions.synthetic_tumour_case`).
 """
