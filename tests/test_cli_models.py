@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from napari_medattn.cli import main
-from napari_medattn.cli.models import DEFAULT_MODEL, FIELD_WIDTH, default_model
+from napari_medattn.cli.models import FIELD_WIDTH
+from napari_medattn.models.registry import DEFAULT_MODEL, default_model
 from napari_medattn.errors import ModelError
 from napari_medattn.models import create, registry
 from napari_medattn.models.card import ModelCard, default_classes

@@ -16,7 +16,7 @@ import tqdm
 from nibabel.testing import data_path
 
 from napari_medattn.cli import main
-from napari_medattn.cli.models import DEFAULT_MODEL
+from napari_medattn.models.registry import DEFAULT_MODEL
 from napari_medattn.inference import attention_map_names, segment
 from napari_medattn.io import read, read_volume, write_dicom_series
 from napari_medattn.models import create, registry

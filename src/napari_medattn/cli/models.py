@@ -1,8 +1,5 @@
-"""``medattn models``: list the built-in and user models with their cards.
-
-Also home of the rule that picks the model ``medattn segment`` runs when none is named
-(:func:`default_model`): the built-in model called :data:`DEFAULT_MODEL`.
-"""
+"""``medattn models``: list the built-in and user models with their cards (the default one,
+:data:`napari_medattn.models.registry.DEFAULT_MODEL`, marked)."""
 
 from __future__ import annotations
 
@@ -11,12 +8,7 @@ import json
 import sys
 from typing import Any
 
-from napari_medattn.errors import ModelError
 
-#: The built-in model run when the user names none (the 3D DSSA-UNet brain tissue model
-#: that ``scripts/train_builtin_models.py`` trains). A constant rather than a flag in the
-#: cards, so two cards can never both claim to be the default.
-DEFAULT_MODEL = "dssa-unet-brain-tissue"
 #: Column where the values of a model's description start (after two spaces).
 FIELD_WIDTH = 16
 
@@ -42,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_models(args: argparse.Namespace) -> int:
     """Print the models; 1 if a model folder could not be listed, else 0."""
-    from napari_medattn.models.registry import list_models, user_model_folders
+    from napari_medattn.models.registry import DEFAULT_MODEL, list_models, user_model_folders
 
     problems: list[str] = []
     entries = list_models(problems=problems)
@@ -65,6 +57,8 @@ def run_models(args: argparse.Namespace) -> int:
 def describe_model(entry: Any) -> str:
     """A human-readable block describing one :class:`~.registry.ModelEntry` and its card."""
     card = entry.card
+    from napari_medattn.models.registry import DEFAULT_MODEL  # torch-free --help
+
     default = " (default)" if entry.source == "builtin" and entry.name == DEFAULT_MODEL else ""
     spacing = ("native" if card.spacing is None
                else " x ".join(f"{s:g}" for s in card.spacing) + " mm")
@@ -93,21 +87,3 @@ def describe_model(entry: Any) -> str:
     lines = [f"{card.name}{default}  [{entry.source}]"]
     lines += [f"  {label:<{FIELD_WIDTH}}{value}" for label, value in fields]
     return "\n".join(lines)
-
-
-def default_model():
-    """The :class:`~.registry.ModelEntry` to run when the user names no model.
-
-    Raises
-    ------
-    ModelError
-        The default built-in model is not installed (one sentence naming what is).
-    """
-    from napari_medattn.models.registry import builtin_models, list_models
-
-    for entry in builtin_models():
-        if entry.name == DEFAULT_MODEL:
-            return entry
-    installed = ", ".join(e.name for e in list_models(problems=[])) or "none"
-    raise ModelError(f"The default model {DEFAULT_MODEL!r} is not installed; name a model "
-                     f"with --model NAME or PATH (installed: {installed}).")

@@ -109,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     """Segment every input; 0 when all succeeded, 1 when any input failed."""
     # Imported here so that ``medattn --help`` does not pay for torch.
-    from napari_medattn.cli.models import default_model
+    from napari_medattn.models.registry import default_model
     from napari_medattn.inference.sliding_window import attention_map_names
     from napari_medattn.io import read
     from napari_medattn.models.registry import load_model

@@ -140,6 +140,28 @@ def find_model(name: str) -> ModelEntry:
 # ------------------------------------------------------------------------------ hashing
 
 
+#: The built-in model run when the user names none (CLI, Segment widget, ``make run``).
+#: The gated attention U-Net: the shipped DSSA-UNet is undertrained (docs/models.md). A
+#: constant rather than a flag in the cards, so two cards can never both claim it.
+DEFAULT_MODEL = "attention-unet-brain-tissue"
+
+
+def default_model() -> ModelEntry:
+    """The :class:`ModelEntry` to run when the user names no model.
+
+    Raises
+    ------
+    ModelError
+        The default built-in model is not installed (one sentence naming what is).
+    """
+    for entry in builtin_models():
+        if entry.name == DEFAULT_MODEL:
+            return entry
+    installed = ", ".join(e.name for e in list_models(problems=[])) or "none"
+    raise ModelError(f"The default model {DEFAULT_MODEL!r} is not installed; name a model "
+                     f"with --model NAME or PATH (installed: {installed}).")
+
+
 def weights_sha256(path: str | Path) -> str:
     """SHA-256 hex digest of a weights file, for provenance records."""
     digest = hashlib.sha256()

@@ -61,7 +61,7 @@ from napari_medattn.inference.sliding_window import attention_map_names
 from napari_medattn.inference.tta import UNCERTAINTY_KINDS
 from napari_medattn.metrics.statistics import class_statistics, write_statistics_csv
 from napari_medattn.models.card import ModelCard
-from napari_medattn.models.registry import ModelEntry, list_models, load_model
+from napari_medattn.models.registry import DEFAULT_MODEL, ModelEntry, list_models, load_model
 from napari_medattn.widgets.radiology_view import install_radiology_view
 from napari_medattn.widgets.tooltips import SEGMENT as TOOLTIPS
 from napari_medattn.widgets.tooltips import model_card_tooltip
@@ -280,6 +280,8 @@ class SegmentWidget(QWidget):
                                        Qt.ItemDataRole.ToolTipRole)
         if chosen in self._entries:
             self.model.setCurrentText(chosen)
+        elif DEFAULT_MODEL in self._entries:
+            self.model.setCurrentText(DEFAULT_MODEL)
         self.model.blockSignals(False)
         self._model_changed()
 
