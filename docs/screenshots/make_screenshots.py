@@ -22,6 +22,20 @@ SAMPLES = HERE.parents[1] / "src" / "napari_medattn" / "sample_data"
 VIEWS = {"axial": ((0, 1, 2), 0), "coronal": ((1, 0, 2), 1), "sagittal": ((2, 0, 1), 2)}
 
 
+def wait_until(condition, timeout_s: float = 600.0) -> None:
+    """Process Qt events until ``condition()`` holds (work runs in napari workers)."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the viewer did not reach the expected state in time")
+        QApplication.processEvents()
+        time.sleep(0.05)
+
+
 def main() -> None:
     display = start_virtual_display() if needs_virtual_display() else None
     import napari
@@ -32,6 +46,15 @@ def main() -> None:
         widgets = dock_plugin_widgets(viewer)
         open_scan(viewer, None)
         save_window_screenshot(viewer, HERE / "main_window.png")
+
+        # The Segment widget after a run of the default built-in model on the same scan.
+        segment = widgets["Segment"]
+        wait_until(lambda: segment.run_button.isEnabled())  # the model loads when idle
+        segment.run_button.click()
+        wait_until(lambda: len(viewer.layers) == 2)
+        viewer.dims.set_point(0, 20.0)
+        save_window_screenshot(viewer, HERE / "segment_widget.png")
+        viewer.layers.pop()  # keep the scan for the views below
 
         # The three radiological views of the T1 with the tissue label map on top.
         viewer.open_sample("napari-medattn", "mni152_tissue")
