@@ -93,10 +93,27 @@ def open_scan(viewer, path: str | None) -> None:
         viewer.open(path, plugin=PLUGIN)
 
 
+def settle_background_work(timeout_ms: int = 120_000) -> None:
+    """Let work started at start-up finish (the Segment widget loads its model when idle).
+
+    A screenshot then shows the ready state, and exiting does not cut a worker off (its Qt
+    signals would be deleted under it). Workers run on Qt's global thread pool and signal
+    the GUI thread through queued events, so waiting here cannot deadlock.
+    """
+    from qtpy.QtCore import QThreadPool
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(3):
+        QApplication.processEvents()
+        QThreadPool.globalInstance().waitForDone(timeout_ms)
+    QApplication.processEvents()
+
+
 def save_window_screenshot(viewer, path: Path) -> Path:
     """Render pending events and save the whole window (canvas and docks) as PNG."""
     from qtpy.QtWidgets import QApplication
 
+    settle_background_work()
     for _ in range(5):
         QApplication.processEvents()
     path.parent.mkdir(parents=True, exist_ok=True)
