@@ -65,12 +65,12 @@ def test_orientation_survives_user_axis_changes(make_napari_viewer, marker_file,
     # Roll to (x, z) displayed: becomes a proper coronal view with superior up.
     show_view(viewer, (1, 2, 0), 1, marker_world)
     assert view.current_view() == "coronal"
-    assert tuple(viewer.camera.orientation)[1:] == ("up", "right")
+    assert tuple(viewer.scene.camera.orientation)[1:] == ("up", "right")
     assert marker_quadrant(viewer) == VIEWS["coronal"][2]
     # In 3D the letters are hidden; the camera looks from the front (anterior), superior
     # up and patient left on screen right, which is a rotation of LPS, not a mirror.
     viewer.dims.ndisplay = 3
     assert view.letters() == {}
-    assert tuple(viewer.camera.orientation) == ("away", "up", "right")
+    assert tuple(viewer.scene.camera.orientation) == ("away", "up", "right")
     viewer.dims.ndisplay = 2
     assert view.letters() == LETTERS["coronal"]

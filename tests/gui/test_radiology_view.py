@@ -41,6 +41,6 @@ def test_plain_napari_data_keeps_napari_defaults(make_napari_viewer):
     view = install_radiology_view(viewer)
     viewer.add_image(np.zeros((5, 6, 7)))
     viewer.dims.order = (1, 0, 2)
-    assert tuple(viewer.camera.orientation) == ("towards", "down", "right")
+    assert tuple(viewer.scene.camera.orientation) == ("towards", "down", "right")
     assert viewer.dims.order == (1, 0, 2)
     assert view.letters() == {}

@@ -61,7 +61,7 @@ def test_mr_layer_is_labelled_automatic(make_napari_viewer):
 def test_drag_right_widens_window_and_down_raises_level(ct_viewer, qtbot):
     viewer, layer, widget = ct_viewer
     widget.drag.setChecked(True)
-    assert not viewer.camera.mouse_pan
+    assert not viewer.scene.camera.mouse_pan
     canvas = viewer.window._qt_viewer.canvas._scene_canvas
     span = layer.contrast_limits_range[1] - layer.contrast_limits_range[0]
     per_pixel = span / DRAG_PIXELS_PER_RANGE
@@ -79,5 +79,5 @@ def test_drag_right_widens_window_and_down_raises_level(ct_viewer, qtbot):
     assert window == pytest.approx(before[0] + 20 * per_pixel, abs=0.01)
     assert level == pytest.approx(before[1] + 10 * per_pixel, abs=0.01)
     widget.drag.setChecked(False)
-    assert viewer.camera.mouse_pan
+    assert viewer.scene.camera.mouse_pan
     assert widget._drag_callback not in viewer.mouse_drag_callbacks

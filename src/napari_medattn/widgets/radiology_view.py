@@ -38,6 +38,13 @@ _LETTER_SIZE = 16
 _installed: dict[int, RadiologyView] = {}
 
 
+def viewer_camera(viewer: napari.Viewer):
+    """The viewer's camera: on ``viewer.scene`` since napari 0.9 (``viewer.camera`` is
+    deprecated there), on the viewer itself in 0.6-0.8."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 def install_radiology_view(viewer: napari.Viewer) -> RadiologyView:
     """Attach (once) the radiological orientation controller to ``viewer`` and return it."""
     key = id(viewer)
@@ -72,7 +79,7 @@ class RadiologyView:
         viewer.dims.events.order.connect(self.update)
         viewer.dims.events.ndisplay.connect(self.update)
         viewer.dims.events.ndim.connect(self.update)
-        viewer.camera.events.orientation.connect(self._update_letters)
+        viewer_camera(viewer).events.orientation.connect(self._update_letters)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self.update)
         for layer in viewer.layers:
@@ -123,7 +130,7 @@ class RadiologyView:
                     order[-2:] = [pair[0] + frames, pair[1] + frames]
                     dims.order = tuple(order)
                 vertical_dir, horizontal_dir = radiological_orientation_2d(*pair)
-                depth = viewer.camera.orientation[0]
+                depth = viewer_camera(viewer).orientation[0]
             else:
                 # 3D starts from the radiological view of its vertical/horizontal pair, seen
                 # from the side that makes the rendering a rotation, not a mirror image.
@@ -132,7 +139,7 @@ class RadiologyView:
                     radiological_orientation_2d(vertical, horizontal)
                     if vertical < horizontal else ("down", "right"))
                 depth = depth_direction_3d(tuple(spatial), vertical_dir, horizontal_dir)
-            viewer.camera.orientation = (depth, vertical_dir, horizontal_dir)
+            viewer_camera(viewer).orientation = (depth, vertical_dir, horizontal_dir)
         finally:
             self._updating = False
         self._update_letters()
@@ -153,7 +160,7 @@ class RadiologyView:
             return
         frames = viewer.dims.ndim - 3
         vertical, horizontal = (axis - frames for axis in viewer.dims.displayed)
-        _depth, vertical_dir, horizontal_dir = viewer.camera.orientation
+        _depth, vertical_dir, horizontal_dir = viewer_camera(viewer).orientation
         letters = edge_letters(vertical, horizontal, str(vertical_dir), str(horizontal_dir))
         for side, (key, _position) in LETTER_OVERLAYS.items():
             overlay = viewer.canvas.overlays[key]

@@ -28,7 +28,7 @@ from napari_medattn.display.window_level import (
     preset_limits,
     window_to_limits,
 )
-from napari_medattn.widgets.radiology_view import install_radiology_view
+from napari_medattn.widgets.radiology_view import install_radiology_view, viewer_camera
 
 AUTO = "auto (0.5-99.5 percentiles)"
 CUSTOM = "custom"
@@ -149,7 +149,7 @@ class WindowLevelWidget(QWidget):
 
     def _toggle_drag(self, on: bool) -> None:
         # Left-drag both pans and adjusts otherwise; panning is paused while the mode is on.
-        self.viewer.camera.mouse_pan = not on
+        viewer_camera(self.viewer).mouse_pan = not on
         callbacks = self.viewer.mouse_drag_callbacks
         if on and self._drag_callback not in callbacks:
             callbacks.append(self._drag_callback)
