@@ -12,11 +12,8 @@ from napari_medattn.training.augment import (
     AugmentationConfigError,
     Compose,
     RandomAffine,
-    _monomials,
-    bias_field,
-    gaussian_blur,
-    warp,
 )
+from napari_medattn.training.tensor_ops import bias_field, bias_monomials, gaussian_blur, warp
 
 
 def _blobs(batch=3, size=24):
@@ -198,7 +195,7 @@ def test_bias_field_is_the_exponential_of_its_polynomial():
     z, y, x = torch.meshgrid(*[torch.linspace(-1, 1, n, dtype=torch.float64)
                                for n in (5, 6, 7)], indexing="ij")
     log = sum(coefficients[:, m, None, None, None] * z ** i * y ** j * x ** k
-              for m, (i, j, k) in enumerate(_monomials()))
+              for m, (i, j, k) in enumerate(bias_monomials()))
     torch.testing.assert_close(field[:, 0], torch.exp(log))
 
 

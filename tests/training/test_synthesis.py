@@ -11,7 +11,7 @@ from napari_medattn.errors import DimensionError, GeometryError
 from napari_medattn.io import Volume, read_volume
 from napari_medattn.training import lesions as L
 from napari_medattn.training import synthesis as S
-from napari_medattn.training.augment import bias_field
+from napari_medattn.training.tensor_ops import bias_field
 
 SAMPLES = Path(napari_medattn.__file__).parent / "sample_data"
 

@@ -10,6 +10,8 @@ torch tensors and :class:`~napari_medattn.io.Volume`):
   (:class:`~.datasets.PatchDataset`) or whole cases for validation.
 * :mod:`~napari_medattn.training.augment`: batched torch augmentation on the tensor's
   device, configured by a JSON-serialisable dict (:class:`~.augment.Compose`).
+* :mod:`~napari_medattn.training.tensor_ops`: the torch primitives augmentation and
+  synthesis share (seeded draws, Gaussian blur, warps, smooth and bias fields).
 * :mod:`~napari_medattn.training.synthesis`: MNI152 tissue labels
   (:func:`~.synthesis.mni152_tissue_labels`), label-to-image synthesis, smooth
   deformations with their fields, and the generator of synthetic brain training cases

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from napari_medattn.errors import DimensionError
 from napari_medattn.io.volume import Volume
-from napari_medattn.training.augment import smooth_field
+from napari_medattn.training.tensor_ops import smooth_field
 from napari_medattn.training.synthesis import (
     MR_SCALE,
     TISSUE_LABELS,

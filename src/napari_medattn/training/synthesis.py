@@ -33,9 +33,9 @@ from scipy import ndimage
 from napari_medattn.errors import DimensionError, GeometryError
 from napari_medattn.inference.resample import LINEAR, resample_to_grid, spacing_grid
 from napari_medattn.io.volume import RAS_TO_LPS, Volume
-from napari_medattn.training.augment import (
-    _monomials,
+from napari_medattn.training.tensor_ops import (
     bias_field,
+    bias_monomials,
     gaussian_blur,
     identity_coordinates,
     smooth_field,
@@ -123,7 +123,7 @@ class Degradation:
         Range of the partial-volume Gaussian blur, standard deviation in mm.
     bias_strength : float
         Coefficients of the log bias polynomial are uniform in ``±bias_strength`` (see
-        :func:`napari_medattn.training.augment.bias_field`); 0 for none.
+        :func:`napari_medattn.training.tensor_ops.bias_field`); 0 for none.
     resolution_mm : (float, float)
         Range of the simulated acquisition voxel size in mm, drawn per axis; the image is
         resampled there and back with the package's resampler. Values at or below the
@@ -237,7 +237,7 @@ def degrade(volume: Volume, seed: int | np.random.Generator,
     blur = float(rng.uniform(*degradation.blur_mm))
     if blur > 0:
         image = gaussian_blur(image, (blur / spacing).tolist())
-    coefficients = uniform(generator, (1, len(_monomials())), -degradation.bias_strength,
+    coefficients = uniform(generator, (1, len(bias_monomials())), -degradation.bias_strength,
                            degradation.bias_strength, "cpu")
     if degradation.bias_strength > 0:
         image = image * bias_field(coefficients, image.shape[2:])
@@ -273,7 +273,7 @@ def random_deformation(volume: Volume, seed: int | np.random.Generator, *,
                        ) -> np.ndarray:
     """A smooth random displacement field on a volume's grid, in LPS mm.
 
-    Made by :func:`napari_medattn.training.augment.smooth_field` (random vectors on a
+    Made by :func:`napari_medattn.training.tensor_ops.smooth_field` (random vectors on a
     control grid, upsampled and blurred) and scaled so its largest displacement is
     ``magnitude_mm``. Keep ``magnitude_mm`` well below ``control_spacing_mm / 2`` for a
     fold-free deformation.
