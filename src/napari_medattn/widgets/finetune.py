@@ -67,7 +67,12 @@ from napari_medattn.widgets.segment import (
 )
 from napari_medattn.widgets.tooltips import FINETUNE as TOOLTIPS
 from napari_medattn.widgets.tooltips import model_card_tooltip
-from napari_medattn.widgets.worker import Job, add_layers, start_job
+from napari_medattn.widgets.worker import (
+    Job,
+    add_layers,
+    freeze_startup_objects,
+    start_job,
+)
 
 
 class LossPlot(FigureCanvasQTAgg):
@@ -150,6 +155,7 @@ class FinetuneWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         install_radiology_view(napari_viewer)
+        freeze_startup_objects()
         self.job: Job | None = None
         self.result: FinetuneResult | None = None
         self._entries: dict[str, ModelEntry] = {}

@@ -70,7 +70,12 @@ from napari_medattn.widgets.radiology_view import install_radiology_view
 from napari_medattn.widgets.segment import RUN_KEY, available_devices
 from napari_medattn.widgets.tooltips import INSPECTOR as TOOLTIPS
 from napari_medattn.widgets.tooltips import model_card_tooltip
-from napari_medattn.widgets.worker import Job, add_layers, start_job
+from napari_medattn.widgets.worker import (
+    Job,
+    add_layers,
+    freeze_startup_objects,
+    start_job,
+)
 
 #: ``layer.metadata`` key of the inspector's layers: ``{"image": <scan layer unique_id>,
 #: "model": <name>, "output": <what it shows>, "top": <largest magnitude>}``.
@@ -150,6 +155,7 @@ class InspectorWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         install_radiology_view(napari_viewer)
+        freeze_startup_objects()
         self.job: Job | None = None
         self.explorer: QueryExplorer | None = None
         self._explorer_for: tuple[Any, str] | None = None  # (scan layer, model name)

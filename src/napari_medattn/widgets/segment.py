@@ -61,12 +61,22 @@ from napari_medattn.inference.sliding_window import attention_map_names
 from napari_medattn.inference.tta import UNCERTAINTY_KINDS
 from napari_medattn.metrics.statistics import class_statistics, write_statistics_csv
 from napari_medattn.models.card import ModelCard
-from napari_medattn.models.registry import DEFAULT_MODEL, ModelEntry, list_models, load_model
+from napari_medattn.models.registry import (
+    DEFAULT_MODEL,
+    ModelEntry,
+    list_models,
+    load_model,
+)
 from napari_medattn.widgets.choices import on_layers_changed, set_models
 from napari_medattn.widgets.radiology_view import install_radiology_view
 from napari_medattn.widgets.tooltips import SEGMENT as TOOLTIPS
 from napari_medattn.widgets.tooltips import model_card_tooltip
-from napari_medattn.widgets.worker import Job, add_layers, start_job
+from napari_medattn.widgets.worker import (
+    Job,
+    add_layers,
+    freeze_startup_objects,
+    start_job,
+)
 
 #: ``layer.metadata`` key: ``{"image": <scan layer unique_id>, "model": <name>,
 #: "output": "labels" | "probability <c>" | "uncertainty" | "attention <map>"}``.
@@ -187,6 +197,7 @@ class SegmentWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         install_radiology_view(napari_viewer)
+        freeze_startup_objects()
         self.job: Job | None = None
         self.statistics: list[dict] = []
         self._load_when_idle = False
