@@ -25,16 +25,20 @@ the interpreter, torch and the model: about 0.4 GB before any image is read).
   normalisation function -> ``monai.inferers.sliding_window_inference`` (softmax per
   window, Gaussian, same sigma) -> argmax -> ``ResampleToMatch`` (nearest) -> nibabel save.
 
-Both run float32 on the CPU (``--autocast off`` on our side). Each run reports its wall time
-and its CPU time (``time.process_time`` over the same span); on a CPU shared with other
-jobs the wall times of single runs vary several-fold, while the CPU time of a run with one
-torch thread (``--threads 1`` on both sides) hardly moves, so the CPU-time ratio is the
-figure to trust there. ``--crop`` adds a row of ours
-with ``--crop-to-body`` (fewer windows: the network runs only over the body's bounding box;
-its labels are compared with MONAI's and with our uncropped run), ``--bf16`` one with
-bfloat16 autocast. Runs alternate MONAI, ours (and the extra rows) ``--repeats`` times; ratios are of the medians. Label agreement is the Dice of each
-foreground class between our and MONAI's label maps (napari_medattn.metrics). Ends with
-``FIGURE`` lines.
+Ours runs twice: as a user gets it (``ours``: ``--autocast auto``, the default, which is
+bfloat16 on CPUs that compute it natively and float32 elsewhere; the row says which, from
+the provenance) and in float32 (``ours-float32``: ``--autocast off``), so the comparison
+with MONAI's float32 pipeline is there both ways; MONAI runs float32 (no autocast). Each
+run reports its wall time and its CPU time (``time.process_time`` over the same span); on
+a CPU shared with other jobs the wall times of single runs vary several-fold, while the
+CPU time of a run with one torch thread (``--threads 1`` on both sides) hardly moves, so
+the CPU-time ratio is the figure to trust there. ``--crop`` adds a row of ours in float32
+with ``--crop-to-body`` (fewer windows: the network runs only over the body's bounding
+box; its labels are compared with MONAI's and with our uncropped float32 run). Runs
+alternate MONAI, ours, ours-float32 (and the crop row) ``--repeats`` times; ratios are of
+the medians. Label agreement is the Dice of each foreground class between two label maps
+and the fraction of voxels with the same label (napari_medattn.metrics): ours and
+ours-float32 against MONAI, and ours against ours-float32. Ends with ``FIGURE`` lines.
 
 Usage: ``python benchmarks/bench_segment.py [--workdir DIR] [--repeats 1]``
 """
@@ -218,8 +222,8 @@ def child(args: argparse.Namespace) -> None:
         seconds, cpu = run_monai(args.model, args.input, args.out, args.overlap, args.batch_size)
     else:
         seconds, cpu = run_ours(args.model, args.input, args.out, args.overlap, args.batch_size,
-                           "on" if args.child == "ours-bf16" else "off",
-                           crop=args.child == "ours-crop")
+                                "auto" if args.child == "ours" else "off",
+                                crop=args.child == "ours-crop")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     print("RESULT " + json.dumps({"seconds": seconds, "cpu_seconds": cpu,
                                   "peak_bytes": peak}))
@@ -277,13 +281,11 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.25,
                         help="window overlap for both sides (default: 0.25, MONAI's default)")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--bf16", action="store_true",
-                        help="also run ours with bfloat16 autocast (on CPUs that have it)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads in every run (default 0: torch's default)")
     parser.add_argument("--crop", action="store_true",
                         help="also run ours with --crop-to-body (float32)")
-    parser.add_argument("--child", choices=("ours", "ours-bf16", "ours-crop", "monai"),
+    parser.add_argument("--child", choices=("ours", "ours-float32", "ours-crop", "monai"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
@@ -311,15 +313,14 @@ def main() -> None:
 
     hashes = ", ".join(f"{m.name} {weights_sha256(m / WEIGHTS_FILE)[:12]}" for m in models)
     print(f"models: {origin}: {hashes}; overlap {args.overlap}, "
-          f"batch {args.batch_size}, Gaussian sigma 0.125, float32, "
+          f"batch {args.batch_size}, Gaussian sigma 0.125, "
           f"{os.cpu_count()} CPUs, torch threads {args.threads or 'default'}, "
           f"load average {os.getloadavg()[0]:.1f}")
 
     figures = []
     for model in models:
         for key, image in inputs.items():
-            kinds = (["monai", "ours"] + (["ours-crop"] if args.crop else [])
-                     + (["ours-bf16"] if args.bf16 else []))
+            kinds = ["monai", "ours", "ours-float32"] + (["ours-crop"] if args.crop else [])
             runs: dict[str, list[dict]] = {k: [] for k in kinds}
             for repeat in range(args.repeats):
                 for kind in kinds:
@@ -331,28 +332,42 @@ def main() -> None:
                           f"(load {os.getloadavg()[0]:.1f})", flush=True)
             stem = image.name.split(".")[0]
             folder = work / "out" / model.name / key
-            dice, same = agreement(folder / "ours" / f"{stem}_labels.nii.gz",
-                                   folder / "monai" / f"{stem}_labels.nii.gz")
-            ours_s = statistics.median(r["seconds"] for r in runs["ours"])
+            labels = {kind: folder / kind / f"{stem}_labels.nii.gz" for kind in kinds}
+            precision = json.loads((folder / "ours" / f"{stem}_provenance.json")
+                                   .read_text())["precision"]
             monai_s = statistics.median(r["seconds"] for r in runs["monai"])
-            ours_cpu = statistics.median(r["cpu_seconds"] for r in runs["ours"])
             monai_cpu = statistics.median(r["cpu_seconds"] for r in runs["monai"])
             tag = f"{model.name}_{key}"
-            figures += [
-                f"FIGURE segment_{tag}_cpu_ours_over_monai {ours_cpu / monai_cpu:.3f} ratio",
-                f"FIGURE segment_{tag}_ours_s {ours_s:.2f} s",
-                f"FIGURE segment_{tag}_monai_s {monai_s:.2f} s",
-                f"FIGURE segment_{tag}_time_ours_over_monai {ours_s / monai_s:.3f} ratio",
-                f"FIGURE segment_{tag}_peak_rss_ours "
-                f"{max(r['peak_bytes'] for r in runs['ours']) / 1e9:.2f} GB",
-                f"FIGURE segment_{tag}_peak_rss_monai "
-                f"{max(r['peak_bytes'] for r in runs['monai']) / 1e9:.2f} GB",
-                f"FIGURE segment_{tag}_dice_ours_vs_monai_mean "
-                f"{np.mean(list(dice.values())):.4f} ratio",
-                f"FIGURE segment_{tag}_voxels_same_label {same:.4f} ratio",
-            ]
-            print("  agreement: Dice " + ", ".join(f"class {c} {d:.4f}" for c, d in dice.items())
-                  + f"; same label in {same:.2%} of the voxels")
+            figures += [f"FIGURE segment_{tag}_monai_s {monai_s:.2f} s",
+                        f"FIGURE segment_{tag}_peak_rss_monai "
+                        f"{max(r['peak_bytes'] for r in runs['monai']) / 1e9:.2f} GB"]
+            print(f"  ours ran in {precision} (--autocast auto)")
+            for kind, name in (("ours", f"ours_{precision}"), ("ours-float32", "ours_float32")):
+                if kind == "ours-float32" and precision == "float32":
+                    continue  # the same configuration twice
+                seconds = statistics.median(r["seconds"] for r in runs[kind])
+                cpu = statistics.median(r["cpu_seconds"] for r in runs[kind])
+                dice, same = agreement(labels[kind], labels["monai"])
+                figures += [
+                    f"FIGURE segment_{tag}_{name}_s {seconds:.2f} s",
+                    f"FIGURE segment_{tag}_time_{name}_over_monai {seconds / monai_s:.3f} ratio",
+                    f"FIGURE segment_{tag}_cpu_{name}_over_monai {cpu / monai_cpu:.3f} ratio",
+                    f"FIGURE segment_{tag}_peak_rss_{name} "
+                    f"{max(r['peak_bytes'] for r in runs[kind]) / 1e9:.2f} GB",
+                    f"FIGURE segment_{tag}_dice_{name}_vs_monai_mean "
+                    f"{np.mean(list(dice.values())):.4f} ratio",
+                    f"FIGURE segment_{tag}_voxels_same_label_{name}_vs_monai {same:.4f} ratio",
+                ]
+                print(f"  agreement {kind} vs MONAI: Dice "
+                      + ", ".join(f"class {c} {d:.4f}" for c, d in dice.items())
+                      + f"; same label in {same:.2%} of the voxels")
+            if precision != "float32":
+                dice, same = agreement(labels["ours"], labels["ours-float32"])
+                figures.append(f"FIGURE segment_{tag}_voxels_same_label_{precision}_vs_float32 "
+                               f"{same:.4f} ratio")
+                print(f"  agreement ours ({precision}) vs ours-float32: Dice "
+                      + ", ".join(f"class {c} {d:.4f}" for c, d in dice.items())
+                      + f"; same label in {same:.2%} of the voxels")
             if args.crop:
                 crop_s = statistics.median(r["seconds"] for r in runs["ours-crop"])
                 dice, same = agreement(folder / "ours-crop" / f"{stem}_labels.nii.gz",
@@ -361,14 +376,15 @@ def main() -> None:
                       + ", ".join(f"class {c} {d:.4f}" for c, d in dice.items())
                       + f"; same label in {same:.2%} of the voxels")
                 dice_own, same_own = agreement(folder / "ours-crop" / f"{stem}_labels.nii.gz",
-                                               folder / "ours" / f"{stem}_labels.nii.gz")
-                print("  agreement ours-crop vs ours: Dice "
+                                               folder / "ours-float32" / f"{stem}_labels.nii.gz")
+                print("  agreement ours-crop vs ours-float32: Dice "
                       + ", ".join(f"class {c} {d:.4f}" for c, d in dice_own.items())
                       + f"; same label in {same_own:.2%} of the voxels")
                 crop_cpu = statistics.median(r["cpu_seconds"] for r in runs["ours-crop"])
                 inside = same_label_inside_body(folder / "ours-crop" / f"{stem}_labels.nii.gz",
-                                                folder / "ours" / f"{stem}_labels.nii.gz", image)
-                print(f"  ours-crop vs ours inside the body: same label in {inside:.2%} of "
+                                                folder / "ours-float32" / f"{stem}_labels.nii.gz",
+                                                image)
+                print(f"  ours-crop vs ours-float32 inside the body: same label in {inside:.2%} of "
                       f"the body's voxels (outside the box the crop gives background)")
                 figures += [
                     f"FIGURE segment_{tag}_crop_voxels_same_label_as_ours_in_body "
@@ -382,10 +398,6 @@ def main() -> None:
                     f"{np.mean(list(dice.values())):.4f} ratio",
                     f"FIGURE segment_{tag}_crop_voxels_same_label_as_ours {same_own:.4f} ratio",
                 ]
-            if args.bf16:
-                bf16_s = statistics.median(r["seconds"] for r in runs["ours-bf16"])
-                figures.append(f"FIGURE segment_{tag}_bf16_time_ours_over_monai "
-                               f"{bf16_s / monai_s:.3f} ratio")
     print("\n".join(figures))
 
 

@@ -18,6 +18,7 @@ from nibabel.testing import data_path
 from napari_medattn.cli import main
 from napari_medattn.models.registry import DEFAULT_MODEL
 from napari_medattn.inference import attention_map_names, segment
+from napari_medattn.inference.devices import cpu_has_native_bf16
 from napari_medattn.io import read, read_volume, write_dicom_series
 from napari_medattn.models import create, registry
 from napari_medattn.models.card import ModelCard, default_classes
@@ -139,6 +140,8 @@ def test_provenance_records_model_hash_and_parameters(models, tmp_path):
         model_dir / registry.WEIGHTS_FILE)
     assert record["card"] == registry.load_model(model_dir)[1].to_dict()
     assert record["device"] == "cpu"
+    # auto precision: bfloat16 exactly where the CPU computes it natively
+    assert record["precision"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
     assert record["parameters"]["overlap"] == 0.25 and record["parameters"]["batch_size"] == 2
     assert record["runtime_s"] > 0 and record["total_runtime_s"] >= record["runtime_s"]
     import napari_medattn
@@ -147,6 +150,16 @@ def test_provenance_records_model_hash_and_parameters(models, tmp_path):
     np.testing.assert_array_equal(record["input"]["affine_lps"], read_volume(ANATOMICAL).affine)
     assert record["outputs"] == {"labels": "anatomical_labels.nii.gz"}
     assert record["windows_predicted"] <= record["windows"]
+
+
+def test_autocast_off_is_float32(models, tmp_path):
+    *_, model_dir = models
+    out = tmp_path / "out"
+    assert main(["segment", ANATOMICAL, "--out", str(out), "--model", str(model_dir),
+                 "--device", "cpu", "--autocast", "off"]) == 0
+    record = json.loads((out / "anatomical_provenance.json").read_text())
+    assert record["precision"] == "float32"
+    assert record["parameters"]["use_autocast"] is False
 
 
 def test_probability_uncertainty_and_attention_maps(models, tmp_path, capsys):

@@ -13,6 +13,7 @@ from qtpy.QtCore import Qt
 
 import napari_medattn
 from napari_medattn.display.layers import GEOMETRY_KEY, volume_layer_data
+from napari_medattn.inference.devices import cpu_has_native_bf16
 from napari_medattn.inference.preprocess import normalize_intensity
 from napari_medattn.io import Volume, read_volume
 from napari_medattn.models import create
@@ -316,3 +317,23 @@ def test_labels_display_warm_up_fills_the_cache_napari_uses():
     assert info.currsize == 13
     dash_atlas.DashAtlas()  # what each antialiased line of the labels overlay builds
     assert dash_atlas._make_pattern.cache_info().misses == info.misses
+
+
+def test_precision_choice_reaches_the_segmentation_and_the_status(setup, qtbot, monkeypatch):
+    _viewer, _image, widget = setup
+    asked = []
+    real_segment = segment_module.segment
+
+    def recording_segment(*args, **kwargs):
+        asked.append(kwargs["use_autocast"])
+        return real_segment(*args, **kwargs)
+
+    monkeypatch.setattr(segment_module, "segment", recording_segment)
+    assert widget.precision.currentText() == "auto"
+    run_and_wait(qtbot, widget)
+    auto = "bfloat16" if cpu_has_native_bf16() else "float32"
+    assert f"on cpu ({auto})" in widget.status.text()
+    widget.precision.setCurrentText("float32")
+    run_and_wait(qtbot, widget)
+    assert asked == [True, False]
+    assert "on cpu (float32)" in widget.status.text()

@@ -129,15 +129,15 @@ def test_cpu_autocast_follows_native_bf16(monkeypatch, native):
 
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
-    assert autocast_dtype(cpu) is None  # float32 on CPUs unless asked
+    # Reduced precision by default where the CPU computes bfloat16 natively, else float32.
+    assert autocast_dtype(cpu) == (torch.bfloat16 if native else None)
     with autocast(cpu):
-        assert torch.nn.Linear(3, 2)(torch.ones(1, 3)).dtype == torch.float32
-    assert autocast_dtype(cpu, include_cpu=True) == (torch.bfloat16 if native else None)
-    with autocast(cpu, enabled=True):
         out = torch.nn.Linear(3, 2)(torch.ones(1, 3))
     assert out.dtype == (torch.bfloat16 if native else torch.float32)
+    assert devices.precision_name(cpu) == ("bfloat16" if native else "float32")
     with autocast(cpu, enabled=False):
         assert torch.nn.Linear(3, 2)(torch.ones(1, 3)).dtype == torch.float32
+    assert devices.precision_name(cpu, enabled=False) == "float32"
 
 
 def test_reduced_precision_on_cpu_stays_close(monkeypatch, volume3d, net3d):
@@ -146,9 +146,8 @@ def test_reduced_precision_on_cpu_stays_close(monkeypatch, volume3d, net3d):
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
     kwargs = dict(skip_empty=False, keep_probabilities="all", device="cpu")
     exact = sliding_window_inference(volume3d, net3d, (12, 16, 10), use_autocast=False, **kwargs)
-    assert np.array_equal(sliding_window_inference(volume3d, net3d, (12, 16, 10), **kwargs).labels,
-                          exact.labels)  # the default stays float32 on a CPU
-    fast = sliding_window_inference(volume3d, net3d, (12, 16, 10), use_autocast=True, **kwargs)
+    fast = sliding_window_inference(volume3d, net3d, (12, 16, 10), **kwargs)  # the default
+    assert (exact.precision, fast.precision) == ("float32", "bfloat16")
     differences = [np.abs(fast.probabilities[c] - exact.probabilities[c]).max() for c in range(3)]
     assert 0 < max(differences) < 0.03
     assert (fast.labels == exact.labels).mean() > 0.97
@@ -157,7 +156,7 @@ def test_reduced_precision_on_cpu_stays_close(monkeypatch, volume3d, net3d):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_autocast_matches_cpu(volume3d, net3d):
     cpu = sliding_window_inference(volume3d, net3d, (12, 16, 10), skip_empty=False,
-                                   keep_probabilities="all", device="cpu")
+                                   keep_probabilities="all", device="cpu", use_autocast=False)
     gpu = sliding_window_inference(volume3d, net3d, (12, 16, 10), skip_empty=False,
                                    keep_probabilities="all", device="cuda")
     assert gpu.device.startswith("cuda")

@@ -36,7 +36,7 @@ ALL_CLASSES = "all"
 #: Kind of the json record written beside each volume's outputs.
 PROVENANCE = "provenance"
 UNCERTAINTY_AUTO = "auto"
-_AUTOCAST = {"auto": None, "on": True, "off": False}
+_AUTOCAST = {"auto": True, "off": False}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -101,8 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="override the inputs' modality (e.g. CT for a NIfTI that does "
                              "not say)")
     parser.add_argument("--autocast", choices=tuple(_AUTOCAST), default="auto",
-                        help="reduced-precision forward pass: auto (GPU only), on (also on "
-                             "CPUs with native bfloat16; faster, not bitwise float32), off")
+                        help="reduced-precision forward pass: auto (on GPUs and on CPUs that "
+                             "compute bfloat16 natively; faster, not bitwise float32; the "
+                             "provenance records the precision used), off (float32)")
     parser.set_defaults(func=run_segment)
 
 

@@ -77,6 +77,7 @@ def spatial_maps(grid: ModelGrid, model: nn.Module, card: ModelCard, names: list
     result = sliding_window_inference(
         grid.image, model, card.patch_size, overlap=OVERLAP, skip_empty=False,
         num_classes=card.num_classes, attention_maps=names, device=device,
+        use_autocast=False,  # maps of the float32 computation, like the gradient methods
         progress=progress, cancel=cancel)
     return result.attention
 

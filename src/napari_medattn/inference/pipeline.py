@@ -111,7 +111,7 @@ def segment(
     crop_to_body: bool = False,
     min_component_mm3: float | None = None,
     skip_empty: bool = True,
-    use_autocast: bool | None = None,
+    use_autocast: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> Segmentation:
@@ -225,6 +225,7 @@ def segment(
         "weights_sha256": card.weights_sha256,
         "card": card.to_dict(),
         "device": result.device,
+        "precision": result.precision,
         "parameters": {"overlap": overlap, "batch_size": batch_size, "tta": tta,
                        "uncertainty": uncertainty, "keep_probabilities": list(keep_probabilities),
                        "attention_maps": list(attention_maps),

@@ -36,7 +36,12 @@ import torch
 from torch import nn
 
 from napari_medattn.errors import Cancelled, DimensionError, ModelError
-from napari_medattn.inference.devices import autocast, free_gpu_memory, resolve_device
+from napari_medattn.inference.devices import (
+    autocast,
+    free_gpu_memory,
+    precision_name,
+    resolve_device,
+)
 from napari_medattn.inference.memory import (
     DEFAULT_ACTIVATION_BYTES_PER_VOXEL,
     available_ram,
@@ -74,6 +79,8 @@ class InferenceResult:
         Windows on the grid, and those run through the network (the rest were empty).
     device : str
         Device the network ran on.
+    precision : str
+        Number format of the forward pass: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
     notes : tuple of str
         Sentences for the user: device fallback, re-planned batch, ...
     """
@@ -86,6 +93,7 @@ class InferenceResult:
     windows: int
     windows_predicted: int
     device: str
+    precision: str = "float32"
     notes: tuple[str, ...] = ()
 
 
@@ -207,7 +215,7 @@ def sliding_window_inference(
     attention_maps: Sequence[str] = (),
     stream: bool = True,
     device: str | torch.device = "auto",
-    use_autocast: bool | None = None,
+    use_autocast: bool = True,
     pad_value: float = 0.0,
     memory_check: bool = True,
     activation_bytes_per_voxel: int = DEFAULT_ACTIVATION_BYTES_PER_VOXEL,
@@ -263,11 +271,11 @@ def sliding_window_inference(
         Finalise slab by slab (True) or keep the whole volume's sums until the end.
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` (see :func:`.resolve_device`).
-    use_autocast : bool or None
-        Run the forward pass in bfloat16/float16: None (default) on GPUs only, True also on
-        CPUs that compute bfloat16 natively (AVX512-BF16/AMX; faster, not bitwise float32),
-        False never (see :func:`.devices.autocast_dtype`).
-        Blending always runs in float32.
+    use_autocast : bool
+        Run the forward pass in reduced precision where it is fast: GPUs, and CPUs that
+        compute bfloat16 natively (AVX512-BF16/AMX; faster, not bitwise float32; see
+        :func:`.devices.autocast_dtype`); False: float32 everywhere. Blending always runs
+        in float32.
     pad_value : float
         Input value used to pad a volume smaller than a window.
     memory_check : bool
@@ -463,5 +471,6 @@ def sliding_window_inference(
         windows=total,
         windows_predicted=predicted,
         device=str(compute),
+        precision=precision_name(compute, use_autocast),
         notes=tuple(notes),
     )

@@ -84,6 +84,9 @@ RUN_KEY = "medattn_segment_run"
 #: ``layer.metadata`` key of a result labels layer: hash of the labels as written.
 DIGEST_KEY = "medattn_labels_digest"
 NO_UNCERTAINTY = "none"
+#: The precision choices: reduced where it is fast (see inference.devices.autocast_dtype),
+#: or float32 everywhere.
+PRECISIONS = ("auto", "float32")
 #: Opacity of the labels over the scan, and of heat maps (blended additively).
 LABELS_OPACITY = 0.5
 HEAT_OPACITY = 0.6
@@ -209,6 +212,8 @@ class SegmentWidget(QWidget):
         self.open_model = QPushButton("Open model...")
         self.device = QComboBox()
         self.device.addItems(available_devices())
+        self.precision = QComboBox()
+        self.precision.addItems(PRECISIONS)
         self.tta = QCheckBox("Test-time augmentation (flips)")
         self.uncertainty = QComboBox()
         self.uncertainty.addItems([NO_UNCERTAINTY, *UNCERTAINTY_KINDS])
@@ -233,7 +238,7 @@ class SegmentWidget(QWidget):
         self.export_button.setEnabled(False)
         for name, widget in (("image", self.image), ("model", self.model),
                              ("open_model", self.open_model), ("device", self.device),
-                             ("tta", self.tta), ("uncertainty", self.uncertainty),
+                             ("precision", self.precision), ("tta", self.tta), ("uncertainty", self.uncertainty),
                              ("probabilities", self.probabilities),
                              ("attention", self.attention), ("crop", self.crop),
                              ("min_component", self.min_component),
@@ -248,6 +253,7 @@ class SegmentWidget(QWidget):
         model_row.addWidget(self.open_model)
         form.addRow("Model", model_row)
         form.addRow("Device", self.device)
+        form.addRow("Precision", self.precision)
         form.addRow(self.tta)
         form.addRow("Uncertainty", self.uncertainty)
         form.addRow("Probabilities", self.probabilities)
@@ -414,6 +420,7 @@ class SegmentWidget(QWidget):
         run = {"image": layer.unique_id, "model": card.name}
         options = dict(
             device=self.device.currentText(), tta=self.tta.isChecked(),
+            use_autocast=self.precision.currentText() == PRECISIONS[0],
             uncertainty=(None if self.uncertainty.currentText() == NO_UNCERTAINTY
                          else self.uncertainty.currentText()),
             keep_probabilities=self._checked(self.probabilities),
@@ -472,7 +479,8 @@ class SegmentWidget(QWidget):
         notes = " ".join(result.notes)
         kept = (f" Kept your edited labels {', '.join(repr(l.name) for l in edited)}."
                 if edited else "")
-        self.status.setText(f"{card.name} on {result.provenance['device']}: "
+        self.status.setText(f"{card.name} on {result.provenance['device']} "
+                            f"({result.provenance['precision']}): "
                             f"{runtime:.1f} s.{kept} {notes}".strip())
 
     # -- statistics -----------------------------------------------------------------
