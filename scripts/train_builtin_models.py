@@ -23,7 +23,6 @@ exact commands, seeds and the measured figures).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -120,7 +119,7 @@ def load_split(folder: Path, split: str) -> list:
 
 def _train(name: str, train_cases, val_cases, out_dir: Path, *, epochs: int,
            steps_per_epoch: int, batch_size: int, seed: int, device: str, workers: int,
-           amp: bool = True, progress=None):
+           amp: bool = True, lr: float = 2e-3, init: str | None = None, progress=None):
     from napari_medattn.training.loop import train
 
     architecture, config = MODELS[name]
@@ -129,14 +128,16 @@ def _train(name: str, train_cases, val_cases, out_dir: Path, *, epochs: int,
         architecture, config, train_cases, classes=CLASSES, patch_size=PATCH,
         out_dir=out_dir, spacing=SPACING_MM, orientation="RAS",
         normalization={"scheme": "zscore"}, modality="MR", batch_size=batch_size,
-        epochs=epochs, steps_per_epoch=steps_per_epoch, lr=2e-3, weight_decay=1e-4,
+        epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=1e-4,
         seed=seed, device=device, amp=amp, augment=AUGMENTATION, val_cases=val_cases,
-        num_workers=workers, progress=progress, progress_bar=False,
+        num_workers=workers, progress=progress, progress_bar=False, initial_weights=init,
         card_fields={
             "name": name,
             "training_data": TRAINING_DATA.format(seed=TRAIN_SEED, last=last),
             "training_procedure": f"scripts/train_builtin_models.py train --model {name} "
-                                  f"(seed {seed}).",
+                                  f"--lr {lr:g} (seed {seed})"
+                                  + (f", continued from the weights of {init}" if init else "")
+                                  + ".",
             "evaluated_on": (
                 f"{len(val_cases)} held-out synthetic cases ({', '.join(c.name for c in val_cases)}"
                 f"): renderings of the SAME MNI152 template as the training data, with other "
@@ -170,6 +171,7 @@ def run_training(args: argparse.Namespace) -> None:
         probe = _train(args.model, train_cases, [], Path(tmp) / "probe", epochs=1,
                        steps_per_epoch=16, batch_size=args.batch_size, seed=args.seed,
                        device=args.device, workers=args.workers, amp=not args.float32,
+                       lr=args.lr, init=args.init,
                        progress=lambda p: stamps.append(time.perf_counter()))
         step_s = (stamps[15] - stamps[4]) / 11
         module, card = load_model(probe.last, device=args.device)
@@ -196,7 +198,7 @@ def run_training(args: argparse.Namespace) -> None:
     result = _train(args.model, train_cases, val_cases, run_dir, epochs=epochs,
                     steps_per_epoch=steps, batch_size=args.batch_size, seed=args.seed,
                     device=args.device, workers=args.workers, amp=not args.float32,
-                    progress=report)
+                    lr=args.lr, init=args.init, progress=report)
     print(f"{args.model}: losses {[round(h['loss'], 4) for h in result.history]}; best "
           f"epoch {result.card.metrics['epoch']}; {time.perf_counter() - budget_start:.0f} s; "
           f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
@@ -340,6 +342,9 @@ def main(argv=None) -> None:
     tr.add_argument("--device", default="auto")
     tr.add_argument("--workers", type=int, default=4)
     tr.add_argument("--float32", action="store_true", help="no bfloat16 autocast on CUDA")
+    tr.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    tr.add_argument("--init", help="continue from this model's weights (a built-in name, "
+                                   "model folder or weights file of the same architecture)")
     fig = sub.add_parser("figures", help="napari screenshots of the models on sample scans")
     fig.add_argument("--out", type=Path, default=Path("docs/screenshots"))
     fig.add_argument("--model", action="append", choices=sorted(MODELS))

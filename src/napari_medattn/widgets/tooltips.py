@@ -14,8 +14,8 @@ SEGMENT = {
                   "bundle.",
     "device": "Where the network runs: auto picks a CUDA GPU, then Apple MPS, then the CPU.",
     "precision": "auto: the network computes in bfloat16/float16 on GPUs and on CPUs that "
-                 "compute bfloat16 natively (about 1.4-2x faster on such a CPU; labels differ "
-                 "from float32 in a fraction of a percent of the voxels); float32: exact, "
+                 "compute bfloat16 natively (1.2-1.8x faster on such a CPU; labels differ "
+                 "from float32 in 0.03-0.3 % of the voxels); float32: exact, "
                  "slower.",
     "tta": "Test-time augmentation: average the predictions over flips (slower, smoother).",
     "uncertainty": "Add an uncertainty map in [0, 1]: predictive entropy, or the variance "
