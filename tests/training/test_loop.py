@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 
@@ -192,6 +193,7 @@ def test_shipped_model_loads_with_full_card(name):
     assert sum(p.numel() for p in module.parameters()) * 4 <= 15_000_000
 
 
+@functools.lru_cache(maxsize=None)
 def _tissue_fractions(name):
     """Class fractions predicted and true on a central 2 mm crop of the MNI152 template."""
     from napari_medattn.inference import segment
@@ -209,14 +211,20 @@ def _tissue_fractions(name):
             np.bincount(truth.ravel(), minlength=4) / truth.size)
 
 
+@pytest.mark.parametrize("name", ["attention-unet-brain-tissue", "dssa-unet-brain-tissue"])
+def test_shipped_model_predicts_every_tissue(name):
+    predicted, _truth = _tissue_fractions(name)
+    assert (predicted > 0.005).all()
+
+
 @pytest.mark.parametrize("name", [
     "attention-unet-brain-tissue",
     pytest.param("dssa-unet-brain-tissue", marks=pytest.mark.xfail(
-        strict=True, reason="the shipped DSSA-UNet (4 minutes of float32 GPU training) "
-                            "never predicts CSF; see docs/models.md")),
+        strict=True, reason="the shipped DSSA-UNet finds CSF since its CPU continuation but "
+                            "labels half the white matter grey (15 % of the crop against "
+                            "30 %); see docs/models.md")),
 ])
-def test_shipped_model_finds_the_four_tissues(name):
+def test_shipped_model_tissue_fractions_match_the_template(name):
     predicted, truth = _tissue_fractions(name)
-    assert (predicted > 0.005).all()
     # Within 4 percentage points of the template's own labels, class by class.
     np.testing.assert_allclose(predicted, truth, atol=0.04)
