@@ -182,7 +182,7 @@ def insert_child(model: Path, warm_up: bool) -> None:
     layer_data[0][1]["colormap"] = segment.class_colormap(card)
     app = QApplication.instance()
     started = time.perf_counter()
-    add_layers(bench.viewer, layer_data)
+    add_layers(bench.viewer, layer_data, widget=bench.widget)
     inserted = time.perf_counter()
     app.processEvents()
     drawn = time.perf_counter()

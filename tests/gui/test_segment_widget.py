@@ -337,3 +337,22 @@ def test_precision_choice_reaches_the_segmentation_and_the_status(setup, qtbot, 
     run_and_wait(qtbot, widget)
     assert asked == [True, False]
     assert "on cpu (float32)" in widget.status.text()
+
+
+def test_a_run_from_the_plugin_dock_leaves_the_window_painting(make_napari_viewer, qtbot,
+                                                               brain, model_folder,
+                                                               monkeypatch):
+    # Docked as napari docks plugins, the widget's viewer is a proxy that hides napari's
+    # private attributes; the window must still get its repaint back after the result.
+    monkeypatch.setenv(registry.ENV_MODEL_PATH, str(model_folder))
+    monkeypatch.setattr(registry, "user_model_dir", lambda: model_folder / "no-user-models")
+    viewer = make_napari_viewer()
+    viewer._add_layer_from_data(*volume_layer_data(brain[0]))
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-medattn", "Segment")
+    assert widget.viewer is not viewer  # napari's proxy
+    widget.model.setCurrentText(MODEL)
+    qtbot.waitUntil(widget.run_button.isEnabled, timeout=20_000)
+    run_and_wait(qtbot, widget)
+    assert len(result_layers(viewer)) == 1
+    qtbot.waitUntil(widget.window().updatesEnabled, timeout=2000)
+    assert widget.window() is viewer.window._qt_window

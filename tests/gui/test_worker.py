@@ -206,14 +206,20 @@ def test_freeze_startup_objects_freezes_once(monkeypatch):
 
 
 def test_added_layers_are_painted_on_the_next_event_loop_pass(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QLabel
+
     viewer = make_napari_viewer()
     window = viewer.window._qt_window
-    add_layers(viewer, [(np.ones((4, 5, 6), np.uint8), {"name": "l"}, "labels")])
+    docked = QLabel("a plugin's widget")
+    viewer.window.add_dock_widget(docked)
+    assert docked.window() is window
+    add_layers(viewer, [(np.ones((4, 5, 6), np.uint8), {"name": "l"}, "labels")], widget=docked)
     # Inserted now; the window repaints once the event loop has served what is waiting.
     assert [layer.name for layer in viewer.layers] == ["l"]
     assert not window.updatesEnabled()
     qtbot.waitUntil(window.updatesEnabled, timeout=2000)
     # A failed insertion gives the window its repaint back as well.
     with pytest.raises(TypeError):
-        add_layers(viewer, [(np.zeros((4, 5, 6), np.uint8), {"no_such_option": 1}, "labels")])
+        add_layers(viewer, [(np.zeros((4, 5, 6), np.uint8), {"no_such_option": 1}, "labels")],
+                   widget=docked)
     qtbot.waitUntil(window.updatesEnabled, timeout=2000)

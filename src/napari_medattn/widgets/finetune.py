@@ -319,7 +319,7 @@ class FinetuneWidget(QWidget):
     def _show_result(self, result: FinetuneResult, layer_data: list[tuple]) -> None:
         card = result.entry.card
         layer_data[0][1]["colormap"] = class_colormap(card)
-        add_layers(self.viewer, layer_data)
+        add_layers(self.viewer, layer_data, widget=self)
         self.result = result
         self.refresh_models()
         for widget in self.viewer.window.dock_widgets.values():

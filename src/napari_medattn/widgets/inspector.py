@@ -506,7 +506,7 @@ class InspectorWidget(QWidget):
                 kept.append(old)
             else:
                 additions.append((data, kwargs, kind))
-        return kept + add_layers(self.viewer, additions)
+        return kept + add_layers(self.viewer, additions, widget=self)
 
     def _show_maps(self, maps: list[ExplanationMap], layer_data: list[tuple]) -> None:
         self.maps = maps

@@ -463,7 +463,8 @@ class SegmentWidget(QWidget):
         for data, kwargs, kind in layer_data:
             old = reusable.pop(kwargs["metadata"][RUN_KEY]["output"], None)
             (updates if old is not None else additions).append((old, data, kwargs, kind))
-        add_layers(self.viewer, [(data, kwargs, kind) for _old, data, kwargs, kind in additions])
+        add_layers(self.viewer, [(data, kwargs, kind) for _old, data, kwargs, kind in additions],
+                   widget=self)
         for old, data, kwargs, _kind in updates:
             old.data = data
             old.metadata = kwargs["metadata"]

@@ -49,6 +49,7 @@ from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils import cancelable_progress
 from napari.utils.notifications import notification_manager, show_error, show_info
 from qtpy.QtCore import QObject, QTimer, Signal, Slot
+from qtpy.QtWidgets import QWidget
 
 from napari_medattn.errors import Cancelled, MedAttnError
 
@@ -342,11 +343,22 @@ def start_job(function: JobFunction, *, description: str, on_result: Callable[[A
                on_finished=on_finished).start()
 
 
-def add_layers(viewer: Any, layer_data: Sequence[tuple]) -> list:
+def add_layers(viewer: Any, layer_data: Sequence[tuple], *,
+               widget: QWidget | None = None) -> list:
     """Add napari layer-data tuples ``(data, kwargs, layer_type)`` all or none.
 
     If adding any of them fails, the ones already added are removed again and the
     error propagates, so the viewer never holds part of a result.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    layer_data : sequence of tuple
+    widget : QWidget, optional
+        A widget docked in the viewer's window (the one adding the layers): the window
+        then repaints on the event loop's next pass (see :func:`_painted_on_next_pass`).
+        Found through Qt because a plugin's viewer is a proxy that hides napari's
+        private window attribute.
 
     Returns
     -------
@@ -354,7 +366,7 @@ def add_layers(viewer: Any, layer_data: Sequence[tuple]) -> list:
         The new layers, in order.
     """
     added: list = []
-    with _painted_on_next_pass(viewer):
+    with _painted_on_next_pass(widget.window() if widget is not None else None):
         try:
             for data, kwargs, layer_type in layer_data:
                 added.append(getattr(viewer, f"add_{layer_type}")(data, **kwargs))
@@ -367,8 +379,8 @@ def add_layers(viewer: Any, layer_data: Sequence[tuple]) -> list:
 
 
 @contextmanager
-def _painted_on_next_pass(viewer: Any) -> Iterator[None]:
-    """Hold back the viewer window's repaint until the event loop's next pass.
+def _painted_on_next_pass(window: QWidget | None) -> Iterator[None]:
+    """Hold back ``window``'s repaint until the event loop's next pass.
 
     napari builds a new layer's visuals, overlays and controls when it is added (75-85 ms
     for a Labels layer on the 2-core test machine with software OpenGL) and the canvas
@@ -377,7 +389,6 @@ def _painted_on_next_pass(viewer: Any) -> Iterator[None]:
     moved to the next pass, input and timers are served in between and the longest stop
     was 91 ms (docs/benchmarks/viewer.md). The window shows the layers one pass later.
     """
-    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
     if window is None or not window.updatesEnabled():
         yield
         return
