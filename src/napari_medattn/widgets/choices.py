@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from napari.layers import Labels
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox
 
@@ -36,6 +37,20 @@ def set_models(box: QComboBox, entries: Mapping[str, Any], fallback: str | None)
     for row, entry in enumerate(entries.values()):
         if isinstance(entry, ModelEntry):
             box.setItemData(row, model_card_tooltip(entry.card), Qt.ItemDataRole.ToolTipRole)
+
+
+def labels_on_scan_grid(viewer: Any, scan_name: str, *,
+                        skip_key: str | None = None) -> list[str]:
+    """Names of the labels layers on the grid of the layer ``scan_name`` (same spatial
+    shape), the top-most first; none when that layer is gone. Layers whose metadata hold
+    ``skip_key`` are left out."""
+    try:
+        scan = viewer.layers[scan_name]
+    except KeyError:
+        return []
+    return [layer.name for layer in reversed(viewer.layers)
+            if isinstance(layer, Labels) and layer.data.shape == scan.data.shape[-3:]
+            and (skip_key is None or skip_key not in layer.metadata)]
 
 
 def on_layers_changed(viewer: Any, callback: Callable[..., None]) -> None:

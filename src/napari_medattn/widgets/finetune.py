@@ -28,7 +28,7 @@ import napari
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from napari.layers import Image, Labels
+from napari.layers import Image
 from napari.utils.notifications import show_error
 from napari.utils.theme import get_theme
 from qtpy.QtCore import Qt, Signal, Slot
@@ -56,7 +56,12 @@ from napari_medattn.training.finetune import (
     finetune,
     suggest_name,
 )
-from napari_medattn.widgets.choices import on_layers_changed, set_items, set_models
+from napari_medattn.widgets.choices import (
+    labels_on_scan_grid,
+    on_layers_changed,
+    set_items,
+    set_models,
+)
 from napari_medattn.widgets.radiology_view import install_radiology_view
 from napari_medattn.widgets.segment import (
     RUN_KEY,
@@ -226,14 +231,7 @@ class FinetuneWidget(QWidget):
 
     def _refresh_labels(self, index: int = -1) -> None:
         """Labels layers on the chosen scan's grid, the top-most first."""
-        try:
-            image = self.viewer.layers[self.image.currentText()]
-        except KeyError:
-            image = None
-        names = [] if image is None else [
-            layer.name for layer in reversed(self.viewer.layers)
-            if isinstance(layer, Labels) and layer.data.shape == image.data.shape[-3:]]
-        set_items(self.labels, names)
+        set_items(self.labels, labels_on_scan_grid(self.viewer, self.image.currentText()))
         self._update_buttons()
 
     def refresh_models(self) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from napari.layers import Image, Labels
+from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -65,7 +65,7 @@ from napari_medattn.inference.pipeline import segment
 from napari_medattn.inference.tta import UNCERTAINTY_KINDS
 from napari_medattn.io.volume import Volume
 from napari_medattn.models.registry import DEFAULT_MODEL, list_models, load_model
-from napari_medattn.widgets.choices import set_items, set_models
+from napari_medattn.widgets.choices import labels_on_scan_grid, set_items, set_models
 from napari_medattn.widgets.radiology_view import install_radiology_view
 from napari_medattn.widgets.segment import RUN_KEY, available_devices
 from napari_medattn.widgets.tooltips import INSPECTOR as TOOLTIPS
@@ -307,14 +307,7 @@ class InspectorWidget(QWidget):
 
     def _refresh_regions(self, index: int = -1) -> None:
         """Labels layers on the chosen scan's grid (not the inspector's own), for a region."""
-        try:
-            scan = self.viewer.layers[self.image.currentText()]
-        except KeyError:
-            scan = None
-        names = [] if scan is None else [
-            layer.name for layer in reversed(self.viewer.layers)
-            if isinstance(layer, Labels) and INSPECT_KEY not in layer.metadata
-            and layer.data.shape == scan.data.shape[-3:]]
+        names = labels_on_scan_grid(self.viewer, self.image.currentText(), skip_key=INSPECT_KEY)
         set_items(self.region, [WHOLE_SCAN, *names], fallback=WHOLE_SCAN)
 
     def _layer_by_id(self, unique_id: Any) -> Any:
@@ -612,7 +605,7 @@ class InspectorWidget(QWidget):
         # The clicked voxel, as a marker in world coordinates.
         scan = self._explorer_for[0]
         layers.append((self._world_of(point_mm)[None], {
-            "name": "query point", "size": 6, "symbol": "cross", "face_color": "cyan",
+            "name": POINT_OUTPUT, "size": 6, "symbol": "cross", "face_color": "cyan",
             "border_width": 0, "units": scan.units[-3:], "axis_labels": scan.axis_labels[-3:],
             "metadata": {INSPECT_KEY: {**tag, "output": POINT_OUTPUT}}}, "points"))
         for layer in self._put_layers(layers):

@@ -238,7 +238,8 @@ class SegmentWidget(QWidget):
         self.export_button.setEnabled(False)
         for name, widget in (("image", self.image), ("model", self.model),
                              ("open_model", self.open_model), ("device", self.device),
-                             ("precision", self.precision), ("tta", self.tta), ("uncertainty", self.uncertainty),
+                             ("precision", self.precision), ("tta", self.tta),
+                             ("uncertainty", self.uncertainty),
                              ("probabilities", self.probabilities),
                              ("attention", self.attention), ("crop", self.crop),
                              ("min_component", self.min_component),
