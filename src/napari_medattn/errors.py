@@ -33,3 +33,7 @@ class InsufficientMemoryError(MedAttnError):
 
 class Cancelled(MedAttnError):
     """The user cancelled a running job; nothing was produced."""
+
+
+class RegistrationError(MedAttnError):
+    """A registration diverged (metric worsening or not finite, folding out of control)."""
