@@ -37,3 +37,7 @@ class Cancelled(MedAttnError):
 
 class RegistrationError(MedAttnError):
     """A registration diverged (metric worsening or not finite, folding out of control)."""
+
+
+class ClusterError(MedAttnError):
+    """A Dask cluster for a cohort run could not be reached or cannot run the task."""
