@@ -74,9 +74,9 @@ from napari_medattn.widgets.tooltips import model_card_tooltip
 from napari_medattn.widgets.worker import (
     Job,
     add_layers,
-    freeze_startup_objects,
     start_job,
 )
+from napari_medattn.widgets.host import freeze_startup_objects
 
 #: ``layer.metadata`` key: ``{"image": <scan layer unique_id>, "model": <name>,
 #: "output": "labels" | "probability <c>" | "uncertainty" | "attention <map>"}``.

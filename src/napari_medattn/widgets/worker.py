@@ -28,61 +28,29 @@ What the helper guarantees:
   one on machines with more than two cores, so the GUI thread always finds a free core
   (see :func:`worker_threads`). When the job has every core (two or fewer), the
   application's running animations (napari's "in progress" spinner) are slowed while it
-  computes (see :class:`BusyAnimations`).
-
-Widgets that run jobs call :func:`freeze_startup_objects` when they are made, so that
-Python's full garbage collections stop pausing the viewer.
+  computes (:class:`~napari_medattn.widgets.host.BusyAnimations`, one of the host
+  workarounds in :mod:`napari_medattn.widgets.host`, each with its off switch).
 """
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import threading
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils import cancelable_progress
 from napari.utils.notifications import notification_manager, show_error, show_info
-from qtpy.QtCore import QObject, QTimer, Signal, Slot
+from qtpy.QtCore import QObject, Signal, Slot
 from qtpy.QtWidgets import QWidget
 
 from napari_medattn.errors import Cancelled, MedAttnError
+from napari_medattn.widgets.host import busy_animations, painted_on_next_pass
 
 #: ``function(progress, cancel)``: the library call, with the two keywords it must accept.
 JobFunction = Callable[..., Any]
-
-#: Frames per second of the application's animations while a job computes on every core.
-BUSY_ANIMATION_FPS = 4
-
-
-def freeze_startup_objects() -> None:
-    """Collect garbage once, then exclude the objects alive now from later collections
-    (:func:`gc.freeze`); done once per process, when the first job widget is made.
-
-    A napari session with torch holds about 440,000 objects tracked by the garbage
-    collector after start-up, nearly all of them for good (modules, classes, functions,
-    Qt wrappers). Every full collection walked them all: about 200 ms with the GIL held,
-    so the viewer stopped for 200 ms whenever one fell due, whichever thread allocated.
-    One fell on the first result layer of the first Segment run (the layer's construction
-    took 222 ms instead of 8 ms; docs/benchmarks/viewer.md). After the freeze a full
-    collection walks only the objects made since. The cost: one 200 ms collection here,
-    while a dock widget opens, and frozen objects that become garbage later stay in
-    memory (start-up objects rarely do).
-    """
-    global _startup_objects_frozen
-    if not _startup_objects_frozen:
-        gc.collect()
-        gc.freeze()
-        _startup_objects_frozen = True
-
-
-_startup_objects_frozen = False
-
 
 def worker_threads(cores: int | None = None) -> int:
     """Torch intra-op threads for a job run from the GUI: every core but one when there
@@ -127,67 +95,6 @@ def _with_torch_threads(function: Callable[[], Any], threads: int, restore: int)
         torch.set_num_threads(restore)
 
 
-class BusyAnimations:
-    """Slows the running Qt movies of the application's windows while jobs that use every
-    core compute, and restores them when the last such job ends.
-
-    The movie that runs during a job is napari's "in progress" spinner next to the
-    activity button: 90 frames of 256 x 256 pixels played at 34 frames per second, each
-    frame decoded, scaled and drawn into a window that holds an OpenGL canvas, so every
-    frame re-composes the window. With software OpenGL (Mesa llvmpipe: virtual machines,
-    remote desktops, Xvfb) that cost the GUI thread and the X server about 1 s of CPU per
-    10 s, and because the job's torch threads then had no idle core, each stolen slice
-    stalled a whole OpenMP team: the default model on the MNI152 T1 took 10.4-11.6 s from
-    the Segment widget against 6.9 s from the command line, and 7.2-7.6 s with the
-    spinner stopped (docs/benchmarks/viewer.md). At :data:`BUSY_ANIMATION_FPS` the spinner
-    still moves. Jobs that leave the GUI a core of its own leave the animations alone.
-    """
-
-    def __init__(self) -> None:
-        self._jobs = 0
-        self._speeds: list[tuple[Any, int]] = []  # (movie, speed before)
-
-    def acquire(self) -> None:
-        """A job starts computing on every core (GUI thread)."""
-        self._jobs += 1
-        if self._jobs == 1:
-            self._speeds = [(movie, movie.speed()) for movie in _running_movies()]
-            for movie, speed in self._speeds:
-                delay_ms = movie.nextFrameDelay() or 1
-                slowed = max(1, round(speed * BUSY_ANIMATION_FPS * delay_ms / 1000))
-                if slowed < speed:
-                    movie.setSpeed(slowed)
-
-    def release(self) -> None:
-        """Such a job ended (GUI thread): the last one restores the animations."""
-        self._jobs -= 1
-        if self._jobs == 0:
-            for movie, speed in self._speeds:
-                try:
-                    movie.setSpeed(speed)
-                except RuntimeError:  # the movie was deleted meanwhile
-                    pass
-            self._speeds = []
-
-
-def _running_movies() -> list:
-    """The QMovies playing in QLabels of the application's top-level windows."""
-    from qtpy.QtGui import QMovie
-    from qtpy.QtWidgets import QApplication, QLabel
-
-    movies = []
-    for window in QApplication.topLevelWidgets():
-        for label in window.findChildren(QLabel):
-            movie = label.movie()
-            if movie is not None and movie.state() == QMovie.MovieState.Running:
-                movies.append(movie)
-    return movies
-
-
-#: The one instance: jobs of several widgets may overlap.
-busy_animations = BusyAnimations()
-
-
 class _ProgressRelay(QObject):
     """Lives on the GUI thread: progress emitted from the worker is queued to it."""
 
@@ -195,15 +102,15 @@ class _ProgressRelay(QObject):
 
     def __init__(self, bar: cancelable_progress) -> None:
         super().__init__()
-        self._bar = bar
+        self.progress_bar = bar
         self.progressed.connect(self._update)
 
     @Slot(int, int)
     def _update(self, done: int, total: int) -> None:
-        if self._bar.total != total:
-            self._bar.total = total
-        if done > self._bar.n:
-            self._bar.update(done - self._bar.n)
+        if self.progress_bar.total != total:
+            self.progress_bar.total = total
+        if done > self.progress_bar.n:
+            self.progress_bar.update(done - self.progress_bar.n)
 
 
 class Job:
@@ -219,6 +126,8 @@ class Job:
         ``"done"``, ``"cancelled"``, ``"failed"`` once known, None before.
     finished : bool
         True once the worker ended and the job's GUI-thread handlers all ran.
+    progress_bar : napari.utils.cancelable_progress
+        The job's bar in napari's activity dock.
     """
 
     def __init__(self, function: JobFunction, *, description: str,
@@ -230,15 +139,15 @@ class Job:
         self._on_result = on_result
         self._on_finished = on_finished
         self._cancel_event = threading.Event()
-        self._bar = cancelable_progress(desc=description, total=0)
-        self._relay = _ProgressRelay(self._bar)
+        self.progress_bar = cancelable_progress(desc=description, total=0)
+        self._relay = _ProgressRelay(self.progress_bar)
 
         import torch
 
         # Read on the GUI thread: the count the user's session runs with.
         gui_threads = torch.get_num_threads()
         threads = min(gui_threads, worker_threads())
-        # Whether the job leaves the GUI no core of its own (see BusyAnimations).
+        # Whether the job leaves the GUI no core of its own (see host.BusyAnimations).
         self._every_core = threads >= _usable_cores()
 
         def call() -> Any:
@@ -267,7 +176,7 @@ class Job:
 
     def cancelled(self) -> bool:
         """Whether Cancel was asked for, here or in the activity dock (polled by the call)."""
-        return self._cancel_event.is_set() or self._bar.is_canceled
+        return self._cancel_event.is_set() or self.progress_bar.is_canceled
 
     @property
     def running(self) -> bool:
@@ -306,7 +215,7 @@ class Job:
     def _finished(self) -> None:
         if self._every_core:
             busy_animations.release()
-        self._bar.close()
+        self.progress_bar.close()
         if self.outcome is None:  # the worker was quit before it returned
             self.outcome = "cancelled"
         self.finished = True
@@ -356,7 +265,8 @@ def add_layers(viewer: Any, layer_data: Sequence[tuple], *,
     layer_data : sequence of tuple
     widget : QWidget, optional
         A widget docked in the viewer's window (the one adding the layers): the window
-        then repaints on the event loop's next pass (see :func:`_painted_on_next_pass`).
+        then repaints on the event loop's next pass (see
+        :func:`~napari_medattn.widgets.host.painted_on_next_pass`).
         Found through Qt because a plugin's viewer is a proxy that hides napari's
         private window attribute.
 
@@ -366,7 +276,7 @@ def add_layers(viewer: Any, layer_data: Sequence[tuple], *,
         The new layers, in order.
     """
     added: list = []
-    with _painted_on_next_pass(widget.window() if widget is not None else None):
+    with painted_on_next_pass(widget.window() if widget is not None else None):
         try:
             for data, kwargs, layer_type in layer_data:
                 added.append(getattr(viewer, f"add_{layer_type}")(data, **kwargs))
@@ -376,34 +286,3 @@ def add_layers(viewer: Any, layer_data: Sequence[tuple], *,
                     viewer.layers.remove(layer)
             raise
     return added
-
-
-@contextmanager
-def _painted_on_next_pass(window: QWidget | None) -> Iterator[None]:
-    """Hold back ``window``'s repaint until the event loop's next pass.
-
-    napari builds a new layer's visuals, overlays and controls when it is added (75-85 ms
-    for a Labels layer on the 2-core test machine with software OpenGL) and the canvas
-    then draws it (about 40 ms). Drawn right after, in the same pass, the two made one
-    120-126 ms stop of the viewer at the end of a first Segment run; with the repaint
-    moved to the next pass, input and timers are served in between and the longest stop
-    was 91 ms (docs/benchmarks/viewer.md). The window shows the layers one pass later.
-    """
-    if window is None or not window.updatesEnabled():
-        yield
-        return
-    window.setUpdatesEnabled(False)
-    try:
-        yield
-    finally:
-        # A weak reference: the pending call must not keep a closed viewer alive.
-        window_ref = weakref.ref(window)
-
-        def paint_again() -> None:
-            if (alive := window_ref()) is not None:
-                try:
-                    alive.setUpdatesEnabled(True)
-                except RuntimeError:  # its Qt side was deleted meanwhile
-                    pass
-
-        QTimer.singleShot(0, paint_again)
