@@ -1,0 +1,273 @@
+"""Make the screenshots of the user guide in ``docs/screenshots/`` (run from the repository root)::
+
+    .venv/bin/python scripts/make_screenshots.py            # all of them
+    .venv/bin/python scripts/make_screenshots.py views open # only these
+
+Each shot opens what it needs itself, so any subset can be remade. Without a display a
+virtual one is started (as ``python -m napari_medattn.launch`` does). Everything runs on
+the CPU on the sample data shipped in the package; nothing is installed or downloaded (the
+Fine-tune shot saves its model into a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from napari_medattn.launch import (
+    WINDOW_SIZE,
+    dock_plugin_widgets,
+    needs_virtual_display,
+    open_scan,
+    save_window_screenshot,
+    start_virtual_display,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "screenshots"
+SAMPLES = ROOT / "src" / "napari_medattn" / "sample_data"
+# dims.order per view (the last two axes are displayed) and the world axis that is sliced.
+VIEWS = {"axial": ((0, 1, 2), 0), "coronal": ((1, 0, 2), 1), "sagittal": ((2, 0, 1), 2)}
+# Slice shown per sliced world axis, in patient mm (z: 10 mm superior, y: 10 mm anterior,
+# x: 20 mm right of the origin): through the ventricles on the MNI152 template.
+VIEW_SLICE_MM = {0: 10.0, 1: -10.0, 2: -20.0}
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 600.0) -> None:
+    """Process Qt events until ``condition()`` holds (work runs in napari workers)."""
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the viewer did not reach the expected state in time")
+        QApplication.processEvents()
+        time.sleep(0.05)
+
+
+def wait_for_job(widget, what: str, timeout_s: float = 1800.0) -> None:
+    """Wait until the widget's job has finished; raise unless it finished as ``done``."""
+    wait_until(lambda: widget.job is not None and widget.job.finished, timeout_s)
+    if widget.job.outcome != "done":
+        raise RuntimeError(f"{what} ended {widget.job.outcome}")
+
+
+def fresh_view(viewer) -> None:
+    """No layers, the axial view, the whole world in sight."""
+    viewer.layers.clear()
+    viewer.grid.enabled = False
+    viewer.dims.order = VIEWS["axial"][0]
+
+
+@contextlib.contextmanager
+def only_docks(viewer, *shown) -> Iterator[None]:
+    """Hide every docked widget except ``shown`` while the block runs."""
+    docks = [dock for widget, dock in _docks(viewer) if widget not in shown]
+    for dock in docks:
+        dock.hide()
+    try:
+        yield
+    finally:
+        for dock in docks:
+            dock.show()
+
+
+def _docks(viewer):
+    # napari's dock_widgets maps names to the docked Qt widgets; their parent is the dock.
+    return [(widget, widget.parent()) for widget in viewer.window.dock_widgets.values()]
+
+
+def main_window(viewer, widgets: dict) -> None:
+    """The window as ``make run`` opens it: the MNI152 T1 and every widget docked."""
+    fresh_view(viewer)
+    open_scan(viewer, None)
+    viewer.reset_view()
+    save_window_screenshot(viewer, OUT / "main_window.png")
+
+
+def open_series(viewer, widgets: dict) -> None:
+    """A NIfTI file and a DICOM series of the same head, side by side in patient mm: the
+    1 mm MNI152 T1 and the 2 x 2 x 4 mm DICOM series written from it (grid mode, one
+    slice position for both). The widgets are hidden: the canvas is the subject.
+    """
+    with only_docks(viewer):
+        fresh_view(viewer)
+        open_scan(viewer, str(SAMPLES / "mni152_t1.nii.gz"))
+        open_scan(viewer, str(SAMPLES / "mr_series"))
+        viewer.grid.enabled = True
+        viewer.dims.set_point(0, VIEW_SLICE_MM[0])
+        viewer.reset_view()
+        save_window_screenshot(viewer, OUT / "open_series.png")
+
+
+def views(viewer, widgets: dict) -> None:
+    """The three radiological views of the T1 with the tissue label map on top (canvas only)."""
+    fresh_view(viewer)
+    open_scan(viewer, None)
+    viewer.open_sample("napari-medattn", "mni152_tissue")
+    viewer.layers["mni152_tissue_labels"].opacity = 0.35
+    for name, (order, sliced) in VIEWS.items():
+        viewer.dims.order = order
+        viewer.dims.set_point(sliced, VIEW_SLICE_MM[sliced])
+        viewer.reset_view()
+        viewer.screenshot(str(OUT / f"view_{name}.png"), canvas_only=True, flash=False)
+
+
+def window_level(viewer, widgets: dict) -> None:
+    """Window/Level on the pydicom CT slice with the bone preset (Window/Level dock only)."""
+    widget = widgets["Window/Level"]
+    fresh_view(viewer)
+    open_scan(viewer, str(SAMPLES / "CT_small.dcm"))
+    with only_docks(viewer, widget):
+        widget.preset.setCurrentText("bone")
+        viewer.reset_view()
+        save_window_screenshot(viewer, OUT / "window_level.png")
+
+
+def segment(viewer, widgets: dict) -> None:
+    """The Segment widget after a run of the default built-in model on the MNI152 T1."""
+    widget = widgets["Segment"]
+    fresh_view(viewer)
+    open_scan(viewer, None)
+    wait_until(lambda: widget.run_button.isEnabled())  # the model loads when idle
+    widget.run_button.click()
+    wait_for_job(widget, "segmentation")
+    viewer.dims.set_point(0, 20.0)
+    viewer.reset_view()
+    save_window_screenshot(viewer, OUT / "segment_widget.png")
+
+
+def finetune(viewer, widgets: dict, steps: int = 8) -> None:
+    """The Fine-tune widget after fine-tuning the default model on the MNI152 T1 with the
+    template's tissue labels (standing in for labels a user corrected).
+
+    The new model goes to a temporary user model folder, so making the screenshot installs
+    nothing; the other docked widgets are hidden while it is taken.
+    """
+    from napari_medattn.models import registry
+
+    widget = widgets["Fine-tune"]
+    fresh_view(viewer)
+    open_scan(viewer, None)
+    viewer.open_sample("napari-medattn", "mni152_tissue")
+    user_model_dir = registry.user_model_dir
+    with tempfile.TemporaryDirectory(prefix="napari-medattn-models-") as folder, \
+            only_docks(viewer, widget):
+        registry.user_model_dir = lambda: Path(folder)
+        try:
+            widget.refresh_models()
+            widget.image.setCurrentText("mni152_t1")
+            widget.labels.setCurrentText("mni152_tissue_labels")
+            widget.steps.setValue(steps)
+            widget.device.setCurrentText("cpu")
+            started = time.monotonic()
+            widget.start_button.click()
+            wait_for_job(widget, "fine-tuning")
+            print(f"finetune: {time.monotonic() - started:.0f} s; status: "
+                  f"{widget.status.text()}")
+            viewer.layers["mni152_tissue_labels"].visible = False
+            viewer.dims.set_point(0, 20.0)
+            viewer.reset_view()
+            save_window_screenshot(viewer, OUT / "finetune_widget.png")
+        finally:
+            registry.user_model_dir = user_model_dir
+
+
+def inspector(viewer, widgets: dict) -> None:
+    """The Attention inspector on the MNI152 T1: what a brain voxel attends to in a decoder
+    block of the built-in DSSA-UNet (query map, routed regions outlined, kept tokens),
+    then a Grad-CAM map of the default model for grey matter with its faithfulness numbers.
+    """
+    widget = widgets["Attention inspector"]
+    fresh_view(viewer)
+    open_scan(viewer, None)
+    with only_docks(viewer, widget):
+        widget.image.setCurrentText("mni152_t1")
+        widget.device.setCurrentText("cpu")
+        widget.model.setCurrentText("dssa-unet-brain-tissue")
+        wait_until(lambda: widget.method.findText("query") >= 0)
+        widget.method.setCurrentText("query")
+        widget.layer.setCurrentText("decoder.1.blocks.0.attn")
+        widget.run_button.click()
+        wait_until(lambda: widget.explorer is not None)
+        point = _query_point_on_tissue(viewer, widget)
+        widget.query_point(point)
+        viewer.dims.set_point(0, point[2])
+        viewer.layers.selection.active = next(
+            layer for layer in viewer.layers if layer.name.endswith("(mean of heads) attention"))
+        viewer.reset_view()
+        save_window_screenshot(viewer, OUT / "inspector_query.png")
+
+        for layer in list(viewer.layers)[1:]:
+            layer.visible = False
+        widget.model.setCurrentText("attention-unet-brain-tissue")
+        wait_until(lambda: widget.method.findText("gradcam") >= 0)
+        widget.method.setCurrentText("gradcam")
+        widget.target.setCurrentText("grey matter")
+        widget.faithfulness.setChecked(True)
+        widget.run_button.click()
+        wait_for_job(widget, "Grad-CAM")
+        save_window_screenshot(viewer, OUT / "inspector_gradcam.png")
+
+
+def _query_point_on_tissue(viewer, widget) -> tuple[float, float, float]:
+    """The click (LPS mm) whose attention falls most on brain tissue of its own slice.
+
+    Candidates lie in the brain on four axial slices; shown is the one whose attention
+    falls most on tissue of the clicked slice, so the clicked voxel (cyan cross) and what
+    it attends to are in the same picture (the sparse DSSA keeps a few keys per voxel;
+    most clicks attend to other slices).
+    """
+    import numpy as np
+
+    scan = viewer.layers["mni152_t1"].metadata["medattn_geometry"]
+    image = np.asarray(scan.data, dtype=np.float32)
+
+    def on_tissue(point):
+        index = round(float(np.linalg.solve(scan.affine, [0.0, 0.0, point[2], 1.0])[0]))
+        weights = widget.explorer.query(point, widget.layer.currentText()).attention
+        return float(weights.canonical().data[index][image[index] > image[index].mean()].sum())
+
+    candidates = [(x, y, z) for z in (5.0, 15.0, 25.0, 35.0) for x in (-40.0, -20.0, 20.0, 40.0)
+                  for y in (-50.0, -20.0, 10.0, 40.0)]
+    return max(candidates, key=on_tissue)
+
+
+#: Shots by name, in the order they are made.
+SHOTS = {"main": main_window, "open": open_series, "views": views,
+         "window_level": window_level, "segment": segment, "finetune": finetune,
+         "inspector": inspector}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("shots", nargs="*", metavar="NAME",
+                        help=f"shots to make, of {', '.join(SHOTS)} (default: all)")
+    names = parser.parse_args(argv).shots or list(SHOTS)
+    unknown = [name for name in names if name not in SHOTS]
+    if unknown:
+        parser.error(f"unknown shot {', '.join(unknown)}; choose from {', '.join(SHOTS)}")
+    display = start_virtual_display() if needs_virtual_display() else None
+    import napari
+
+    try:
+        viewer = napari.Viewer(title="napari-medattn")
+        viewer.window.resize(*WINDOW_SIZE)
+        widgets = dock_plugin_widgets(viewer)
+        for name in names:
+            started = time.monotonic()
+            SHOTS[name](viewer, widgets)
+            print(f"{name}: {time.monotonic() - started:.0f} s")
+        viewer.close()
+    finally:
+        if display is not None:
+            display.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
