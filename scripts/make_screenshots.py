@@ -5,8 +5,8 @@
 
 Each shot opens what it needs itself, so any subset can be remade. Without a display a
 virtual one is started (as ``python -m napari_medattn.launch`` does). Everything runs on
-the CPU on the sample data shipped in the package; nothing is installed or downloaded (the
-Fine-tune shot saves its model into a temporary folder).
+the sample data shipped in the package; nothing is installed or downloaded (the Fine-tune
+shot saves its model into a temporary folder).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from napari_medattn.launch import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "docs" / "screenshots"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
 SAMPLES = ROOT / "src" / "napari_medattn" / "sample_data"
 # dims.order per view (the last two axes are displayed) and the world axis that is sliced.
 VIEWS = {"axial": ((0, 1, 2), 0), "coronal": ((1, 0, 2), 1), "sagittal": ((2, 0, 1), 2)}
@@ -81,15 +81,15 @@ def _docks(viewer):
     return [(widget, widget.parent()) for widget in viewer.window.dock_widgets.values()]
 
 
-def main_window(viewer, widgets: dict) -> None:
+def main_window(viewer, widgets: dict, out: Path) -> None:
     """The window as ``make run`` opens it: the MNI152 T1 and every widget docked."""
     fresh_view(viewer)
     open_scan(viewer, None)
     viewer.reset_view()
-    save_window_screenshot(viewer, OUT / "main_window.png")
+    save_window_screenshot(viewer, out / "main_window.png")
 
 
-def open_series(viewer, widgets: dict) -> None:
+def open_series(viewer, widgets: dict, out: Path) -> None:
     """A NIfTI file and a DICOM series of the same head, side by side in patient mm: the
     1 mm MNI152 T1 and the 2 x 2 x 4 mm DICOM series written from it (grid mode, one
     slice position for both). The widgets are hidden: the canvas is the subject.
@@ -101,10 +101,10 @@ def open_series(viewer, widgets: dict) -> None:
         viewer.grid.enabled = True
         viewer.dims.set_point(0, VIEW_SLICE_MM[0])
         viewer.reset_view()
-        save_window_screenshot(viewer, OUT / "open_series.png")
+        save_window_screenshot(viewer, out / "open_series.png")
 
 
-def views(viewer, widgets: dict) -> None:
+def views(viewer, widgets: dict, out: Path) -> None:
     """The three radiological views of the T1 with the tissue label map on top (canvas only)."""
     fresh_view(viewer)
     open_scan(viewer, None)
@@ -114,10 +114,10 @@ def views(viewer, widgets: dict) -> None:
         viewer.dims.order = order
         viewer.dims.set_point(sliced, VIEW_SLICE_MM[sliced])
         viewer.reset_view()
-        viewer.screenshot(str(OUT / f"view_{name}.png"), canvas_only=True, flash=False)
+        viewer.screenshot(str(out / f"view_{name}.png"), canvas_only=True, flash=False)
 
 
-def window_level(viewer, widgets: dict) -> None:
+def window_level(viewer, widgets: dict, out: Path) -> None:
     """Window/Level on the pydicom CT slice with the bone preset (Window/Level dock only)."""
     widget = widgets["Window/Level"]
     fresh_view(viewer)
@@ -125,10 +125,10 @@ def window_level(viewer, widgets: dict) -> None:
     with only_docks(viewer, widget):
         widget.preset.setCurrentText("bone")
         viewer.reset_view()
-        save_window_screenshot(viewer, OUT / "window_level.png")
+        save_window_screenshot(viewer, out / "window_level.png")
 
 
-def segment(viewer, widgets: dict) -> None:
+def segment(viewer, widgets: dict, out: Path) -> None:
     """The Segment widget after a run of the default built-in model on the MNI152 T1."""
     widget = widgets["Segment"]
     fresh_view(viewer)
@@ -138,10 +138,10 @@ def segment(viewer, widgets: dict) -> None:
     wait_for_job(widget, "segmentation")
     viewer.dims.set_point(0, 20.0)
     viewer.reset_view()
-    save_window_screenshot(viewer, OUT / "segment_widget.png")
+    save_window_screenshot(viewer, out / "segment_widget.png")
 
 
-def finetune(viewer, widgets: dict, steps: int = 8) -> None:
+def finetune(viewer, widgets: dict, out: Path, steps: int = 8) -> None:
     """The Fine-tune widget after fine-tuning the default model on the MNI152 T1 with the
     template's tissue labels (standing in for labels a user corrected).
 
@@ -172,12 +172,12 @@ def finetune(viewer, widgets: dict, steps: int = 8) -> None:
             viewer.layers["mni152_tissue_labels"].visible = False
             viewer.dims.set_point(0, 20.0)
             viewer.reset_view()
-            save_window_screenshot(viewer, OUT / "finetune_widget.png")
+            save_window_screenshot(viewer, out / "finetune_widget.png")
         finally:
             registry.user_model_dir = user_model_dir
 
 
-def inspector(viewer, widgets: dict) -> None:
+def inspector(viewer, widgets: dict, out: Path) -> None:
     """The Attention inspector on the MNI152 T1: what a brain voxel attends to in a decoder
     block of the built-in DSSA-UNet (query map, routed regions outlined, kept tokens),
     then a Grad-CAM map of the default model for grey matter with its faithfulness numbers.
@@ -200,7 +200,7 @@ def inspector(viewer, widgets: dict) -> None:
         viewer.layers.selection.active = next(
             layer for layer in viewer.layers if layer.name.endswith("(mean of heads) attention"))
         viewer.reset_view()
-        save_window_screenshot(viewer, OUT / "inspector_query.png")
+        save_window_screenshot(viewer, out / "inspector_query.png")
 
         for layer in list(viewer.layers)[1:]:
             layer.visible = False
@@ -211,7 +211,7 @@ def inspector(viewer, widgets: dict) -> None:
         widget.faithfulness.setChecked(True)
         widget.run_button.click()
         wait_for_job(widget, "Grad-CAM")
-        save_window_screenshot(viewer, OUT / "inspector_gradcam.png")
+        save_window_screenshot(viewer, out / "inspector_gradcam.png")
 
 
 def _query_point_on_tissue(viewer, widget) -> tuple[float, float, float]:
@@ -247,10 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("shots", nargs="*", metavar="NAME",
                         help=f"shots to make, of {', '.join(SHOTS)} (default: all)")
-    names = parser.parse_args(argv).shots or list(SHOTS)
+    parser.add_argument("--out", type=Path, default=SCREENSHOTS,
+                        help="folder for the PNG files (default: docs/screenshots)")
+    arguments = parser.parse_args(argv)
+    names = arguments.shots or list(SHOTS)
     unknown = [name for name in names if name not in SHOTS]
     if unknown:
         parser.error(f"unknown shot {', '.join(unknown)}; choose from {', '.join(SHOTS)}")
+    arguments.out.mkdir(parents=True, exist_ok=True)
     display = start_virtual_display() if needs_virtual_display() else None
     import napari
 
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         widgets = dock_plugin_widgets(viewer)
         for name in names:
             started = time.monotonic()
-            SHOTS[name](viewer, widgets)
+            SHOTS[name](viewer, widgets, arguments.out)
             print(f"{name}: {time.monotonic() - started:.0f} s")
         viewer.close()
     finally:
