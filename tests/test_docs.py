@@ -51,25 +51,37 @@ def link_targets(markdown: str) -> list[str]:
     return targets + _BARE_URL.findall(rest)
 
 
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors a renderer gives the headings of a page (GitHub's rule: lower case,
+    punctuation dropped, spaces to hyphens)."""
+    headings = _HEADING.findall(_FENCE.sub("", markdown))
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
 def link_problems(page: Path, root: Path) -> list[str]:
-    """One sentence per link of ``page`` that leaves ``root`` or names no file in it."""
+    """One sentence per link of ``page`` that leaves ``root``, names no file in it, or names
+    a heading its Markdown page does not have."""
     problems = []
     for target in link_targets(page.read_text(encoding="utf-8")):
         where = f"{page.relative_to(root)}: {target}"
         if _SCHEME.match(target) or target.lower().startswith("www.") or target.startswith("//"):
             problems.append(f"{where} leaves the repository")
             continue
-        path = unquote(target.split("#", 1)[0].split("?", 1)[0])
-        if not path:
-            continue  # a heading of the same page
+        path, _, fragment = unquote(target.split("?", 1)[0]).partition("#")
         if path.startswith("/"):
             problems.append(f"{where} is absolute; write it relative to the page")
             continue
-        resolved = (page.parent / path).resolve()
+        resolved = (page.parent / path).resolve() if path else page
         if not resolved.is_relative_to(root):
             problems.append(f"{where} leaves the repository")
         elif not resolved.exists():
             problems.append(f"{where} names no file")
+        elif fragment and resolved.suffix == ".md" and fragment not in heading_anchors(
+                resolved.read_text(encoding="utf-8")):
+            problems.append(f"{where} names no heading of {resolved.name}")
     return problems
 
 
@@ -82,10 +94,11 @@ def test_every_link_of_readme_and_docs_stays_in_the_repository():
 def test_link_check_finds_each_kind_of_bad_link(tmp_path):
     (tmp_path / "docs" / "shots").mkdir(parents=True)
     (tmp_path / "docs" / "shots" / "a.png").write_bytes(b"")
-    (tmp_path / "docs" / "other.md").write_text("")
+    (tmp_path / "docs" / "other.md").write_text("# Part\n\n## Window/level: presets\n")
     page = tmp_path / "docs" / "page.md"
     page.write_text(
-        "![shot](shots/a.png) [other](other.md#part) [here](#top) [up](../docs/other.md)\n"
+        "# Top\n![shot](shots/a.png) [other](other.md#part) [here](#top) [up](../docs/other.md)\n"
+        "[wl](other.md#windowlevel-presets) [gone](other.md#gone) [nowhere](#nowhere)\n"
         "[out](https://example.org/x) [missing](shots/b.png) [above](../../outside.md)\n"
         "[abs](/etc/passwd) <https://example.org/auto> see www.example.org or\n"
         "http://example.org/bare. [ref]: https://example.org/ref\n"
@@ -104,6 +117,8 @@ def test_link_check_finds_each_kind_of_bad_link(tmp_path):
         "docs/page.md: http://example.org/bare. leaves the repository",
         "docs/page.md: https://example.org/ref leaves the repository",
         "docs/page.md: shots/c.png names no file",
+        "docs/page.md: other.md#gone names no heading of other.md",
+        "docs/page.md: #nowhere names no heading of page.md",
     ])
 
 
