@@ -12,11 +12,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import napari
+
+import napari_medattn
 from napari.utils.notifications import show_error, show_warning
 
-from napari_medattn.display.layers import layer_volume, oblique_message, volume_layer_data
+from napari_medattn.display.layers import (
+    GEOMETRY_KEY,
+    layer_volume,
+    oblique_message,
+    volume_layer_data,
+)
 from napari_medattn.errors import MedAttnError
 from napari_medattn.io import read, write_nifti
+from napari_medattn.io.dicom_seg import write_seg
+from napari_medattn.models.registry import find_model
+from napari_medattn.widgets.parts import RUN_KEY
 from napari_medattn.io.dicom import has_dicom_preamble
 from napari_medattn.io.nifti import is_nifti
 from napari_medattn.widgets.radiology_view import install_radiology_view
@@ -79,6 +89,44 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     return _write(path, data, meta, modality="SEG")
 
 
+def write_labels_dicom_seg(path: str, data: Any, meta: dict) -> list[str]:
+    """Write a labels layer drawn on a DICOM scan as a DICOM-SEG referencing that scan."""
+    metadata = meta.get("metadata", {})
+    try:
+        volume = layer_volume(data, metadata, modality="SEG", name=meta.get("name"))
+        return [str(write_seg(path, volume, classes=_layer_classes(meta),
+                              algorithm=_layer_algorithm(metadata)))]
+    except MedAttnError as error:
+        warnings.warn(str(error), stacklevel=2)
+        return []
+
+
+def _layer_classes(meta: dict) -> list | None:
+    """Class names (and colours) of a labels layer: those of the segmentation it holds,
+    else its ``class`` feature column, else None (the SEG names them ``class <n>``)."""
+    geometry = meta.get("metadata", {}).get(GEOMETRY_KEY)
+    if geometry is not None and geometry.meta.get("classes"):
+        return list(geometry.meta["classes"])
+    features = meta.get("features")
+    if features is not None and "class" in features:
+        return [str(name) for name in features["class"]]
+    return None
+
+
+def _layer_algorithm(metadata: dict) -> dict | None:
+    """Model, version and weights hash of the run that made a labels layer, else None
+    (drawn by hand: the segments are MANUAL)."""
+    run = metadata.get(RUN_KEY) or {}
+    if not run.get("model"):
+        return None
+    try:
+        card = find_model(run["model"]).card
+    except MedAttnError:
+        return {"name": run["model"]}
+    return {"name": card.name, "version": napari_medattn.__version__,
+            "weights_sha256": card.weights_sha256}
+
+
 def _write(path: str, data: Any, meta: dict, modality: str | None) -> list[str]:
     try:
         volume = layer_volume(data, meta.get("metadata", {}), modality=modality,
@@ -107,3 +155,10 @@ sample_nibabel_anatomical_moved = _sample("nibabel_anatomical_moved.nii.gz")
 sample_dipy_aniso_vox = _sample("dipy_aniso_vox.nii.gz")
 sample_ct_small = _sample("CT_small.dcm")
 sample_mr_series = _sample("mr_series")
+sample_synthetic_ct_head = _sample("synthetic_ct_head.nii.gz")
+sample_synthetic_fdg_pet = _sample("synthetic_fdg_pet.nii.gz")
+
+
+def sample_synthetic_pet_ct() -> list:
+    """The synthetic CT head and FDG-like PET together, for the Fuse widget."""
+    return sample_synthetic_ct_head() + sample_synthetic_fdg_pet()

@@ -96,6 +96,10 @@ def read_nifti(path: str | os.PathLike, *, modality: str | None = None) -> Volum
         "nifti_shape": tuple(int(n) for n in image.shape),
         "warnings": [],
     }
+    # NIfTI has no field for intensity units; a description naming SUV (as PET exports
+    # and the synthetic PET sample write) is the file's own statement of them.
+    if re.search(r"\bSUV\b", bytes(header["descrip"]).decode("latin-1")):
+        meta["units"] = "SUV"
     if data.ndim == 4:
         # Frames first, as the Volume contract says; moveaxis is a view.
         data = np.moveaxis(data, 3, 0)
