@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from nibabel.testing import data_path
 from test_cli_models import folders  # noqa: F401 (fixture: empty built-in and user folders)
-from test_cli_segment import save_tiny
+from test_cli_segment import save_tiny, validate_provenance
 
 from napari_medattn.cli import main
 from napari_medattn.cli.explain import METHOD_NAMES
@@ -44,18 +44,22 @@ def test_maps_are_written_on_the_source_grid_with_provenance(gated, tmp_path, ca
     np.testing.assert_allclose(np.asarray(written.data), expected.volume.data, atol=1e-6)
     assert (out / "anatomical_gate_decoder.0.gate.nii.gz").exists()
     record = json.loads((out / "anatomical_provenance.json").read_text())
-    assert record["model"] == "tiny-gate" and len(record["weights_sha256"]) == 64
-    assert [(m["method"], m["layer"], m["target"]) for m in record["maps"]] == [
+    validate_provenance(record)
+    assert record["command"] == "explain" and record["device"] == "cpu"
+    assert record["model"]["name"] == "tiny-gate"
+    assert record["model"]["weights_sha256"] == card.weights_sha256
+    maps = record["details"]["maps"]
+    assert [(m["method"], m["layer"], m["target"]) for m in maps] == [
         ("gradcam", "decoder.0", 2), ("gate", "decoder.0.gate", None)]
-    assert record["input"]["shape"] == [33, 41, 25]
-    assert sorted(record["outputs"].values()) == sorted(m["file"] for m in record["maps"])
+    assert record["inputs"][0]["shape"] == [33, 41, 25]
+    assert sorted(record["outputs"].values()) == sorted(m["file"] for m in maps)
 
 
 def test_faithfulness_numbers_go_into_the_provenance(gated, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["explain", ANATOMICAL, "--out", str(out), "--model", "tiny-gate",
                  "--device", "cpu", "--method", "occlusion", "--faithfulness"]) == 0
-    [entry] = json.loads((out / "anatomical_provenance.json").read_text())["maps"]
+    [entry] = json.loads((out / "anatomical_provenance.json").read_text())["details"]["maps"]
     assert entry["layer"] is None and entry["target"] == 1
     assert set(entry["faithfulness"]) == {"deletion_auc", "insertion_auc", "stability",
                                           "telling", "reason"}

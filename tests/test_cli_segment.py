@@ -2,12 +2,15 @@
 result, provenance with the weights hash, bad inputs reported while the batch goes on,
 inputs never overwritten, and the default-model rule."""
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import sys
+from pathlib import Path
 
+import jsonschema
 import nibabel as nib
 import numpy as np
 import pytest
@@ -20,12 +23,21 @@ from napari_medattn.models.registry import DEFAULT_MODEL
 from napari_medattn.inference import attention_map_names, segment
 from napari_medattn.inference.devices import cpu_has_native_bf16
 from napari_medattn.io import read, read_volume, write_dicom_series
+from napari_medattn.io.provenance import files_sha256
 from napari_medattn.models import create, registry
 from napari_medattn.models.card import ModelCard, default_classes
 from test_cli_models import folders  # noqa: F401 (fixture: empty built-in and user folders)
 
 ANATOMICAL = os.path.join(data_path, "anatomical.nii")  # 33 x 41 x 25, 2 mm, LAS
 NAMES = ["background", "dark", "bright"]
+SCHEMA = Path(__file__).parents[1] / "docs" / "provenance.schema.json"
+
+
+def validate_provenance(record: dict) -> None:
+    """Fail unless ``record`` follows docs/provenance.schema.json (the published schema)."""
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(record)
 
 
 def save_tiny(folder, name="tiny-unet", attention="none", seed=0):
@@ -102,8 +114,12 @@ def test_every_dicom_series_gets_its_own_output_on_its_grid(models, tmp_path, ca
         expected = segment(volume, module, card, device="cpu").labels.data
         np.testing.assert_array_equal(np.asarray(labels.data), expected)
         record = json.loads((out / f"{stem}_provenance.json").read_text())
-        assert record["input"]["series_uid"] == volume.meta["series_uid"]
-        assert record["input"]["name"] == volume.name
+        [entry] = record["inputs"]
+        assert entry["series_uid"] == volume.meta["series_uid"]
+        assert entry["name"] == volume.name
+        # A series' hash covers its own files only, whatever their names and order.
+        assert entry["sha256"] == files_sha256(reversed(volume.meta["source_files"]))
+        validate_provenance(record)
 
 
 def _shift(*index):
@@ -135,21 +151,26 @@ def test_provenance_records_model_hash_and_parameters(models, tmp_path):
     assert main(["segment", ANATOMICAL, "--out", str(out), "--model", str(model_dir),
                  "--device", "cpu", "--overlap", "0.25", "--batch-size", "2"]) == 0
     record = json.loads((out / "anatomical_provenance.json").read_text())
-    assert record["model"] == "tiny-unet"
-    assert record["weights_sha256"] == registry.weights_sha256(
+    validate_provenance(record)
+    assert record["command"] == "segment"
+    assert record["model"]["name"] == "tiny-unet"
+    assert record["model"]["weights_sha256"] == registry.weights_sha256(
         model_dir / registry.WEIGHTS_FILE)
-    assert record["card"] == registry.load_model(model_dir)[1].to_dict()
+    assert record["model"]["card"] == registry.load_model(model_dir)[1].to_dict()
     assert record["device"] == "cpu"
     # auto precision: bfloat16 exactly where the CPU computes it natively
     assert record["precision"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
     assert record["parameters"]["overlap"] == 0.25 and record["parameters"]["batch_size"] == 2
-    assert record["runtime_s"] > 0 and record["total_runtime_s"] >= record["runtime_s"]
+    assert record["runtime_s"] >= record["details"]["segment_runtime_s"] > 0
+    assert record["started_utc"] <= record["finished_utc"]
     import napari_medattn
     assert record["package_version"] == napari_medattn.__version__
-    assert record["input"]["source"] == os.path.realpath(ANATOMICAL)
-    np.testing.assert_array_equal(record["input"]["affine_lps"], read_volume(ANATOMICAL).affine)
+    [entry] = record["inputs"]
+    assert entry["path"] == ANATOMICAL
+    assert entry["sha256"] == hashlib.sha256(open(ANATOMICAL, "rb").read()).hexdigest()
+    np.testing.assert_array_equal(entry["affine_lps"], read_volume(ANATOMICAL).affine)
     assert record["outputs"] == {"labels": "anatomical_labels.nii.gz"}
-    assert record["windows_predicted"] <= record["windows"]
+    assert record["details"]["windows_predicted"] <= record["details"]["windows"]
 
 
 def test_autocast_off_is_float32(models, tmp_path):
@@ -208,7 +229,7 @@ def test_default_builtin_model_runs_when_none_is_named(models, tmp_path):
     out = tmp_path / "out"
     assert main(["segment", ANATOMICAL, "--out", str(out), "--device", "cpu"]) == 0
     record = json.loads((out / "anatomical_provenance.json").read_text())
-    assert record["model"] == DEFAULT_MODEL
+    assert record["model"]["name"] == DEFAULT_MODEL
 
 
 def test_outputs_never_collide_nor_overwrite_an_input(models, tmp_path, capsys):
@@ -228,7 +249,7 @@ def test_outputs_never_collide_nor_overwrite_an_input(models, tmp_path, capsys):
     written = sorted(p.name for p in folder.glob("*_provenance.json"))
     assert written == ["head_2_provenance.json", "head_3_provenance.json",
                        "head_labels_provenance.json"]
-    sources = {json.loads((folder / n).read_text())["input"]["path"] for n in written}
+    sources = {json.loads((folder / n).read_text())["inputs"][0]["path"] for n in written}
     assert sources == {str(folder / "x" / "head.nii"), str(folder / "y" / "head.nii"),
                        str(folder / "head_labels.nii")}
 
@@ -279,8 +300,8 @@ def test_plain_state_dict_with_architecture_config_and_patch_size(models, tmp_pa
     [labels] = read(out / "anatomical_labels.nii.gz")
     np.testing.assert_array_equal(np.asarray(labels.data), expected)
     record = json.loads((out / "anatomical_provenance.json").read_text())
-    assert record["weights_sha256"] == registry.weights_sha256(weights)
-    assert record["card"]["patch_size"] == [16, 16, 16]
+    assert record["model"]["weights_sha256"] == registry.weights_sha256(weights)
+    assert record["model"]["card"]["patch_size"] == [16, 16, 16]
     capsys.readouterr()
     assert main(["segment", ANATOMICAL, "--out", str(out), "--model", str(weights),
                  "--architecture", "unet", "--config", "[1, 2]"]) == 1
@@ -301,7 +322,7 @@ def test_progress_bar_counts_windows_on_a_terminal(models, tmp_path, capsys, mon
     out = tmp_path / "out"
     assert main(["segment", ANATOMICAL, "--out", str(out), "--model", "tiny-unet",
                  "--device", "cpu", "--batch-size", "1"]) == 0
-    windows = json.loads((out / "anatomical_provenance.json").read_text())["windows"]
+    windows = json.loads((out / "anatomical_provenance.json").read_text())["details"]["windows"]
     bar = capsys.readouterr().err
     # One update per batch (here one window each), ending at the total.
     drawn = re.findall(r"anatomical:\s+\d+%\|[^|]*\| (\d+)/(\d+)", bar)

@@ -13,7 +13,7 @@ from nibabel.testing import data_path
 from pydicom.data import get_testdata_file
 
 from napari_medattn.errors import GeometryError, ReadError
-from napari_medattn.io import Volume, read, read_volume
+from napari_medattn.io import Volume, read, read_dicom, read_volume
 from napari_medattn.io.dicom_write import write_dicom_series
 from napari_medattn.io.volume import RAS_TO_LPS, affine_from_itk
 
@@ -331,11 +331,15 @@ def test_truncated_dicom_refused():
 
 def test_folder_without_dicom_refused(tmp_path):
     (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(ReadError, match="holds no NIfTI or DICOM files.$"):
+        read(tmp_path)
     with pytest.raises(ReadError, match="holds no DICOM files.$"):
-        read(tmp_path)
+        read_dicom(tmp_path)
     shutil.copy(ANATOMICAL, tmp_path / "t1.nii")
+    # The DICOM reader points to the NIfTI file; the one reader entry opens it.
     with pytest.raises(ReadError, match="it has NIfTI files: open those files themselves"):
-        read(tmp_path)
+        read_dicom(tmp_path)
+    assert [v.name for v in read(tmp_path)] == ["t1"]
 
 
 def test_several_series_refused_by_read_volume(tmp_path):

@@ -3,27 +3,25 @@
 For every volume in the inputs (found as ``medattn segment`` finds them) and every
 ``--method``, :func:`napari_medattn.explain.explain` runs and each map is written into
 ``--out`` on the source's exact grid as ``<name>_<method>_<layer>[_<class>].nii.gz``, with
-``<name>_provenance.json`` beside them: the model and its weights' SHA-256, the card, the
-parameters, each map's layer, class, channel weights and faithfulness numbers, the runtime,
-the package version, the input and the files written. A bad input gets one sentence on
+``<name>_provenance.json`` beside them (the one provenance record of
+:mod:`napari_medattn.io.provenance`; ``details.maps`` has each map's layer, class, channel
+weights and faithfulness numbers). A bad input gets one sentence on
 stderr, the others still run, and the exit code is 1 at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
-import napari_medattn
-from napari_medattn.cli.segment import (
-    PROVENANCE,
-    OutputNamer,
-    _json_default,
-    _ProgressBar,
-    _safe_name,
-    probability_classes,
+from napari_medattn.cli.common import (
+    ProgressBar,
+    VolumeOutput,
+    add_device,
+    add_inputs,
+    add_model,
+    class_indices,
+    load_model_argument,
     run_over_inputs,
 )
 from napari_medattn.errors import ModelError
@@ -47,13 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "cannot be read or explained are reported on stderr, the others still "
                     "run, and the exit code is then 1.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="NIfTI file, DICOM file, DICOMDIR or folder")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="folder for the maps (created if missing)")
-    parser.add_argument("--model", metavar="NAME|PATH",
-                        help="model name from `medattn models` or a model folder (default: "
-                             "the built-in default model)")
+    add_inputs(parser, out_help="folder for the maps (created if missing)")
+    add_model(parser)
     parser.add_argument("--method", nargs="+", choices=METHOD_NAMES, default=["gradcam"],
                         metavar="METHOD",
                         help=f"one or more of {', '.join(METHOD_NAMES)} (default: gradcam); "
@@ -68,16 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layer", metavar="PATH",
                         help="module path of the layer (default: the method's default; all "
                              "levels for gate, cbam, channels and dssa)")
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps "
-                             "(default: auto)")
+    add_device(parser)
     parser.add_argument("--faithfulness", action="store_true",
                         help="also compute deletion and insertion areas, stability and the "
                              "verdict for each map (about 6x slower: the map again on a noisy "
                              "image and nine forward passes per window)")
-    parser.add_argument("--modality",
-                        help="override the inputs' modality (e.g. MR for a NIfTI that does "
-                             "not say)")
     parser.set_defaults(func=run_explain)
 
 
@@ -87,13 +75,13 @@ def run_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_medattn.explain.dispatch import check_request
+    from napari_medattn.inference.devices import resolve_device
     from napari_medattn.io import read_volume
-    from napari_medattn.models.registry import default_model, load_model
 
-    module, card = load_model(default_model().path if args.model is None else args.model)
+    module, card = load_model_argument(args.model)
     target = None
     if args.target is not None:
-        chosen = probability_classes(args.target, card.class_names)
+        chosen = class_indices(args.target, card.class_names, option="--class")
         if len(chosen) != 1:
             raise ModelError("--class names one class, by index or name.")
         target = chosen[0]
@@ -104,65 +92,51 @@ def run_explain(args: argparse.Namespace) -> int:
     methods = list(dict.fromkeys(args.method))
     for method in methods:  # refuse what cannot run before reading anything
         check_request(module, card, method, args.layer, target)
-    def one_volume(volume, namer: OutputNamer, input_path: Path) -> list[str]:
-        written = explain_volume(volume, module, card, namer, methods, args, target, region,
-                                 input_path=input_path)
+    parameters = {"methods": methods, "target": target, "layer": args.layer,
+                  "region": args.region, "device": args.device,
+                  "faithfulness": args.faithfulness}
+
+    device = str(resolve_device(args.device).device)
+
+    def one_volume(item: VolumeOutput) -> list[str]:
+        item.record.set_model(card)
+        # The explanation methods compute in float32 on the device the request resolves to.
+        item.record.device, item.record.precision = device, "float32"
+        written = explain_volume(item, module, card, methods, args, target, region)
         return [", ".join(p.name for p in written)]
 
-    return run_over_inputs("explain", args.inputs, Path(args.out), args.modality, one_volume)
+    return run_over_inputs("explain", args, one_volume, parameters=parameters)
 
 
-def explain_volume(volume, module, card, namer: OutputNamer, methods: list[str],
-                   args: argparse.Namespace, target: int | None, region, *,
-                   input_path: Path) -> list[Path]:
-    """Run every method on one volume; write the maps and the provenance record.
+def explain_volume(item: VolumeOutput, module, card, methods: list[str],
+                   args: argparse.Namespace, target: int | None, region) -> list[Path]:
+    """Run every method on one volume; write the maps and list them in the record.
 
     ``region`` is a boolean mask on the volume's grid (``--region``) or None. Returns the
     paths of the maps written.
     """
     from napari_medattn.explain import explain
-    from napari_medattn.io import write_nifti
-    from napari_medattn.metrics.report import write_text_atomically
 
-    started = time.perf_counter()
     maps = []
     for method in methods:
-        with _ProgressBar(f"{volume.name} {method}") as bar:
-            maps += explain(volume, module, card, method, target_class=target,
+        with ProgressBar(f"{item.volume.name} {method}") as bar:
+            maps += explain(item.volume, module, card, method, target_class=target,
                             region=region, layer=args.layer, device=args.device,
                             faithfulness=args.faithfulness, progress=bar.update)
-    stem = namer.claim(volume)
     written, records = [], []
-    for item in maps:
-        parts = [item.method, item.layer or ""]
-        if item.target is not None:
-            parts.append(card.class_names[item.target])
-        kind = _safe_name("_".join(p for p in parts if p).replace("+", "pp"))
-        path = write_nifti(namer.path(stem, kind), item.volume)
+    for map_ in maps:
+        parts = [map_.method, map_.layer or ""]
+        if map_.target is not None:
+            parts.append(card.class_names[map_.target])
+        path = item.write_nifti("_".join(p for p in parts if p).replace("+", "pp"),
+                                map_.volume)
         written.append(path)
         records.append({
-            "file": path.name, "name": item.volume.name, "method": item.method,
-            "layer": item.layer, "target": item.target,
-            "target_name": None if item.target is None else card.class_names[item.target],
-            "channel_weights": item.channel_weights,
-            "faithfulness": None if item.faithfulness is None else item.faithfulness.to_dict(),
+            "file": path.name, "name": map_.volume.name, "method": map_.method,
+            "layer": map_.layer, "target": map_.target,
+            "target_name": None if map_.target is None else card.class_names[map_.target],
+            "channel_weights": map_.channel_weights,
+            "faithfulness": None if map_.faithfulness is None else map_.faithfulness.to_dict(),
         })
-    record = {
-        "model": card.name,
-        "weights_sha256": card.weights_sha256,
-        "card": card.to_dict(),
-        "parameters": {"methods": methods, "target": target, "layer": args.layer,
-                       "region": args.region,
-                       "device": args.device, "faithfulness": args.faithfulness},
-        "maps": records,
-        "input": {"path": str(input_path), "source": volume.meta.get("source"),
-                  "name": volume.name, "modality": volume.modality,
-                  "shape": list(volume.spatial_shape), "affine_lps": volume.affine.tolist()},
-        "outputs": {r["file"].removesuffix(".nii.gz"): r["file"] for r in records},
-        "runtime_s": time.perf_counter() - started,
-        "package_version": napari_medattn.__version__,
-    }
-    provenance = namer.path(stem, PROVENANCE, suffix=".json")
-    write_text_atomically(provenance,
-                          lambda f: json.dump(record, f, indent=2, default=_json_default))
+    item.record.details["maps"] = records
     return written

@@ -172,7 +172,7 @@ def find_dicom_files(folder: Path) -> tuple[list[tuple[Path, bool]], int]:
             if preamble or file.suffix.lower() in _DICOM_SUFFIXES:
                 found.append((file, not preamble))
             else:
-                ignored += 1
+                ignored += not is_nifti(file)  # read by the folder expansion
     return found, ignored
 
 

@@ -1,7 +1,8 @@
 """The one reader entry: a path in, the volumes it holds out.
 
-:func:`read` dispatches on what the path is (NIfTI file, DICOM file, DICOMDIR, folder)
-and adds the checks every volume gets whatever its format (non-finite voxels).
+:func:`read` dispatches on what the path is (NIfTI file, DICOM file, DICOMDIR, folder
+expanded by :mod:`napari_medattn.io.folders`) and adds the checks every volume gets
+whatever its format (non-finite voxels).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_medattn.errors import ReadError
+from napari_medattn.errors import MedAttnError, ReadError
 from napari_medattn.io.dicom import read_dicom
-from napari_medattn.io.nifti import is_nifti, read_nifti
+from napari_medattn.io.folders import NIFTI, ReadJob, expand
+from napari_medattn.io.nifti import read_nifti
 from napari_medattn.io.volume import Volume
 
 
@@ -23,8 +25,9 @@ def read(path: str | os.PathLike, *, modality: str | None = None) -> list[Volume
     Parameters
     ----------
     path : str or PathLike
-        A NIfTI file (``.nii``, ``.nii.gz``), a DICOM file, a DICOMDIR, or a folder
-        searched recursively for DICOM files.
+        A NIfTI file (``.nii``, ``.nii.gz``), a DICOM file, a DICOMDIR, or a folder: its
+        NIfTI files and its DICOM series, searched recursively (see
+        :func:`napari_medattn.io.folders.expand`).
     modality : str, optional
         Override the modality found in (or guessed from) the file, e.g. ``"CT"`` for a
         NIfTI that does not say.
@@ -33,26 +36,49 @@ def read(path: str | os.PathLike, *, modality: str | None = None) -> list[Volume
     -------
     list of Volume
         One volume per NIfTI file or DICOM series, in LPS mm (see ``io.volume``). Notes a
-        user should see (non-finite voxels, sheared geometry, skipped objects) are in
-        each volume's ``meta["warnings"]``.
+        user should see (non-finite voxels, sheared geometry, skipped objects, a file of a
+        folder that could not be read) are in each volume's ``meta["warnings"]``.
 
     Raises
     ------
     ReadError
-        Missing path, unsupported or corrupt file, or a folder without images.
+        Missing path, unsupported or corrupt file, or a folder without readable images.
     GeometryError
         A DICOM series whose slices cannot be placed exactly (missing slices, uneven
         spacing).
     DimensionError
         More than 4 dimensions.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ReadError(f"{path} does not exist.")
-    if path.is_file() and is_nifti(path):
-        volumes = [read_nifti(path, modality=modality)]
+    jobs = expand([path])
+    if len(jobs) == 1:
+        return read_job(jobs[0], modality=modality)
+    volumes: list[Volume] = []
+    failures: list[str] = []
+    for job in jobs:
+        try:
+            volumes += read_job(job, modality=modality)
+        except MedAttnError as error:
+            failures.append(f"{job.path.name}: {str(error).rstrip('.')}")
+    if not volumes:
+        raise ReadError(f"None of the {len(jobs)} inputs in {Path(path).name} could be read: "
+                        f"{'; '.join(failures)}.")
+    # Said once, on the first volume, as the DICOM reader does for a series it skips.
+    volumes[0].meta.setdefault("warnings", []).extend(f"Not loaded: {text}."
+                                                      for text in failures)
+    return volumes
+
+
+def read_job(job: ReadJob, *, modality: str | None = None) -> list[Volume]:
+    """Read one :class:`~napari_medattn.io.folders.ReadJob` (a NIfTI file or DICOM input).
+
+    Parameters and errors as for :func:`read`; a job that carries an error raises it.
+    """
+    if job.error is not None:
+        raise job.error
+    if job.kind == NIFTI:
+        volumes = [read_nifti(job.path, modality=modality)]
     else:
-        volumes = read_dicom(path)
+        volumes = read_dicom(job.path)
         if modality is not None:
             for volume in volumes:
                 volume.modality = modality

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from napari_medattn.errors import WriteError
-from napari_medattn.io.atomic import atomic_path
+from napari_medattn.io.atomic import write_text_atomically
 from napari_medattn.metrics.segmentation import METRICS, EvaluationReport, MeanScores
 
 CONVENTIONS = (
@@ -127,13 +127,6 @@ def write_csv(path: Path, fields: list[str], rows: list[dict]) -> Path:
         writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()}
                          for row in rows)
     return write_text_atomically(path, dump)
-
-
-def write_text_atomically(path: Path, dump) -> Path:
-    """Write a text file through ``dump(file_object)`` under a temporary name, then rename."""
-    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
-        dump(f)
-    return path
 
 
 def _json_safe(row: dict) -> dict:
