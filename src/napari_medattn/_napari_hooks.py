@@ -1,4 +1,4 @@
-"""npe2 contributions: the reader, the NIfTI writers and the sample data.
+"""npe2 contributions: the reader, the NIfTI and DICOM-SEG writers and the sample data.
 
 Library errors (:class:`~napari_medattn.errors.MedAttnError`) become one notification
 sentence here; nothing the user opened or saved produces a traceback dialog.
@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import napari
-
-import napari_medattn
 from napari.utils.notifications import show_error, show_warning
 
+import napari_medattn
 from napari_medattn.display.layers import (
     GEOMETRY_KEY,
     layer_volume,
@@ -24,11 +23,11 @@ from napari_medattn.display.layers import (
 )
 from napari_medattn.errors import MedAttnError
 from napari_medattn.io import read, write_nifti
+from napari_medattn.io.dicom import has_dicom_preamble
 from napari_medattn.io.dicom_seg import write_seg
+from napari_medattn.io.nifti import is_nifti
 from napari_medattn.models.registry import find_model
 from napari_medattn.widgets.parts import RUN_KEY
-from napari_medattn.io.dicom import has_dicom_preamble
-from napari_medattn.io.nifti import is_nifti
 from napari_medattn.widgets.radiology_view import install_radiology_view
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"

@@ -81,6 +81,14 @@ def volume_layer_data(volume: Volume, layer_type: str | None = None) -> tuple[An
     elif not np.issubdtype(data.dtype, np.integer):
         raise DimensionError(f"{volume.name} has {data.dtype} voxels; a label map needs "
                              f"integer labels.")
+    elif volume.meta.get("classes"):
+        # Named, coloured classes (a DICOM-SEG's segments): shown with their colours, and
+        # napari's status bar names the class under the cursor.
+        classes = volume.meta["classes"]
+        kwargs["colormap"] = {None: "magenta", 0: "transparent",
+                              **{k: c[1] for k, c in enumerate(classes) if k}}
+        kwargs["features"] = {"index": list(range(len(classes))),
+                              "class": [str(c[0]) for c in classes]}
     return data, kwargs, layer_type
 
 

@@ -232,6 +232,10 @@ def write_seg(
     if n_labels == 0:
         raise DimensionError(f"{labels.name} is empty: a DICOM-SEG needs at least one "
                              f"labelled voxel.")
+    if str(Path(path).resolve()) in {str(Path(f).resolve())
+                                     for f in labels.meta.get("source_files", ())}:
+        raise WriteError(f"{Path(path).name} is one of the source images; a DICOM-SEG goes "
+                         f"to a new file.")
     instances = _with_type2(list(source) if source is not None else source_instances(labels))
     planes = planes_for_instances(labels, instances)
     named = _classes(labels, classes, n_labels)
