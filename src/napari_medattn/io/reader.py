@@ -14,6 +14,7 @@ import numpy as np
 
 from napari_medattn.errors import MedAttnError, ReadError
 from napari_medattn.io.dicom import read_dicom
+from napari_medattn.io.dicom_seg import is_seg, read_seg
 from napari_medattn.io.folders import NIFTI, ReadJob, expand
 from napari_medattn.io.nifti import read_nifti
 from napari_medattn.io.volume import Volume
@@ -77,6 +78,8 @@ def read_job(job: ReadJob, *, modality: str | None = None) -> list[Volume]:
         raise job.error
     if job.kind == NIFTI:
         volumes = [read_nifti(job.path, modality=modality)]
+    elif job.path.is_file() and is_seg(job.path):
+        volumes = [read_seg(job.path)]  # segments with names and colours, on their own grid
     else:
         volumes = read_dicom(job.path)
         if modality is not None:
