@@ -99,6 +99,27 @@ def test_save_and_load_round_trip(tmp_path):
     assert card == dataclasses.replace(make_card(), weights_sha256=card_on_disk["weights_sha256"])
 
 
+def test_saving_removes_only_its_own_temporaries(tmp_path, monkeypatch):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "notes.tmp").write_text("the user's own notes")
+    (folder / "weights.safetensors.tmp").write_text("also the user's")
+    save_model(tiny_net(), make_card(), folder)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "card.json", "notes.tmp", "weights.safetensors", "weights.safetensors.tmp"]
+    assert (folder / "notes.tmp").read_text() == "the user's own notes"
+    good = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    # A failure half-way (here: while hashing the new weights) keeps the old model whole.
+    def fail(path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(registry, "weights_sha256", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(tiny_net(seed=5), make_card(), folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == good
+
+
 def test_damaged_weights_are_detected(tmp_path):
     folder = save_model(tiny_net(), make_card(), tmp_path / "tiny")
     other = tiny_net(seed=1)

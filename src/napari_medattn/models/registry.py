@@ -23,10 +23,8 @@ Python expressions; TorchScript files are refused.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pickle
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,8 @@ import torch
 from torch import nn
 
 from napari_medattn.errors import ModelError
+from napari_medattn.io.atomic import atomic_files
+from napari_medattn.io.provenance import file_sha256
 from napari_medattn.models import monai_bundle
 from napari_medattn.models.card import ModelCard, default_classes
 from napari_medattn.models.monai_bundle import MONAI_PREFIX
@@ -163,12 +163,8 @@ def default_model() -> ModelEntry:
 
 
 def weights_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a weights file, for provenance records."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 hex digest of a weights file, for cards and provenance records."""
+    return file_sha256(path)
 
 
 # ------------------------------------------------------------------------------ loading
@@ -372,8 +368,10 @@ def _load_bundle(path: Path, card: ModelCard | None) -> tuple[nn.Module, ModelCa
 def save_model(module: nn.Module, card: ModelCard, folder: str | Path) -> Path:
     """Write ``weights.safetensors`` and ``card.json`` into ``folder``, atomically.
 
-    Each file is written under a temporary name in ``folder`` and renamed into place, so
-    a crash never leaves a half-written model; the card records the weights' SHA-256.
+    Each file is written under a temporary name in ``folder`` and renamed into place
+    (:func:`~napari_medattn.io.atomic.atomic_files`), so a crash never leaves a
+    half-written model, and only those temporaries are removed: other files in the folder
+    are left alone. The card records the weights' SHA-256.
 
     Returns
     -------
@@ -382,22 +380,13 @@ def save_model(module: nn.Module, card: ModelCard, folder: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     # Shared or non-contiguous tensors cannot be stored as is: store detached copies.
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
-        tmp_weights = Path(handle.name)
-    try:
-        save_file(state, str(tmp_weights), metadata={"format": "pt", "name": card.name})
-        card = dataclasses.replace(card, weights_sha256=weights_sha256(tmp_weights))
-        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False,
-                                         encoding="utf-8") as handle:
-            handle.write(card.to_json())
-            tmp_card = Path(handle.name)
-        os.replace(tmp_weights, folder / WEIGHTS_FILE)
-        os.replace(tmp_card, folder / CARD_FILE)
-    finally:
-        for tmp in folder.glob("*.tmp"):
-            tmp.unlink(missing_ok=True)
+    # The card goes last: a folder whose card is in place has its matching weights.
+    with atomic_files(folder, [WEIGHTS_FILE, CARD_FILE]) as temporary:
+        save_file(state, str(temporary[WEIGHTS_FILE]),
+                  metadata={"format": "pt", "name": card.name})
+        card = dataclasses.replace(card,
+                                   weights_sha256=weights_sha256(temporary[WEIGHTS_FILE]))
+        temporary[CARD_FILE].write_text(card.to_json(), encoding="utf-8")
     return folder
