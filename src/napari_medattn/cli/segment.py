@@ -5,7 +5,8 @@ or DICOMDIR; the NIfTI files and DICOM series of a folder) the model runs throug
 :func:`napari_medattn.inference.segment` and the results are written into ``--out`` on the
 source's exact grid:
 
-* ``<name>_labels.nii.gz``: class index per voxel;
+* ``<name>_labels.nii.gz``: class index per voxel (``<name>_labels.dcm``, a DICOM-SEG
+  referencing the source series, with ``--format dicom-seg``);
 * ``<name>_probability_<class>_<class name>.nii.gz`` per class asked for with
   ``--probabilities``; ``<name>_uncertainty.nii.gz``; ``<name>_attention_<map>.nii.gz``;
 * ``<name>_provenance.json``: the one provenance record
@@ -92,6 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="run only inside the bounding box of the body")
     parser.add_argument("--min-component-mm3", type=float, metavar="MM3",
                         help="remove connected pieces of a class smaller than this volume")
+    parser.add_argument("--format", choices=("nifti", "dicom-seg"), default="nifti",
+                        help="label map as NIfTI, or as a DICOM-SEG (<name>_labels.dcm) "
+                             "referencing a DICOM source series (default: nifti)")
     parser.set_defaults(func=run_segment)
 
 
@@ -130,12 +134,13 @@ def run_segment(args: argparse.Namespace) -> int:
                              f"leave out --attention.")
 
     def one_volume(item: VolumeOutput) -> list[str]:
-        return [str(segment_volume(item, module, card, options))]
+        return [str(segment_volume(item, module, card, options, label_format=args.format))]
 
     return run_over_inputs("segment", args, one_volume)
 
 
-def segment_volume(item: VolumeOutput, module, card, options: dict) -> Path:
+def segment_volume(item: VolumeOutput, module, card, options: dict, *,
+                   label_format: str = "nifti") -> Path:
     """Segment one volume, write its outputs and fill in its provenance record.
 
     Parameters
@@ -146,6 +151,8 @@ def segment_volume(item: VolumeOutput, module, card, options: dict) -> Path:
         The network and its model card.
     options : dict
         Keyword arguments of :func:`napari_medattn.inference.segment`.
+    label_format : {"nifti", "dicom-seg"}
+        How the label map is written (a DICOM-SEG needs a DICOM source series).
 
     Returns
     -------
@@ -158,7 +165,15 @@ def segment_volume(item: VolumeOutput, module, card, options: dict) -> Path:
 
     with ProgressBar(item.volume.name) as bar:
         result = segment(item.volume, module, card, progress=bar.update, **options)
-    labels = item.write_nifti("labels", result.labels)
+    if label_format == "dicom-seg":
+        from napari_medattn.io.dicom_seg import write_seg
+
+        labels = write_seg(item.path("labels", ".dcm"), result.labels, classes=card.classes,
+                           algorithm={"name": card.name, "version": result.provenance[
+                               "package_version"], "weights_sha256": card.weights_sha256})
+        item.record.outputs["labels"] = labels.name
+    else:
+        labels = item.write_nifti("labels", result.labels)
     for c, probability in result.probabilities.items():
         item.write_nifti(f"probability_{c}_{safe_name(card.class_names[c])}", probability)
     if result.uncertainty is not None:

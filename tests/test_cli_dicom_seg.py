@@ -1,0 +1,44 @@
+"""``medattn segment --format dicom-seg``: the label map as a DICOM-SEG on the source series,
+equal to the library's labels, naming the model and its weights hash."""
+
+import os
+
+import numpy as np
+import pydicom
+from nibabel.testing import data_path
+from test_cli_models import folders  # noqa: F401 (fixture: empty built-in and user folders)
+from test_cli_segment import models, reference_labels  # noqa: F401 (fixture, helper)
+
+from napari_medattn.cli import main
+from napari_medattn.io import read_volume, write_dicom_series
+from napari_medattn.io.dicom_seg import read_seg
+from napari_medattn.models import registry
+
+
+def test_segment_writes_a_seg_on_the_dicom_series(models, tmp_path, capsys):  # noqa: F811
+    _, _, model_dir = models
+    t1 = read_volume(os.path.join(data_path, "anatomical.nii"), modality="MR")
+    series = tmp_path / "series"
+    write_dicom_series(series, t1, series_description="T1 sag", series_number=4)
+    out = tmp_path / "out"
+    assert main(["segment", str(series), "--out", str(out), "--model", "tiny-unet",
+                 "--device", "cpu", "--format", "dicom-seg"]) == 0
+    (seg_path,) = out.glob("*_labels.dcm")
+    assert not list(out.glob("*_labels.nii.gz"))
+    scan = read_volume(series)
+    labels = read_seg(seg_path, reference=scan)
+    expected = reference_labels(series, model_dir).labels.data
+    np.testing.assert_array_equal(labels.data, expected)
+    seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "tiny-unet"
+    _, card = registry.load_model(model_dir)
+    assert card.weights_sha256
+    assert algorithm.AlgorithmParameters == f"weights_sha256={card.weights_sha256}"
+
+def test_dicom_seg_of_a_nifti_input_is_one_sentence(models, tmp_path, capsys):  # noqa: F811
+    code = main(["segment", os.path.join(data_path, "anatomical.nii"), "--out",
+                 str(tmp_path / "out"), "--model", "tiny-unet", "--device", "cpu",
+                 "--format", "dicom-seg"])
+    assert code == 1
+    assert "does not come from a DICOM series" in capsys.readouterr().err
