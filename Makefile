@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEBS   := xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
           libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxcb-cursor0 libxkbcommon-x11-0 libgl1 libegl1 \
-          libdbus-1-3 libfontconfig1 libglib2.0-0
+          libdbus-1-3 libfontconfig1 libglib2.0-0 orthanc orthanc-dicomweb dicom3tools
 SCREENSHOT ?=
 
 .PHONY: run test setup debs
