@@ -59,7 +59,7 @@ from napari_medattn.inference.sliding_window import (
     check_cancel,
     window_starts,
 )
-from napari_medattn.io.volume import Volume
+from napari_medattn.io.volume import Volume, mm_to_index
 from napari_medattn.models import capture
 from napari_medattn.models.blocks.dssa import DualSparseSelectionAttention
 from napari_medattn.models.blocks.global_attention import MultiHeadSelfAttention
@@ -271,13 +271,12 @@ class QueryExplorer:
         if point.shape != (3,) or not np.all(np.isfinite(point)):
             raise GeometryError(f"A query point is three finite coordinates in mm, not "
                                 f"{np.asarray(point_mm).tolist()}.")
-        homogeneous = np.append(point, 1.0)
-        source = np.linalg.solve(self.volume.affine, homogeneous)[:3]
+        source = self.volume.mm_to_index(point)
         shape = np.asarray(self.volume.spatial_shape)
         if np.any(source < -0.5) or np.any(source > shape - 0.5):
             raise GeometryError(f"The point ({', '.join(f'{p:.1f}' for p in point)}) mm lies "
                                 f"outside the image {self.volume.name}.")
-        index = np.rint(np.linalg.solve(self._grid.affine, homogeneous)[:3]).astype(int)
+        index = np.rint(mm_to_index(self._grid.affine, point)).astype(int)
         index = np.clip(index, 0, np.asarray(self._grid.shape) - 1)
         return tuple(int(i) for i in index)
 

@@ -105,6 +105,14 @@ class Volume:
     def name(self) -> str:
         return str(self.meta.get("name", "volume"))
 
+    def index_to_mm(self, index: Any) -> np.ndarray:
+        """Patient LPS mm of array indices; see :func:`index_to_mm`."""
+        return index_to_mm(self.affine, index)
+
+    def mm_to_index(self, points: Any) -> np.ndarray:
+        """Array indices (fractional) of patient LPS mm points; see :func:`mm_to_index`."""
+        return mm_to_index(self.affine, points)
+
     def canonical(self) -> Volume:
         """A zero-copy view whose array axes follow napari's world axes (z, y, x).
 
@@ -127,6 +135,54 @@ class Volume:
         meta["source_shape"] = self.spatial_shape
         meta["canonical_axes"] = (tuple(int(p) for p in perm), tuple(bool(f) for f in flips))
         return Volume(data=data, affine=affine, modality=self.modality, meta=meta)
+
+
+def index_to_mm(affine: np.ndarray, index: Any) -> np.ndarray:
+    """Patient coordinates of array indices, through the exact affine.
+
+    Parameters
+    ----------
+    affine : (4, 4) ndarray
+        Array index -> LPS mm, in array-axis order (:attr:`Volume.affine`).
+    index : (..., 3) array_like
+        Spatial array indices ``(a0, a1, a2)``, one point per row; fractional indices are
+        points between voxel centres (voxel centres are at whole indices).
+
+    Returns
+    -------
+    (..., 3) ndarray of float64
+        The points in patient LPS millimetres.
+    """
+    index = np.asarray(index, dtype=np.float64)
+    if index.shape[-1:] != (3,):
+        raise DimensionError(f"Indices are 3 numbers per point, not shape {index.shape}.")
+    affine = np.asarray(affine, dtype=np.float64)
+    return index @ affine[:3, :3].T + affine[:3, 3]
+
+
+def mm_to_index(affine: np.ndarray, points: Any) -> np.ndarray:
+    """Array indices of patient points, through the exact affine (the inverse of
+    :func:`index_to_mm`).
+
+    Parameters
+    ----------
+    affine : (4, 4) ndarray
+        Array index -> LPS mm, in array-axis order (:attr:`Volume.affine`).
+    points : (..., 3) array_like
+        Points in patient LPS millimetres, one per row.
+
+    Returns
+    -------
+    (..., 3) ndarray of float64
+        Fractional array indices; round them for the nearest voxel. Points outside the
+        array give indices below -0.5 or above ``shape - 0.5``; they are not clipped.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if points.shape[-1:] != (3,):
+        raise DimensionError(f"Points are 3 coordinates in mm each, not shape {points.shape}.")
+    affine = np.asarray(affine, dtype=np.float64)
+    offsets = (points - affine[:3, 3]).reshape(-1, 3).T
+    return np.linalg.solve(affine[:3, :3], offsets).T.reshape(points.shape)
 
 
 def _flip(data: Any, axis: int) -> Any:

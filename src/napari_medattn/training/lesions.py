@@ -115,7 +115,7 @@ def add_tumour(labels: Volume, seed: int | np.random.Generator, *,
     out[(distance <= core) & brain] = CORE
     meta = dict(labels.meta)
     meta["labels"] = {**TISSUE_LABELS, **LESION_LABELS}
-    meta["lesion"] = {"centre_mm": (labels.affine @ np.append(centre, 1.0))[:3].tolist(),
+    meta["lesion"] = {"centre_mm": labels.index_to_mm(centre).tolist(),
                       "core_radius_mm": core, "rim_radius_mm": rim, "oedema_radius_mm": oedema}
     return Volume(out, labels.affine.copy(), "SEG", meta)
 
