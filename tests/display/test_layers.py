@@ -6,7 +6,6 @@ import pytest
 
 from napari_medattn.display.layers import (
     GEOMETRY_KEY,
-    intensity_unit,
     layer_volume,
     oblique_message,
     volume_layer_data,
@@ -89,9 +88,3 @@ def test_labels_need_integers_and_layers_need_geometry():
         volume_layer_data(floats)
     with pytest.raises(DimensionError, match="no patient geometry"):
         layer_volume(np.zeros((2, 2, 2)), {})
-
-
-def test_intensity_units():
-    assert intensity_unit("CT", {}) == "HU"
-    assert intensity_unit("PT", {"units": "SUVbw"}) == "SUVbw"
-    assert intensity_unit("MR", {}) == ""

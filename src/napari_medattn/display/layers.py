@@ -134,11 +134,3 @@ def header_window(meta: dict) -> tuple[float, float] | None:
     first = [float(v[0]) if hasattr(v, "__len__") and not isinstance(v, str) else float(v)
              for v in (width, centre)]
     return first[0], first[1]
-
-
-def intensity_unit(modality: str, meta: dict) -> str:
-    """Unit of the voxel values for the status bar: the file's own, else HU for CT."""
-    unit = meta.get("units")
-    if unit:
-        return str(unit)
-    return "HU" if modality.upper() == "CT" else ""

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from napari_medattn.display.layers import intensity_unit
 from napari_medattn.errors import DimensionError, GeometryError, WriteError
+from napari_medattn.io.units import intensity_unit
 from napari_medattn.io.volume import Volume, require_3d
 from napari_medattn.metrics.report import write_csv
 

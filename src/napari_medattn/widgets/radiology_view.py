@@ -15,7 +15,8 @@ import napari
 from napari.components.overlays import TextOverlay
 from napari.layers import Image, Labels
 
-from napari_medattn.display.layers import GEOMETRY_KEY, intensity_unit
+from napari_medattn.display.layers import GEOMETRY_KEY
+from napari_medattn.io.units import intensity_unit
 from napari_medattn.display.orientation import (
     VIEW_NAMES,
     canonical_pair,
