@@ -47,3 +47,16 @@ def marker_file(tmp_path):
 def marker_world():
     """The marker centre in napari world (z, y, x) LPS mm: superior +z, anterior -y, left +x."""
     return (MARKER_RAS[2], -MARKER_RAS[1], -MARKER_RAS[0])
+
+
+def add_layer(viewer, layer_data):
+    """Add one ``(data, kwargs, layer_type)`` tuple through napari's public ``add_*``."""
+    data, kwargs, layer_type = layer_data
+    return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+
+
+@pytest.fixture(name="add_layer")
+def add_layer_fixture():
+    """:func:`add_layer`, for test modules (conftest modules cannot be imported by name
+    when several test folders have one)."""
+    return add_layer

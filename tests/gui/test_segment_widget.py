@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QMainWindow
 
 import napari_medattn
 from napari_medattn.display.layers import GEOMETRY_KEY, volume_layer_data
@@ -19,9 +20,11 @@ from napari_medattn.io import Volume, read_volume
 from napari_medattn.models import create
 from napari_medattn.models import registry
 from napari_medattn.models.card import ClassInfo, ModelCard
+from napari_medattn.widgets import parts as parts_module
 from napari_medattn.widgets import segment as segment_module
 from napari_medattn.widgets import worker as worker_module
-from napari_medattn.widgets.segment import DIGEST_KEY, RUN_KEY, SegmentWidget
+from napari_medattn.widgets.parts import DIGEST_KEY, RUN_KEY
+from napari_medattn.widgets.segment import SegmentWidget
 
 SAMPLES = Path(napari_medattn.__file__).parent / "sample_data"
 STEP = 4  # mm: the 1 mm MNI152 at 4 mm is 50 x 59 x 48 voxels
@@ -82,20 +85,22 @@ def model_folder(tmp_path_factory, brain):
 
 @pytest.fixture
 def notes(monkeypatch):
-    """Notifications of the widget and of its worker, as (kind, text)."""
+    """Notifications of the widget, its parts and its worker, as (kind, text)."""
     shown = []
-    for module in (segment_module, worker_module):
-        for kind in ("error", "info"):
+    for module, kinds in ((segment_module, ("error",)), (parts_module, ("info",)),
+                          (worker_module, ("error", "info"))):
+        for kind in kinds:
             monkeypatch.setattr(module, f"show_{kind}",
                                 lambda text, kind=kind: shown.append((kind, text)))
     return shown
 
 
-def segment_viewer(make_napari_viewer, qtbot, brain, model_folder, monkeypatch, show=False):
+def segment_viewer(make_napari_viewer, qtbot, brain, model_folder, monkeypatch, add_layer,
+                   show=False):
     monkeypatch.setenv(registry.ENV_MODEL_PATH, str(model_folder))
     monkeypatch.setattr(registry, "user_model_dir", lambda: model_folder / "no-user-models")
     viewer = make_napari_viewer(show=show)
-    image = viewer._add_layer_from_data(*volume_layer_data(brain[0]))[0]
+    image = add_layer(viewer, volume_layer_data(brain[0]))
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment")
     widget.model.setCurrentText(MODEL)
@@ -104,8 +109,9 @@ def segment_viewer(make_napari_viewer, qtbot, brain, model_folder, monkeypatch, 
 
 
 @pytest.fixture
-def setup(make_napari_viewer, qtbot, brain, model_folder, monkeypatch):
-    return segment_viewer(make_napari_viewer, qtbot, brain, model_folder, monkeypatch)
+def setup(make_napari_viewer, qtbot, brain, model_folder, monkeypatch, add_layer):
+    return segment_viewer(make_napari_viewer, qtbot, brain, model_folder, monkeypatch,
+                          add_layer)
 
 
 def run_and_wait(qtbot, widget):
@@ -219,7 +225,7 @@ def test_second_run_replaces_first_and_painted_labels_are_kept(setup, qtbot, bra
     second = result_layers(viewer)
     assert second == [first_labels] and first_probability not in viewer.layers
     assert second[0].name == "mni152_t1 tiny-brain"
-    module, card, _maps = widget._models[MODEL]
+    module, card = widget.model.loaded.module, widget.model.loaded.card
     expected = segment_module.segment(brain[0].canonical(), module, card, device="cpu",
                                       crop_to_body=True, min_component_mm3=2000.0)
     assert second[0].data is not first_data
@@ -246,35 +252,38 @@ def test_second_run_replaces_first_and_painted_labels_are_kept(setup, qtbot, bra
 
 def test_errors_are_one_notification(setup, qtbot, notes, tmp_path):
     viewer, image, widget = setup
+    # An image without patient geometry, a result heat map: not scans, never offered.
     viewer.add_image(np.zeros((8, 9, 10), np.float32), name="no geometry")
-    widget.image.setCurrentText("no geometry")
-    assert widget.run() is None
-    assert len(notes) == 1 and notes[0][0] == "error"
-    assert "no patient geometry" in notes[0][1]
+    check(widget.probabilities, 1)
+    run_and_wait(qtbot, widget)
+    assert [widget.image.itemText(i) for i in range(widget.image.count())] == [image.name]
+    for layer in result_layers(viewer):
+        viewer.layers.remove(layer)
+    widget.probabilities.item(1).setCheckState(Qt.CheckState.Unchecked)
+    assert notes == []
     # Bad options reach the library, whose typed error becomes one notification.
-    widget.image.setCurrentText(image.name)
     widget.uncertainty.setCurrentText("variance")  # variance across TTA needs TTA
     job = run_and_wait(qtbot, widget)
     assert job.outcome == "failed"
-    assert notes[1:] == [("error", "Variance uncertainty needs test-time augmentation "
-                                   "(tta=True).")]
+    assert notes == [("error", "Variance uncertainty needs test-time augmentation "
+                                "(tta=True).")]
     assert result_layers(viewer) == [] and widget.run_button.isEnabled()
     # A model folder that cannot load: one sentence, Run off, no retry loop.
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "card.json").write_text(widget._models[MODEL][1].to_json())
+    (broken / "card.json").write_text(widget.model.loaded.card.to_json())
     widget.add_model(broken)
     qtbot.waitUntil(lambda: widget.job.finished, timeout=10_000)
     qtbot.wait(100)
     assert notes[-1] == ("error", "The model folder broken has a card but no "
                                   "weights.safetensors.")
-    assert len(notes) == 3 and widget.job.finished and not widget.run_button.isEnabled()
+    assert len(notes) == 2 and widget.job.finished and not widget.run_button.isEnabled()
 
 
 def test_screenshot_shows_labels_over_the_scan(make_napari_viewer, qtbot, brain, model_folder,
-                                                monkeypatch, tmp_path):
+                                                monkeypatch, tmp_path, add_layer):
     viewer, image, widget = segment_viewer(make_napari_viewer, qtbot, brain, model_folder,
-                                           monkeypatch, show=True)
+                                           monkeypatch, add_layer, show=True)
     viewer.window.resize(1400, 900)
     run_and_wait(qtbot, widget)
     labels = result_layers(viewer)[0]
@@ -305,20 +314,6 @@ def test_screenshot_shows_labels_over_the_scan(make_napari_viewer, qtbot, brain,
     assert window.shape[0] > shot.shape[0]
 
 
-def test_labels_display_warm_up_fills_the_cache_napari_uses():
-    """After the worker's warm-up, the dash patterns that each antialiased line of a
-    Labels layer's overlay needs come from vispy's cache: nothing left to compute on the
-    GUI thread."""
-    from vispy.visuals.line import dash_atlas
-
-    dash_atlas._make_pattern.cache_clear()
-    segment_module.warm_up_labels_display()
-    info = dash_atlas._make_pattern.cache_info()
-    assert info.currsize == 13
-    dash_atlas.DashAtlas()  # what each antialiased line of the labels overlay builds
-    assert dash_atlas._make_pattern.cache_info().misses == info.misses
-
-
 def test_precision_choice_reaches_the_segmentation_and_the_status(setup, qtbot, monkeypatch):
     _viewer, _image, widget = setup
     asked = []
@@ -341,13 +336,13 @@ def test_precision_choice_reaches_the_segmentation_and_the_status(setup, qtbot, 
 
 def test_a_run_from_the_plugin_dock_leaves_the_window_painting(make_napari_viewer, qtbot,
                                                                brain, model_folder,
-                                                               monkeypatch):
+                                                               monkeypatch, add_layer):
     # Docked as napari docks plugins, the widget's viewer is a proxy that hides napari's
     # private attributes; the window must still get its repaint back after the result.
     monkeypatch.setenv(registry.ENV_MODEL_PATH, str(model_folder))
     monkeypatch.setattr(registry, "user_model_dir", lambda: model_folder / "no-user-models")
     viewer = make_napari_viewer()
-    viewer._add_layer_from_data(*volume_layer_data(brain[0]))
+    add_layer(viewer, volume_layer_data(brain[0]))
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-medattn", "Segment")
     assert widget.viewer is not viewer  # napari's proxy
     widget.model.setCurrentText(MODEL)
@@ -355,4 +350,7 @@ def test_a_run_from_the_plugin_dock_leaves_the_window_painting(make_napari_viewe
     run_and_wait(qtbot, widget)
     assert len(result_layers(viewer)) == 1
     qtbot.waitUntil(widget.window().updatesEnabled, timeout=2000)
-    assert widget.window() is viewer.window._qt_window
+    # The window found through Qt is napari's main window, the one holding the dock
+    # (napari keeps its own reference to that window private).
+    assert widget in viewer.window.dock_widgets.values()
+    assert isinstance(widget.window(), QMainWindow)

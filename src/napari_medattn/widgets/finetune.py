@@ -63,13 +63,8 @@ from napari_medattn.widgets.choices import (
     set_models,
 )
 from napari_medattn.widgets.radiology_view import install_radiology_view
-from napari_medattn.widgets.segment import (
-    RUN_KEY,
-    SegmentWidget,
-    available_devices,
-    class_colormap,
-    segmentation_layer_data,
-)
+from napari_medattn.widgets.parts import RUN_KEY, available_devices, class_colormap
+from napari_medattn.widgets.segment import SegmentWidget, segmentation_layer_data
 from napari_medattn.widgets.tooltips import FINETUNE as TOOLTIPS
 from napari_medattn.widgets.tooltips import model_card_tooltip
 from napari_medattn.widgets.worker import (

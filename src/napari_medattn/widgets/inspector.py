@@ -67,7 +67,7 @@ from napari_medattn.io.volume import Volume
 from napari_medattn.models.registry import DEFAULT_MODEL, list_models, load_model
 from napari_medattn.widgets.choices import labels_on_scan_grid, set_items, set_models
 from napari_medattn.widgets.radiology_view import install_radiology_view
-from napari_medattn.widgets.segment import RUN_KEY, available_devices
+from napari_medattn.widgets.parts import RUN_KEY, available_devices
 from napari_medattn.widgets.tooltips import INSPECTOR as TOOLTIPS
 from napari_medattn.widgets.tooltips import model_card_tooltip
 from napari_medattn.widgets.worker import (

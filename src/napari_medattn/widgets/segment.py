@@ -33,9 +33,8 @@ import napari
 import numpy as np
 import pandas  # imported with the widget: importing it during a run stalls the GUI ~0.5 s
 import torch
-from napari.layers import Image, Labels
-from napari.utils.colormaps import DirectLabelColormap
-from napari.utils.notifications import show_error, show_info
+from napari.layers import Labels
+from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -43,7 +42,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -51,7 +49,6 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_medattn.display.layers import layer_volume, volume_layer_data
@@ -61,35 +58,26 @@ from napari_medattn.inference.sliding_window import attention_map_names
 from napari_medattn.inference.tta import UNCERTAINTY_KINDS
 from napari_medattn.metrics.statistics import class_statistics, write_statistics_csv
 from napari_medattn.models.card import ModelCard
-from napari_medattn.models.registry import (
-    DEFAULT_MODEL,
-    ModelEntry,
-    list_models,
-    load_model,
+from napari_medattn.widgets.choices import on_layers_changed, set_items
+from napari_medattn.widgets.host import warm_up_labels_display
+from napari_medattn.widgets.parts import (
+    DERIVED_KEY,
+    DIGEST_KEY,
+    LABELS_OPACITY,
+    RUN_KEY,
+    JobWidget,
+    ModelPicker,
+    class_colormap,
+    device_choice,
+    heat_map_layer_data,
+    precision_choice,
+    scan_layers,
+    use_autocast,
 )
-from napari_medattn.widgets.choices import on_layers_changed, set_models
-from napari_medattn.widgets.radiology_view import install_radiology_view
 from napari_medattn.widgets.tooltips import SEGMENT as TOOLTIPS
-from napari_medattn.widgets.tooltips import model_card_tooltip
-from napari_medattn.widgets.worker import (
-    Job,
-    add_layers,
-    start_job,
-)
-from napari_medattn.widgets.host import freeze_startup_objects
+from napari_medattn.widgets.worker import Job, add_layers
 
-#: ``layer.metadata`` key: ``{"image": <scan layer unique_id>, "model": <name>,
-#: "output": "labels" | "probability <c>" | "uncertainty" | "attention <map>"}``.
-RUN_KEY = "medattn_segment_run"
-#: ``layer.metadata`` key of a result labels layer: hash of the labels as written.
-DIGEST_KEY = "medattn_labels_digest"
 NO_UNCERTAINTY = "none"
-#: The precision choices: reduced where it is fast (see inference.devices.autocast_dtype),
-#: or float32 everywhere.
-PRECISIONS = ("auto", "float32")
-#: Opacity of the labels over the scan, and of heat maps (blended additively).
-LABELS_OPACITY = 0.5
-HEAT_OPACITY = 0.6
 #: Statistics columns shown in the table (all of them go to the CSV).
 TABLE_FIELDS = ("name", "voxels", "volume_ml", "mean", "sd", "min", "max", "unit",
                 "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
@@ -104,17 +92,6 @@ def labels_digest(data: Any) -> str:
     digest.update(f"{array.dtype.str}{array.shape}".encode())
     digest.update(array.view(np.uint8).reshape(-1))
     return digest.hexdigest()
-
-
-def available_devices() -> list[str]:
-    """Device choices: ``auto``, ``cpu``, and ``cuda``/``mps`` where present."""
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    backend = getattr(torch.backends, "mps", None)
-    if backend is not None and backend.is_available():
-        devices.append("mps")
-    return devices
 
 
 def segmentation_layer_data(result: Segmentation, card: ModelCard,
@@ -132,45 +109,18 @@ def segmentation_layer_data(result: Segmentation, card: ModelCard,
                   features=pandas.DataFrame({"index": np.arange(len(names)),
                                              "class": names}),
                   metadata={**kwargs["metadata"], RUN_KEY: {**run, "output": "labels"},
-                            DIGEST_KEY: labels_digest(data)})
+                            DIGEST_KEY: labels_digest(data), DERIVED_KEY: "segment"})
     layers = [(data, kwargs, kind)]
-    # (volume, whether it is an attention map) for every heat map asked for.
-    heat_maps = [*((p, f"probability {c}", False) for c, p in result.probabilities.items()),
-                 *([(result.uncertainty, "uncertainty", False)]
+    # Probabilities and uncertainty live in [0, 1]; attention maps are scaled to their own
+    # maximum so a map is visible whatever its range.
+    heat_maps = [*((p, f"probability {c}", 1.0) for c, p in result.probabilities.items()),
+                 *([(result.uncertainty, "uncertainty", 1.0)]
                    if result.uncertainty is not None else []),
-                 *((a, f"attention {name}", True) for name, a in result.attention.items())]
-    for volume, output, is_attention in heat_maps:
-        data, kwargs, kind = volume_layer_data(volume, "image")
-        # Probabilities and uncertainty live in [0, 1]; attention maps are scaled to
-        # their own maximum so a map is visible whatever its range.
-        top = float(np.max(data)) if is_attention else 1.0
-        kwargs.update(colormap="inferno", blending="additive", opacity=HEAT_OPACITY,
-                      contrast_limits=(0.0, top if top > 0 else 1.0),
-                      metadata={**kwargs["metadata"], RUN_KEY: {**run, "output": output}})
-        layers.append((data, kwargs, kind))
+                 *((a, f"attention {name}", None) for name, a in result.attention.items())]
+    for volume, output, top in heat_maps:
+        layers.append(heat_map_layer_data(volume, "segment",
+                                          {RUN_KEY: {**run, "output": output}}, top=top))
     return layers
-
-
-def warm_up_labels_display() -> None:
-    """Compute, off the GUI thread, the one-time part of napari's first Labels layer.
-
-    Inserting the first Labels layer of a process took 0.3 to 0.5 s longer on the GUI
-    thread than inserting later ones: its polygon overlay draws three antialiased vispy
-    lines, and each builds a ``DashAtlas`` whose 13 dash patterns (1024 samples each, a
-    Python loop) vispy computes once per process and then keeps in an ``lru_cache``.
-    Building one here, in the worker thread, fills that cache before the result is
-    inserted; once it is filled the call costs well under a millisecond.
-    """
-    from vispy.visuals.line.dash_atlas import DashAtlas
-
-    DashAtlas()
-
-
-def class_colormap(card: ModelCard) -> DirectLabelColormap:
-    """The card's class colours by label value, background transparent."""
-    colours: dict[int | None, Any] = {0: "transparent", None: "magenta"}
-    colours.update({index: info.color for index, info in enumerate(card.classes) if index})
-    return DirectLabelColormap(color_dict=colours)
 
 
 def _run_of(layer: Any) -> dict | None:
@@ -179,7 +129,14 @@ def _run_of(layer: Any) -> dict | None:
     return None if tag is None else {k: v for k, v in tag.items() if k != "output"}
 
 
-class SegmentWidget(QWidget):
+def segment_details(module: torch.nn.Module, card: ModelCard) -> list[str]:
+    """What the widget lists for a loaded model: its spatial attention maps (computed in
+    the loading worker, which also warms up the labels display)."""
+    warm_up_labels_display()
+    return attention_map_names(module, card.patch_size, card.in_channels)
+
+
+class SegmentWidget(JobWidget):
     """Run a segmentation model on a scan layer; show labels, heat maps and statistics.
 
     Parameters
@@ -197,23 +154,14 @@ class SegmentWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        install_radiology_view(napari_viewer)
-        freeze_startup_objects()
-        self.job: Job | None = None
+        super().__init__(napari_viewer, run=self.run, tooltips=TOOLTIPS)
         self.statistics: list[dict] = []
-        self._load_when_idle = False
-        self._entries: dict[str, ModelEntry | Path] = {}
-        self._models: dict[str, tuple[torch.nn.Module, ModelCard, list[str]]] = {}
 
         self.image = QComboBox()
-        self.model = QComboBox()
-        self.open_model = QPushButton("Open model...")
-        self.device = QComboBox()
-        self.device.addItems(available_devices())
-        self.precision = QComboBox()
-        self.precision.addItems(PRECISIONS)
+        self.model = ModelPicker(self.jobs, tooltip=TOOLTIPS["model"],
+                                 describe=segment_details, open_button=True)
+        self.device = device_choice()
+        self.precision = precision_choice()
         self.tta = QCheckBox("Test-time augmentation (flips)")
         self.uncertainty = QComboBox()
         self.uncertainty.addItems([NO_UNCERTAINTY, *UNCERTAINTY_KINDS])
@@ -226,33 +174,23 @@ class SegmentWidget(QWidget):
         self.min_component.setRange(0.0, 1e7)
         self.min_component.setDecimals(1)
         self.min_component.setSuffix(" mm³")
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         self.table = QTableWidget(0, len(TABLE_FIELDS))
         self.table.setHorizontalHeaderLabels([f.replace("_", " ") for f in TABLE_FIELDS])
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.export_button = QPushButton("Export CSV...")
         self.export_button.setEnabled(False)
-        for name, widget in (("image", self.image), ("model", self.model),
-                             ("open_model", self.open_model), ("device", self.device),
-                             ("precision", self.precision), ("tta", self.tta),
-                             ("uncertainty", self.uncertainty),
+        for name, widget in (("image", self.image), ("open_model", self.model.open_button),
+                             ("device", self.device), ("precision", self.precision),
+                             ("tta", self.tta), ("uncertainty", self.uncertainty),
                              ("probabilities", self.probabilities),
                              ("attention", self.attention), ("crop", self.crop),
                              ("min_component", self.min_component),
-                             ("run", self.run_button), ("cancel", self.cancel_button),
                              ("statistics", self.table), ("export", self.export_button)):
             widget.setToolTip(TOOLTIPS[name])
 
         form = QFormLayout()
         form.addRow("Image", self.image)
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model, 1)
-        model_row.addWidget(self.open_model)
-        form.addRow("Model", model_row)
+        form.addRow("Model", self.model.row())
         form.addRow("Device", self.device)
         form.addRow("Precision", self.precision)
         form.addRow(self.tta)
@@ -261,110 +199,44 @@ class SegmentWidget(QWidget):
         form.addRow("Attention maps", self.attention)
         form.addRow(self.crop)
         form.addRow("Remove pieces under", self.min_component)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
+        layout.addWidget(self.jobs)
         layout.addWidget(self.status)
         layout.addWidget(QLabel("Statistics per class"))
         layout.addWidget(self.table, 1)
         layout.addWidget(self.export_button)
 
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         self.export_button.clicked.connect(self._export_clicked)
-        self.open_model.clicked.connect(self._open_model_clicked)
-        self.model.currentIndexChanged.connect(self._model_changed)
+        self.model.changed.connect(self._model_changed)
         on_layers_changed(napari_viewer, self._refresh_images)
         self._refresh_images()
-        self.refresh_models()
+        self.model.refresh()
 
     # -- choices --------------------------------------------------------------------
     def _refresh_images(self, event: Any = None) -> None:
-        current = self.image.currentText()
-        names = [layer.name for layer in self.viewer.layers
-                 if isinstance(layer, Image) and not layer.rgb
-                 and RUN_KEY not in layer.metadata]
-        self.image.blockSignals(True)
-        self.image.clear()
-        self.image.addItems(names)
-        if current in names:
-            self.image.setCurrentText(current)
-        self.image.blockSignals(False)
+        set_items(self.image, [layer.name for layer in scan_layers(self.viewer)])
+        self.jobs.refresh()
 
     def refresh_models(self) -> None:
         """List the built-in and user models (skipping broken ones with a notification)."""
-        problems: list[str] = []
-        entries = list_models(problems)
-        for problem in problems:
-            show_info(problem)
-        self._entries = {**{e.name: e for e in entries},
-                         **{k: v for k, v in self._entries.items() if isinstance(v, Path)}}
-        set_models(self.model, self._entries, fallback=DEFAULT_MODEL)
-        self._model_changed()
+        self.model.refresh()
 
     def add_model(self, path: str | Path) -> str:
-        """Load a model from a folder or file (in the background) and select it.
+        """Load a model from a folder or file (in the background) and select it; returns
+        the name it is listed under (the folder's or file's name)."""
+        return self.model.add(path)
 
-        Returns the name it is listed under (its card's name, known once loaded; the
-        file name until then).
-        """
-        path = Path(path)
-        name = path.stem if path.is_file() else path.name
-        self._entries[name] = path
-        self.model.addItem(name)
-        self.model.setCurrentText(name)
-        return name
+    def ready(self) -> bool:
+        return bool(self.image.currentText()) and self.model.loaded is not None
 
-    def _open_model_clicked(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Model folder (card.json + weights)")
-        if path:
-            self.add_model(path)
-
-    def _model_changed(self, index: int = -1) -> None:
-        """Fill the class and attention lists of the chosen model (attention needs the
-        network: it is loaded in the background, once)."""
-        name = self.model.currentText()
-        entry = self._entries.get(name)
-        self.model.setToolTip(model_card_tooltip(entry.card) if isinstance(entry, ModelEntry)
-                              else TOOLTIPS["model"])
-        self._fill_checklist(self.probabilities,
-                             entry.card.class_names if isinstance(entry, ModelEntry) else [])
-        self._fill_checklist(self.attention, [])
-        self._update_buttons()
-        if entry is None:
-            return
-        if name in self._models:
-            self._show_model(name, *self._models[name])
-        elif self.job is None or not self.job.running:
-            self._load_in_background(name)
-        else:
-            self._load_when_idle = True
-
-    def _load_in_background(self, name: str) -> None:
-        entry = self._entries[name]
-        source = entry.path if isinstance(entry, ModelEntry) else entry
-
-        def load(progress, cancel):
-            warm_up_labels_display()
-            module, card = load_model(source)
-            return module, card, attention_map_names(module, card.patch_size,
-                                                     card.in_channels)
-
-        self._start(load, f"Loading model {name}",
-                    lambda loaded: self._show_model(name, *loaded))
-
-    def _show_model(self, name: str, module: torch.nn.Module, card: ModelCard,
-                    attention: Sequence[str]) -> None:
-        self._models[name] = (module, card, list(attention))
-        if name != self.model.currentText():
-            return
-        self.model.setToolTip(model_card_tooltip(card))
-        self._fill_checklist(self.probabilities, card.class_names)
-        self._fill_checklist(self.attention, attention)
-        self._update_buttons()
+    def _model_changed(self) -> None:
+        """Fill the class and attention lists of the chosen model (the attention maps are
+        known once the network is loaded)."""
+        held, entry = self.model.loaded, self.model.entry
+        card = held.card if held is not None else getattr(entry, "card", None)
+        self._fill_checklist(self.probabilities, card.class_names if card else [])
+        self._fill_checklist(self.attention, self.model.details or [])
 
     @staticmethod
     def _fill_checklist(box: QListWidget, names: Sequence[str]) -> None:
@@ -380,27 +252,7 @@ class SegmentWidget(QWidget):
         return [row for row in range(box.count())
                 if box.item(row).checkState() == Qt.CheckState.Checked]
 
-    def _update_buttons(self) -> None:
-        busy = self.job is not None and self.job.running
-        self.run_button.setEnabled(not busy and self.model.currentText() in self._models)
-        self.cancel_button.setEnabled(busy)
-
     # -- running --------------------------------------------------------------------
-    def _start(self, function, description: str, on_result) -> Job:
-        self.job = start_job(function, description=description, on_result=on_result,
-                             on_finished=self._job_finished)
-        self._update_buttons()
-        return self.job
-
-    def _job_finished(self, job: Job) -> None:
-        self._update_buttons()
-        # A model chosen while another job ran is loaded now (once: a model that fails
-        # to load is not retried until it is chosen again).
-        name = self.model.currentText()
-        if self._load_when_idle and name in self._entries and name not in self._models:
-            self._load_in_background(name)
-        self._load_when_idle = False
-
     def run(self) -> Job | None:
         """Segment the chosen image with the chosen model in the background.
 
@@ -412,7 +264,11 @@ class SegmentWidget(QWidget):
         except KeyError:
             show_error("Open a scan first: there is no image layer to segment.")
             return None
-        module, card, _attention = self._models[self.model.currentText()]
+        held = self.model.loaded
+        if held is None:
+            show_error("Choose a model and wait until it is loaded.")
+            return None
+        module, card = held.module, held.card
         try:
             volume = layer_volume(layer.data, layer.metadata, name=layer.name)
         except MedAttnError as error:
@@ -421,7 +277,7 @@ class SegmentWidget(QWidget):
         run = {"image": layer.unique_id, "model": card.name}
         options = dict(
             device=self.device.currentText(), tta=self.tta.isChecked(),
-            use_autocast=self.precision.currentText() == PRECISIONS[0],
+            use_autocast=use_autocast(self.precision),
             uncertainty=(None if self.uncertainty.currentText() == NO_UNCERTAINTY
                          else self.uncertainty.currentText()),
             keep_probabilities=self._checked(self.probabilities),
@@ -436,14 +292,9 @@ class SegmentWidget(QWidget):
             rows = class_statistics(result.labels, volume)
             return result, rows, segmentation_layer_data(result, card, run)
 
-        return self._start(work, f"Segment {layer.name} ({card.name})",
-                           lambda outcome: self._show_result(card, run, *outcome))
-
-    def cancel(self) -> None:
-        """Stop the running job at its next check; it adds no layer."""
-        if self.job is not None:
-            self.job.cancel()
-            self.status.setText("Cancelling...")
+        return self.jobs.start(work, f"Segment {layer.name} ({card.name})",
+                               lambda outcome: self._show_result(card, run, *outcome),
+                               model=held)
 
     def _show_result(self, card: ModelCard, run: dict, result: Segmentation,
                      rows: list[dict], layer_data: list[tuple]) -> None:
