@@ -15,9 +15,9 @@ from napari_medattn.inference.preprocess import (
     reorient,
     robust_zscore,
     suv_scale,
-    validate_normalization,
 )
 from napari_medattn.io import Volume
+from napari_medattn.models.card import validate_normalization
 
 
 def source_volume():

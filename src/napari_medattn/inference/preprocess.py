@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -25,9 +25,7 @@ from napari_medattn.io.volume import (
     canonical_permutation,
     reorient_affine,
 )
-
-if TYPE_CHECKING:
-    from napari_medattn.models.card import ModelCard
+from napari_medattn.models.card import ModelCard, validate_normalization
 
 # ---------------------------------------------------------------------------- orientation
 
@@ -185,42 +183,6 @@ class CardGrid:
 
 
 # ------------------------------------------------------------------------------ intensity
-
-#: Normalisation schemes and their parameters (name -> (required, optional)).
-NORMALIZATION_SCHEMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "none": ((), ()),
-    "ct_window": (("window",), ()),
-    "zscore": ((), ("percentiles",)),
-    "percentile": ((), ("percentiles",)),
-    "suv": (("max",), ()),
-}
-
-
-def validate_normalization(spec: Mapping[str, Any]) -> None:
-    """Raise ModelError unless ``spec`` is a known scheme with valid parameters."""
-    if not isinstance(spec, Mapping) or "scheme" not in spec:
-        raise ModelError("the normalization must be an object with a 'scheme'.")
-    scheme = spec["scheme"]
-    if scheme not in NORMALIZATION_SCHEMES:
-        raise ModelError(f"unknown normalization scheme {scheme!r}; use one of "
-                         f"{', '.join(NORMALIZATION_SCHEMES)}.")
-    required, optional = NORMALIZATION_SCHEMES[scheme]
-    given = set(spec) - {"scheme"}
-    if set(required) - given:
-        raise ModelError(f"normalization {scheme!r} needs {', '.join(required)}.")
-    if given - set(required) - set(optional):
-        raise ModelError(f"normalization {scheme!r} does not take "
-                         f"{', '.join(sorted(given - set(required) - set(optional)))}.")
-    for key in ("window", "percentiles"):
-        if key in spec:
-            pair = spec[key]
-            if (not isinstance(pair, Sequence) or len(pair) != 2
-                    or not all(isinstance(v, (int, float)) for v in pair) or pair[0] >= pair[1]):
-                raise ModelError(f"normalization {key!r} must be two increasing numbers, "
-                                 f"got {pair!r}.")
-    if "max" in spec and (not isinstance(spec["max"], (int, float)) or spec["max"] <= 0):
-        raise ModelError(f"normalization 'max' must be a positive SUV, got {spec['max']!r}.")
-
 
 def ct_window(data: np.ndarray, low: float, high: float) -> np.ndarray:
     """Clip CT values to the window [low, high] HU and scale it to [0, 1] (float32)."""

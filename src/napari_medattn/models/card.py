@@ -150,9 +150,6 @@ class ModelCard:
         if self.weights_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}",
                                                                 str(self.weights_sha256)):
             raise ModelError(f"{who} has a malformed weights_sha256 (64 hex digits expected).")
-        # The normalisation scheme names live with their implementations.
-        from napari_medattn.inference.preprocess import validate_normalization
-
         try:
             validate_normalization(self.normalization)
         except ModelError as error:
@@ -232,3 +229,42 @@ def default_classes(names: Sequence[str]) -> list[ClassInfo]:
     colours = DEFAULT_COLOURS
     return [ClassInfo(name, colours[0] if i == 0 else colours[1 + (i - 1) % (len(colours) - 1)])
             for i, name in enumerate(names)]
+
+
+#: Normalisation schemes a card may name, and their parameters (name -> (required,
+#: optional)); ``inference.preprocess.normalize_intensity`` implements each one. They are
+#: part of the card's contract, so the card checks them without importing the inference
+#: code (which imports the card).
+NORMALIZATION_SCHEMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "none": ((), ()),
+    "ct_window": (("window",), ()),
+    "zscore": ((), ("percentiles",)),
+    "percentile": ((), ("percentiles",)),
+    "suv": (("max",), ()),
+}
+
+
+def validate_normalization(spec: Mapping[str, Any]) -> None:
+    """Raise ModelError unless ``spec`` is a known scheme with valid parameters."""
+    if not isinstance(spec, Mapping) or "scheme" not in spec:
+        raise ModelError("the normalization must be an object with a 'scheme'.")
+    scheme = spec["scheme"]
+    if scheme not in NORMALIZATION_SCHEMES:
+        raise ModelError(f"unknown normalization scheme {scheme!r}; use one of "
+                         f"{', '.join(NORMALIZATION_SCHEMES)}.")
+    required, optional = NORMALIZATION_SCHEMES[scheme]
+    given = set(spec) - {"scheme"}
+    if set(required) - given:
+        raise ModelError(f"normalization {scheme!r} needs {', '.join(required)}.")
+    if given - set(required) - set(optional):
+        raise ModelError(f"normalization {scheme!r} does not take "
+                         f"{', '.join(sorted(given - set(required) - set(optional)))}.")
+    for key in ("window", "percentiles"):
+        if key in spec:
+            pair = spec[key]
+            if (not isinstance(pair, Sequence) or len(pair) != 2
+                    or not all(isinstance(v, (int, float)) for v in pair) or pair[0] >= pair[1]):
+                raise ModelError(f"normalization {key!r} must be two increasing numbers, "
+                                 f"got {pair!r}.")
+    if "max" in spec and (not isinstance(spec["max"], (int, float)) or spec["max"] <= 0):
+        raise ModelError(f"normalization 'max' must be a positive SUV, got {spec['max']!r}.")
