@@ -36,4 +36,4 @@ run: setup
 	$(PY) -m napari_medattn.launch $(if $(SCREENSHOT),--screenshot $(SCREENSHOT))
 
 test: setup
-	QT_API=pyqt6 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	QT_API=pyqt6 $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
