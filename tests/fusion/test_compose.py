@@ -117,3 +117,13 @@ def test_difference_and_compose_modes():
     np.testing.assert_allclose(board[..., 0], [[0.0, 0.25], [0.0, 0.25]], atol=2e-3)
     with pytest.raises(DimensionError, match="Unknown fusion mode"):
         compose_rgb(a, b, "sideways", lut=colormap_lut("gray"))
+
+
+def test_overlay_table_is_transparent_below_window_and_cursor_text():
+    from napari_medattn.fusion.compose import fused_values_text, overlay_lut_rgba
+
+    rgba = overlay_lut_rgba("inferno", 16)
+    assert rgba[0, 3] == 0.0 and np.all(rgba[1:, 3] == 1.0)
+    np.testing.assert_allclose(rgba[:, :3], colormap_lut("inferno", 16))
+    text = fused_values_text([("CT", 45.2, "HU"), ("PET", 6.2049, "SUV"), ("MR", None, "")])
+    assert text == "CT 45 HU · PET 6.2 SUV · MR -"

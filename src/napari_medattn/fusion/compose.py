@@ -117,6 +117,23 @@ def colormap_lut(name: str, size: int = LUT_SIZE) -> np.ndarray:
     return cmap(np.arange(size))[:, :3].astype(np.float32)
 
 
+def overlay_lut_rgba(name: str, size: int = LUT_SIZE) -> np.ndarray:
+    """The overlay colour table with opacity: transparent at window value 0, opaque above.
+
+    The same rule as :func:`colour_overlay` (an overlay is drawn only where it is above
+    the lower end of its window), for viewers that blend RGBA tables (napari).
+
+    Returns
+    -------
+    (size, 4) ndarray
+        float32 RGBA in [0, 1].
+    """
+    rgba = np.ones((size, 4), np.float32)
+    rgba[:, :3] = colormap_lut(name, size)
+    rgba[0, 3] = 0.0
+    return rgba
+
+
 def apply_lut(values: Any, lut: np.ndarray) -> np.ndarray:
     """Colour windowed values through a lookup table.
 
@@ -326,3 +343,33 @@ def compose_rgb(base_values: Any, overlay_values: Any, mode: str, *, lut: np.nda
     if mode == "difference":
         return gray_rgb(difference_display(difference(base_values, overlay_values), 1.0))
     raise DimensionError(f"Unknown fusion mode {mode!r}; choose one of {', '.join(MODES)}.")
+
+
+#: Short names of modalities in the fused cursor text.
+MODALITY_NAMES = {"PT": "PET", "CT": "CT", "MR": "MR", "SEG": "Labels"}
+
+
+def fused_values_text(entries: list[tuple[str, Any, str]]) -> str:
+    """The cursor line of a fused view: every layer's value with its unit.
+
+    Parameters
+    ----------
+    entries : list of (name, value, unit)
+        In display order; ``value`` None (outside that layer) is shown as a dash. HU are
+        whole numbers; other units keep three significant digits.
+
+    Returns
+    -------
+    str
+        E.g. ``"CT 45 HU · PET 6.2 SUV"``.
+    """
+    parts = []
+    for name, value, unit in entries:
+        if value is None or not np.isfinite(float(value)):
+            text = "-"
+        elif unit == "HU":
+            text = f"{float(value):.0f}"
+        else:
+            text = f"{float(value):.3g}"
+        parts.append(" ".join(p for p in (name, text, unit if text != "-" else "") if p))
+    return " · ".join(parts)

@@ -1,0 +1,120 @@
+"""Axial, coronal and sagittal views side by side with a linked crosshair, for any scan.
+
+Built on napari-orthogonal-views (maintained, napari 0.6-0.9), which adds two canvases of
+the same layers beside napari's own, keeps their layer properties (contrast limits,
+colormap, opacity: the window/level) in step and links their slice positions in world
+coordinates (patient mm here), with a crosshair overlay. This module adds what a
+radiologist expects on top: each canvas in radiological orientation with its letters (the
+main canvas axial, the others coronal and sagittal, through
+:func:`~napari_medattn.widgets.radiology_view.install_radiology_view`), and a click (press
+and release without moving) in any canvas moves the other two to that point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from napari.utils.notifications import show_warning
+from napari_orthogonal_views.ortho_view_manager import _get_manager
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QCheckBox, QVBoxLayout, QWidget
+
+from napari_medattn.widgets.radiology_view import install_radiology_view
+
+TOOLTIP = ("Show the scan in axial, coronal and sagittal views at once; a click in one "
+           "view moves the other two to that point (patient mm).")
+_CLICK_KEY = "_medattn_click_moves_point"
+
+
+def _click_moves_point(model: Any) -> None:
+    """A click (press and release without dragging) sets the model's world point there;
+    napari-orthogonal-views passes it to the other views. A drag still pans."""
+    if getattr(model, _CLICK_KEY, False):
+        return
+
+    def on_press(source: Any, event: Any):
+        dragged = False
+        yield
+        while event.type == "mouse_move":
+            dragged = True
+            yield
+        if not dragged and event.button == 1:
+            move_to(model, event.position)
+
+    model.mouse_drag_callbacks.append(on_press)
+    setattr(model, _CLICK_KEY, True)
+
+
+def move_to(model: Any, world_point: Any) -> None:
+    """Put ``model``'s slices through ``world_point`` (all dims, world mm)."""
+    point = list(model.dims.point)
+    position = list(world_point)[-len(point):]
+    point[-len(position):] = position
+    model.dims.point = tuple(point)
+
+
+def plane_models(viewer: Any) -> list:
+    """The viewer and the coronal and sagittal view models (only the viewer when the
+    three planes are hidden)."""
+    manager = _get_manager(viewer)
+    if not manager.is_shown():
+        return [viewer]
+    return [viewer, manager.bottom_widget.vm_container.viewer_model,
+            manager.right_widget.vm_container.viewer_model]
+
+
+def set_three_planes(viewer: Any, shown: bool) -> list:
+    """Show or hide the linked three-plane layout.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    shown : bool
+
+    Returns
+    -------
+    list
+        The axial (the viewer itself), coronal and sagittal models when shown.
+    """
+    manager = _get_manager(viewer)
+    if not shown:
+        if manager.is_shown():
+            manager.hide()
+        return [viewer]
+    viewer.dims.ndisplay = 2
+    if viewer.dims.ndim >= 3:
+        # The main canvas shows the axial plane: the last two spatial axes (y, x).
+        order = list(range(viewer.dims.ndim))
+        viewer.dims.order = tuple(order)
+    install_radiology_view(viewer)
+    manager.show()
+    manager.set_cross_hairs(True)
+    models = plane_models(viewer)
+    for model in models:
+        install_radiology_view(model).update()
+        _click_moves_point(model)
+        model.reset_view()
+    # The new canvases get their size on the next event-loop pass; frame them again then.
+    QTimer.singleShot(0, lambda: [model.reset_view() for model in plane_models(viewer)])
+    return models
+
+
+class ThreePlanesWidget(QWidget):
+    """A toggle for the linked three-plane layout (works for any scan)."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.toggle = QCheckBox("Axial, coronal and sagittal, linked")
+        self.toggle.setToolTip(TOOLTIP)
+        self.toggle.toggled.connect(self._set)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.toggle)
+        layout.addStretch(1)
+
+    def _set(self, shown: bool) -> None:
+        try:
+            set_three_planes(self.viewer, shown)
+        except RuntimeError as error:  # the window has no canvas layout to attach to
+            show_warning(f"The three-plane layout could not be shown: {error}")
+            self.toggle.setChecked(False)

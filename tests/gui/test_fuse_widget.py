@@ -1,0 +1,186 @@
+"""The Fuse widget in a real viewer: placement without resampling, oblique resampling, the
+fade slider, the modes (screenshots), the cursor values with units, and the linked three
+planes (a click in the axial view moves the coronal and sagittal slices to that mm).
+
+Set MEDATTN_SCREENSHOT_DIR=docs/screenshots to keep the mode screenshots for the docs."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from napari_medattn._napari_hooks import (
+    SAMPLE_DIR,
+    sample_nibabel_anatomical,
+    sample_nibabel_anatomical_moved,
+    sample_synthetic_pet_ct,
+)
+from napari_medattn.display.layers import GEOMETRY_KEY
+from napari_medattn.fusion.align import overlay_on_grid
+from napari_medattn.io import read_volume
+from napari_medattn.widgets.fuse import FUSE_KEY, FuseWidget, _grid
+from napari_medattn.widgets.three_planes import plane_models, set_three_planes
+
+
+def _add(viewer, layer_data):
+    for data, kwargs, kind in layer_data:
+        viewer._add_layer_from_data(data, kwargs, kind)
+
+
+def _shot(viewer, qtbot, name=None, tmp_path=None):
+    qtbot.wait(50)
+    image = viewer.screenshot(canvas_only=True, flash=False)
+    folder = os.environ.get("MEDATTN_SCREENSHOT_DIR")
+    if name and (folder or tmp_path):
+        path = Path(folder or tmp_path) / f"fuse_{name}.png"
+        PILImage.fromarray(viewer.screenshot(canvas_only=False, flash=False)).save(path)
+    return image.astype(np.int16)
+
+
+@pytest.fixture
+def pet_ct(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1300, 900)
+    _add(viewer, sample_synthetic_pet_ct())
+    widget = FuseWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.base.setCurrentText("synthetic_ct_head")
+    widget.overlay.setCurrentText("synthetic_fdg_pet")
+    # Through the lesion (LPS z = 30 mm): a slice with high uptake.
+    viewer.dims.point = (30.0, *viewer.dims.point[1:])
+    return viewer, widget
+
+
+def test_pet_is_placed_without_resampling_and_fade_changes_the_picture(pet_ct, qtbot,
+                                                                      tmp_path):
+    viewer, widget = pet_ct
+    viewer.layers["synthetic_fdg_pet"].visible = False
+    ct_only = _shot(viewer, qtbot)
+    viewer.layers["synthetic_fdg_pet"].visible = True
+    assert widget.run() is None  # axis-aligned PET: no job
+    pet = viewer.layers["synthetic_fdg_pet"]
+    assert widget.current() is pet and len(viewer.layers) == 2
+    assert "placed by its own geometry" in widget.status.text()
+    assert tuple(pet.contrast_limits) == (0.0, 5.0)  # the first SUV preset
+    widget.fade.setValue(0)
+    faded_out = _shot(viewer, qtbot)
+    assert pet.opacity == 0.0
+    np.testing.assert_array_equal(faded_out, ct_only)
+    widget.fade.setValue(100)
+    full = _shot(viewer, qtbot, "blend", tmp_path)
+    assert pet.opacity == 1.0
+    assert np.abs(full - ct_only).mean() > 5.0
+    widget.fade.setValue(50)
+    half = _shot(viewer, qtbot)
+    assert 0 < np.abs(half - ct_only).mean() < np.abs(full - ct_only).mean()
+    widget.preset.setCurrentText("SUV 0-10")
+    assert tuple(pet.contrast_limits) == (0.0, 10.0)
+    widget.colormap.setCurrentText("pet_rainbow")
+    assert not np.array_equal(_shot(viewer, qtbot), half)
+
+
+def test_cursor_lists_every_fused_value_with_units(pet_ct):
+    viewer, widget = pet_ct
+    widget.run()
+    ct = read_volume(SAMPLE_DIR / "synthetic_ct_head.nii.gz")
+    pet = read_volume(SAMPLE_DIR / "synthetic_fdg_pet.nii.gz")
+    lps = np.array([-28.0, -20.0, 30.0])  # the hot sphere's centre
+    world = lps[::-1]
+
+    def value_at(volume):
+        index = np.linalg.solve(volume.affine, [*lps, 1.0])[:3]
+        return float(np.asarray(volume.data)[tuple(np.round(index).astype(int))])
+
+    text = widget.cursor_text(world)
+    assert text == f"CT {value_at(ct):.0f} HU · PET {value_at(pet):.3g} SUV"
+    assert value_at(pet) > 10  # inside the sphere (SUV 16 before the 5 mm blur)
+    status = viewer.layers["synthetic_fdg_pet"].get_status(world, world=True)
+    assert status["coordinates"].endswith(text) and "R 28.0" in status["coordinates"]
+
+
+def test_modes_and_oblique_overlay_resampled(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    _add(viewer, sample_nibabel_anatomical())
+    _add(viewer, sample_nibabel_anatomical_moved())
+    widget = FuseWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.base.setCurrentText("nibabel_anatomical")
+    widget.overlay.setCurrentText("nibabel_anatomical_moved")
+    job = widget.run()
+    assert job is not None and "oblique" in widget.status.text()
+    qtbot.waitUntil(lambda: not job.running, timeout=30000)
+    shown = widget.current()
+    assert shown.metadata[FUSE_KEY] == {"overlay": "nibabel_anatomical_moved",
+                                        "role": "resampled"}
+    base = viewer.layers["nibabel_anatomical"]
+    assert shown.data.shape == base.data.shape and np.allclose(shown.scale, base.scale)
+    expected = overlay_on_grid(viewer.layers["nibabel_anatomical_moved"].metadata[GEOMETRY_KEY],
+                               base.metadata[GEOMETRY_KEY])
+    np.testing.assert_allclose(shown.metadata[GEOMETRY_KEY].affine,
+                               base.metadata[GEOMETRY_KEY].affine)
+    assert np.isclose(np.asarray(shown.data, np.float64).sum(),
+                      np.asarray(expected.canonical().data, np.float64).sum(), rtol=1e-6)
+    blend = _shot(viewer, qtbot, "blend_mr", tmp_path)
+
+    widget.mode.setCurrentText("checkerboard")
+    board = viewer.layers["nibabel_anatomical_moved checkerboard"]
+    assert not shown.visible and board.visible
+    # Tiles of 20 mm on a 2 mm grid: runs of 10 voxels of the overlay and of "nothing".
+    line = np.asarray(board.data)[0, 0, :] > np.finfo(np.float32).min
+    assert np.allclose(board.scale[-1], 2.0)
+    assert not line[:10].any() and line[10:20].all()
+    widget.tile.setValue(10.0)
+    board = viewer.layers["nibabel_anatomical_moved checkerboard"]
+    line = np.asarray(board.data)[0, 0, :] > np.finfo(np.float32).min
+    assert not line[:5].any() and line[5:10].all()
+    checker = _shot(viewer, qtbot, "checkerboard", tmp_path)
+
+    widget.mode.setCurrentText("difference")
+    assert "nibabel_anatomical_moved checkerboard" not in viewer.layers
+    diff = viewer.layers["nibabel_anatomical_moved difference"]
+    assert float(np.abs(diff.data).max()) <= 1.0 and tuple(diff.contrast_limits) == (-1.0, 1.0)
+    difference = _shot(viewer, qtbot, "difference", tmp_path)
+
+    widget.mode.setCurrentText("side by side")
+    assert _grid(viewer).enabled and "nibabel_anatomical_moved difference" not in viewer.layers
+    side = _shot(viewer, qtbot, "side_by_side", tmp_path)
+    for a, b in ((blend, checker), (checker, difference), (difference, side)):
+        assert not np.array_equal(a, b)
+    widget.mode.setCurrentText("blend")
+    assert not _grid(viewer).enabled
+
+
+def test_click_in_axial_view_moves_the_other_planes(pet_ct, qtbot, tmp_path):
+    viewer, widget = pet_ct
+    widget.run()
+    widget.planes.setChecked(True)
+    qtbot.wait(100)
+    axial, coronal, sagittal = plane_models(viewer)
+    assert axial is viewer and coronal is not viewer
+    canvas = viewer.window._qt_viewer.canvas
+    # Click on the hot sphere in the axial view: LPS x = -28 (right), y = -20 (anterior).
+    target = np.array([30.0, -20.0, -28.0])
+    pos = _world_to_canvas(canvas, viewer, target)
+    scene = canvas._scene_canvas
+    scene.events.mouse_press(pos=pos, button=1, modifiers=())
+    scene.events.mouse_release(pos=pos, button=1, modifiers=())
+    qtbot.wait(50)
+    for model in (coronal, sagittal):
+        np.testing.assert_allclose(model.dims.point[-2:], target[-2:], atol=1.5)
+    # Coronal slices at y = -20 mm, sagittal at x = -28 mm (nearest 1 mm slice).
+    assert abs(coronal.dims.point[1] - target[1]) <= 0.5
+    assert abs(sagittal.dims.point[2] - target[2]) <= 0.5
+    _shot(viewer, qtbot, "three_planes", tmp_path)
+    set_three_planes(viewer, False)
+    assert plane_models(viewer) == [viewer]
+
+
+def _world_to_canvas(canvas, viewer, world):
+    """Canvas pixel of a world point in the displayed plane (inverse of napari's map)."""
+    transform = canvas.view.scene.transform
+    displayed = list(viewer.dims.displayed)
+    scene_point = [world[displayed[1]], world[displayed[0]], 0, 1]
+    pixel = transform.map(scene_point)
+    return pixel[:2] / pixel[3]
