@@ -64,6 +64,8 @@ INSPECTOR = {
              "geometry is known).",
     "segment_run": "Pick a previous Segment run to inspect its scan with its model.",
     "model": "Built-in and user models. Hover an entry for its model card.",
+    "open_model": "Add a model folder: card.json + weights.safetensors, or a MONAI "
+                  "bundle.",
     "device": "Where the network runs: auto picks a CUDA GPU, then Apple MPS, then the CPU.",
     "method": "What to show: class-activation maps (gradcam, gradcam++, hirescam, layercam), "
               "the network's own attention (gate, cbam, channels), rollout, occlusion, or "
@@ -96,6 +98,33 @@ INSPECTOR = {
     "uncertainty_source": "The uncertainty map to rank (from here or from a Segment run).",
     "slices": "Axial slices with the highest mean uncertainty, at least 5 mm apart; click "
               "one to go there.",
+}
+
+
+FUSE = {
+    "base": "The scan the overlays are fused onto (its grid is the reference).",
+    "overlay": "The overlay to fuse or adjust (PET, MR, another CT). Each overlay keeps its "
+               "own colormap, window and opacity.",
+    "transform": "A registration transform (ITK file, fixed = base mm -> moving = overlay "
+                 "mm), e.g. saved by the Register widget. Without one, both scans must share "
+                 "one patient space.",
+    "run": "Show the overlay over the base: as it is where napari can place it by its "
+           "geometry; an oblique overlay, or one seen through a rotating transform, is "
+           "resampled onto the base grid in the background.",
+    "cancel": "Stop the resampling; no layer is added.",
+    "colormap": "Overlay colour table; values below the window are transparent.",
+    "preset": "Overlay window: PET in SUV (0-5, 0-10, 0-20) or the CT presets in HU.",
+    "low": "Lower end of the overlay window (its units: SUV, HU, ...).",
+    "high": "Upper end of the overlay window.",
+    "opacity": "Overlay opacity at full fade.",
+    "fade": "Fade from the base alone (left) to the overlay at its opacity (right).",
+    "mode": "blend: overlay over base; checkerboard: alternate tiles; difference: base "
+            "minus overlay, each through its window (mid-grey where they agree); side by "
+            "side: one canvas each.",
+    "tile": "Checkerboard tile edge in mm.",
+    "planes": "Axial, coronal and sagittal views together; a click in one moves the "
+              "others to that point.",
+    "mip": "A rotating maximum intensity projection of the overlay in 3D.",
 }
 
 
