@@ -22,6 +22,8 @@ from napari_medattn.errors import MedAttnError, ReadError
 
 #: Seconds to wait for the server to answer (connect, then each read).
 DEFAULT_TIMEOUT_S = 20.0
+#: Back-off (ms) before the one retry of a failed request.
+RETRY_WAIT_MS = 250
 
 
 class PacsError(MedAttnError):
@@ -74,7 +76,7 @@ class Connection:
 
     def session(self) -> requests.Session:
         """A requests session with this connection's authentication and TLS policy."""
-        session = requests.Session()
+        session = _WildcardSession()
         session.verify = self.verify
         parts = urlsplit(self.url)
         username = self.username or parts.username
@@ -87,8 +89,29 @@ class Connection:
 
     def client(self) -> DICOMwebClient:
         """A dicomweb-client on :meth:`session` (the URL it gets carries no credentials)."""
-        return DICOMwebClient(self.display_url, session=self.session(),
-                              timeout=self.timeout_s)
+        client = DICOMwebClient(self.display_url, session=self.session(),
+                                timeout=self.timeout_s)
+        # dicomweb-client retries every failure 5 times with back-off (31 s before "server
+        # down" is said); one retry after RETRY_WAIT_MS keeps a busy server's 503 covered.
+        client.set_http_retry_params(max_attempts=2, wait_exponential_multiplier=RETRY_WAIT_MS)
+        return client
+
+
+class _WildcardSession(requests.Session):
+    """Sends QIDO-RS wildcards as ``*`` and ``?``, not percent-encoded.
+
+    dicomweb-client percent-encodes every query value; Orthanc (1.10 with DICOMweb 1.7)
+    then matches ``%2A`` literally and a ``Doe*`` search finds nothing. Both characters
+    are legal in a URL query (RFC 3986), and in a DICOM matching key they always mean a
+    wildcard, so sending them bare changes nothing for servers that decode them.
+    """
+
+    def send(self, request: requests.PreparedRequest, **kwargs) -> requests.Response:
+        parts = urlsplit(request.url)
+        if parts.query:
+            query = parts.query.replace("%2A", "*").replace("%3F", "?")
+            request.url = urlunsplit(parts._replace(query=query))
+        return super().send(request, **kwargs)
 
 
 @contextlib.contextmanager
