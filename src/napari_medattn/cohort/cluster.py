@@ -1,0 +1,256 @@
+"""The Dask side of a cohort: the cluster, the task on each worker, one case's run.
+
+Where it runs. By default on a :class:`distributed.LocalCluster` of single-threaded worker
+processes made for the run (:func:`local_cluster`); on an existing Dask scheduler by address
+(dask-jobqueue on Slurm/PBS, Kubernetes, a cloud) whose workers see the same files; or on the
+caller's client. The task object goes to each worker once, through :class:`TaskPlugin`,
+which loads the model the first time a case needs it and keeps it; torch gets the worker's
+share of the host's cores (one thread per Dask thread on a host the workers fill).
+
+The calling process is left as it was: a LocalCluster's nannies write ``OMP_NUM_THREADS=1``
+(and MKL/OpenBLAS/malloc settings) into the *parent's* environment before spawning workers
+and leave them there (``distributed.nanny.pre-spawn-environ``), which would slow napari's own
+inference afterwards. Here the workers get the thread settings in their own environment
+instead, and the parent's environment is restored once the workers have started and again
+when the cluster closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from napari_medattn.cohort.manifest import Case
+from napari_medattn.cohort.records import (
+    CRASH,
+    FAILED,
+    INPUT_ERROR,
+    is_settled,
+    first_line,
+    new_record,
+    read_record,
+    set_status,
+    sha256_json,
+    write_record,
+)
+from napari_medattn.cohort.tasks import CohortTask
+from napari_medattn.errors import ClusterError, MedAttnError
+
+#: Worker environment that stops numeric libraries from each starting one thread per core.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: Seconds to wait for a scheduler given by address.
+CONNECT_TIMEOUT_S = 10
+#: Worker deaths a case may cause before the scheduler gives it up as KilledWorker (Dask's
+#: default: 3, i.e. 4 tries).
+ALLOWED_FAILURES = 3
+PLUGIN_PREFIX = "medattn-cohort-"
+
+
+def plugin_name(task: CohortTask) -> str:
+    """The name the task's worker plugin is registered under (one per parameter set)."""
+    return PLUGIN_PREFIX + sha256_json(task.parameters())[:16]
+
+
+class TaskPlugin:
+    """The task on a worker: torch threads set once, the task's state loaded once.
+
+    A :class:`distributed.WorkerPlugin` (registered under :attr:`name`); the cases reach
+    it through :func:`run_case_on_worker`. Loading happens on the first case, in the task
+    thread, so a long model load does not block the worker's heartbeat.
+    """
+
+    def __init__(self, task: CohortTask, threads_per_host: dict[str, int]) -> None:
+        self.task = task
+        self.name = plugin_name(task)
+        self.threads_per_host = threads_per_host
+        self.torch_threads = 1
+        self.loads = 0
+        self._state: Any = None
+        self._lock = threading.Lock()
+
+    def setup(self, worker: Any) -> None:
+        host = worker.address.rsplit(":", 1)[0]
+        busy = self.threads_per_host.get(host) or worker.state.nthreads
+        self.torch_threads = max(1, len(os.sched_getaffinity(0)) // max(1, busy))
+
+    def state(self) -> Any:
+        """The task's loaded state (the model), loaded by the first case that asks."""
+        with self._lock:
+            if self.loads == 0:
+                self._state = self.task.load()
+                self.loads += 1
+            return self._state
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_state")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock(), _state=None, loads=0)
+
+
+def run_case_on_worker(plugin_name: str, case: Case, case_dir: str, parameters_sha: str,
+                       inputs_sha: str, stats: dict) -> dict:
+    """Run one case on this worker and write its record; returns the record.
+
+    A library error (bad input) is recorded with its sentence; anything else with its
+    type and first line, so that one bad case never ends the run. A case whose record is
+    already settled for these inputs and parameters is not run again: Dask recomputes a
+    finished task whose result died with its worker before the client fetched it, and a
+    case must be done once.
+    """
+    import torch
+    from distributed import get_worker
+
+    folder = Path(case_dir)
+    earlier = read_record(folder)
+    if is_settled(earlier, inputs_sha, parameters_sha):
+        return earlier
+    plugin = get_worker().plugins[plugin_name]
+    if torch.get_num_threads() != plugin.torch_threads:
+        torch.set_num_threads(plugin.torch_threads)
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(folder)
+    record = new_record(plugin.task, case, parameters_sha, inputs_sha, stats)
+    try:
+        output = plugin.task.run_case(plugin.state(), case, folder)
+    except MedAttnError as error:
+        set_status(record, FAILED, str(error), INPUT_ERROR)
+    except Exception as error:  # noqa: BLE001 - a crash of one case is that case's error
+        set_status(record, FAILED, f"{type(error).__name__}: {first_line(error)}", CRASH)
+    else:
+        record.outputs.update(output.outputs)
+        record.notes.extend(output.notes)
+        record.model = output.model
+        record.details["figures"] = output.figures
+    record.details["worker"] = get_worker().address
+    return write_record(record, folder)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Hidden files in a case folder are the atomic writer's temporaries of a worker that
+    was killed mid-write (nothing else of ours or the user's lives there)."""
+    for path in folder.glob(".*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def connect(client: Any, scheduler: str | None, workers: int | None, task: CohortTask,
+             allowed_failures: int, dashboard_address: str) -> Iterator[Any]:
+    """The client to run on, with the task's plugin registered; checks GPU workers."""
+    from distributed import Client
+
+    needs = task.resources()
+    if client is not None:
+        _check_resources(client, needs, "the given client's cluster")
+        register_task(client, task)
+        yield client
+        return
+    if scheduler is not None:
+        try:
+            remote = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except (OSError, TimeoutError) as error:
+            raise ClusterError(f"Cannot reach the Dask scheduler at {scheduler} "
+                               f"({first_line(error) or type(error).__name__}).") from None
+        with remote:
+            _check_resources(remote, needs, f"the scheduler at {scheduler}")
+            register_task(remote, task)
+            yield remote
+        return
+    with local_cluster(workers, resources=needs, allowed_failures=allowed_failures,
+                       dashboard_address=dashboard_address) as cluster, \
+            Client(cluster, set_as_default=False) as local:
+        register_task(local, task)
+        yield local
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int | None = None, *, resources: dict | None = None,
+                  allowed_failures: int = ALLOWED_FAILURES,
+                  dashboard_address: str = ":8787") -> Iterator[Any]:
+    """A LocalCluster of single-threaded worker processes that leaves this process's
+    environment as it found it (see the module docstring).
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes (default: the usable cores).
+    resources : dict, optional
+        Resources each worker offers (``{"GPU": 1}`` for a GPU task).
+    """
+    import dask
+    from distributed import LocalCluster
+
+    count = workers or len(os.sched_getaffinity(0))
+    if count < 1:
+        raise ClusterError(f"A cohort needs at least one worker, not {count}.")
+    saved = dict(os.environ)
+    worker_env = {name: "1" for name in THREAD_VARIABLES}
+    settings = {"distributed.nanny.pre-spawn-environ": {},
+                "distributed.scheduler.allowed-failures": allowed_failures,
+                # One case per worker thread at a time, the rest queued on the scheduler:
+                # a worker that dies then takes only the case it was running with it (the
+                # default 1.1 hands a single-thread worker a second case, which a death
+                # would count against too), and a case never waits behind a slow one.
+                "distributed.scheduler.worker-saturation": 1.0}
+    try:
+        with dask.config.set(settings):
+            cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
+                                   env=worker_env, resources=resources or None,
+                                   dashboard_address=dashboard_address,
+                                   silence_logs=40)  # logging.ERROR: no restart chatter
+        _restore_environment(saved)
+        with cluster:
+            yield cluster
+    finally:
+        _restore_environment(saved)
+
+
+def _restore_environment(saved: dict[str, str]) -> None:
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+def _check_resources(client: Any, needs: dict, where: str) -> None:
+    if not needs:
+        return
+    workers = client.scheduler_info().get("workers", {}).values()
+    if not any(all(w.get("resources", {}).get(k, 0) >= v for k, v in needs.items())
+               for w in workers):
+        wanted = ", ".join(f"{k}={v:g}" for k, v in needs.items())
+        raise ClusterError(f"No worker of {where} offers {wanted}; start GPU workers with "
+                           f"--resources {wanted.replace(', ', ',')} or run with --device cpu.")
+
+
+def register_task(client: Any, task: CohortTask) -> TaskPlugin:
+    threads: dict[str, int] = {}
+    for address, info in client.scheduler_info().get("workers", {}).items():
+        host = address.rsplit(":", 1)[0]
+        threads[host] = threads.get(host, 0) + int(info.get("nthreads", 1))
+    plugin = TaskPlugin(task, threads)
+    client.register_plugin(_as_worker_plugin(plugin), name=plugin.name)
+    return plugin
+
+
+def _as_worker_plugin(plugin: TaskPlugin) -> Any:
+    """:class:`TaskPlugin` as a WorkerPlugin (the base class is imported only here, so that
+    reading this module does not import distributed)."""
+    from distributed import WorkerPlugin
+
+    if not isinstance(plugin, WorkerPlugin):
+        plugin.__class__ = type("TaskWorkerPlugin", (TaskPlugin, WorkerPlugin), {})
+    return plugin
+
+
+def dashboard_link(client: Any) -> str | None:
+    try:
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - no dashboard (bokeh missing) is no reason to stop
+        return None

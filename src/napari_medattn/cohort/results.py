@@ -1,0 +1,150 @@
+"""The cohort's one results table, its summary statistics and plots.
+
+The table is rebuilt from the case records (``cases/<case>/case.json``) after every run,
+so it always covers the whole manifest, whichever run did each case. Columns:
+
+* ``case``, ``status`` (``done``, ``failed``, ``not run``), ``error`` (one sentence),
+  ``error_kind`` (``input``, ``crash``, ``killed``), ``runtime_s``, ``worker``;
+* the task's figures: ``volume_ml_<class>`` (mL), ``dice_<class>``, ``hd95_mm_<class>``
+  (mm) where a reference exists, ``maps`` for explain, ...;
+* ``folder`` (the case's folder, relative to the cohort folder) and ``output_<kind>``
+  (each output file, relative to the cohort folder).
+
+Written as ``results.parquet`` and ``results.csv``; ``summary.csv`` holds count, mean,
+standard deviation, median, minimum and maximum of each figure over the done cases; the
+plots are ``summary_volumes.png`` (volume per class), ``summary_dice.png`` (Dice box plot
+per class) and ``summary_runtime.png`` (runtime per case). Every file is written
+atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_medattn.cohort.manifest import Case
+from napari_medattn.cohort.records import CASES_DIR, DONE, NOT_RUN, read_record
+
+RESULTS = "results"
+SUMMARY = "summary.csv"
+#: Leading columns, in order; figures and outputs follow.
+BASE_COLUMNS = ("case", "status", "error", "error_kind", "runtime_s", "worker", "folder")
+PLOTS = {"volumes": "volume_ml_", "dice": "dice_", "runtime": "runtime_s"}
+
+
+def results_table(out: str | os.PathLike, cases: Sequence[Case], folders: dict[str, str]):
+    """The results table (pandas.DataFrame) of ``cases`` from their records in ``out``."""
+    import pandas as pd
+
+    out = Path(out)
+    rows = []
+    for case in cases:
+        folder = f"{CASES_DIR}/{folders[case.case_id]}"
+        record = read_record(out / folder)
+        if record is None:
+            rows.append({"case": case.case_id, "status": NOT_RUN, "folder": folder})
+            continue
+        details = record["details"]
+        row: dict[str, Any] = {"case": case.case_id, "status": details.get("status"),
+                               "error": details.get("error"),
+                               "error_kind": details.get("error_kind"),
+                               "runtime_s": record.get("runtime_s"),
+                               "worker": details.get("worker"), "folder": folder}
+        row.update(details.get("figures") or {})
+        row.update({f"output_{kind}": f"{folder}/{name}"
+                    for kind, name in (record.get("outputs") or {}).items()})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for column in BASE_COLUMNS:
+        if column not in table:
+            table[column] = None
+    figures = sorted(c for c in table.columns if c not in BASE_COLUMNS
+                     and not c.startswith("output_"))
+    outputs = sorted(c for c in table.columns if c.startswith("output_"))
+    table = table[list(BASE_COLUMNS) + figures + outputs]
+    for column in ("error", "error_kind", "worker"):
+        table[column] = table[column].astype("string")
+    return table
+
+
+def write_results(out: str | os.PathLike, cases: Sequence[Case], folders: dict[str, str]
+                  ) -> tuple[Any, list[Path]]:
+    """Write the table (Parquet and CSV), the summary and the plots; returns
+    ``(table, files written)``."""
+    from napari_medattn.io.atomic import atomic_path, write_text_atomically
+
+    out = Path(out)
+    table = results_table(out, cases, folders)
+    parquet = out / f"{RESULTS}.parquet"
+    with atomic_path(parquet) as temporary:
+        table.to_parquet(temporary, index=False)
+    csv = write_text_atomically(out / f"{RESULTS}.csv",
+                                lambda f: table.to_csv(f, index=False, lineterminator="\n"))
+    summary = summary_statistics(table)
+    written = [parquet, csv, write_text_atomically(
+        out / SUMMARY, lambda f: summary.to_csv(f, lineterminator="\n"))]
+    written += write_plots(table, out)
+    return table, written
+
+
+def figure_columns(table) -> list[str]:
+    """The numeric figure columns of a results table, runtime included."""
+    from pandas.api.types import is_numeric_dtype
+
+    return [c for c in table.columns if (c == "runtime_s" or c not in BASE_COLUMNS)
+            and not c.startswith("output_") and is_numeric_dtype(table[c])]
+
+
+def summary_statistics(table):
+    """Count, mean, sd, median, min and max of each figure over the done cases."""
+    import pandas as pd
+
+    done = table[table["status"] == DONE]
+    columns = figure_columns(table)
+    if done.empty or not columns:
+        return pd.DataFrame(columns=["count", "mean", "sd", "median", "min", "max"])
+    values = done[columns].replace([np.inf, -np.inf], np.nan)
+    return pd.DataFrame({"count": values.count(), "mean": values.mean(),
+                         "sd": values.std(), "median": values.median(),
+                         "min": values.min(), "max": values.max()})
+
+
+def write_plots(table, out: Path) -> list[Path]:
+    """The summary plots as PNG (only those the table has figures for)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # no display needed; a GUI backend already set stays
+    from matplotlib.figure import Figure
+
+    from napari_medattn.io.atomic import atomic_path
+
+    done = table[table["status"] == DONE]
+    written = []
+    for name, prefix in PLOTS.items():
+        columns = [c for c in figure_columns(table) if c.startswith(prefix)]
+        if done.empty or not columns:
+            continue
+        figure = Figure(figsize=(max(4.0, 1.2 * len(columns) + 2), 3.2), dpi=100)
+        axes = figure.add_subplot()
+        if name == "runtime":
+            axes.plot(np.arange(len(done)), done["runtime_s"].to_numpy(float), ".")
+            axes.set_xlabel("case (in manifest order)")
+            axes.set_ylabel("runtime (s)")
+            axes.set_title(f"Runtime per case ({len(done)} cases)")
+        else:
+            data = [done[c].replace([np.inf, -np.inf], np.nan).dropna().to_numpy(float)
+                    for c in columns]
+            axes.boxplot(data, tick_labels=[c.removeprefix(prefix) for c in columns])
+            axes.set_ylabel("volume (mL)" if name == "volumes" else "Dice")
+            axes.set_title("Volume per class" if name == "volumes" else "Dice per class")
+            axes.tick_params(axis="x", labelrotation=30)
+        figure.tight_layout()
+        path = out / f"summary_{name}.png"
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary)
+        written.append(path)
+    return written
