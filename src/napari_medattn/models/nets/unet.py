@@ -38,7 +38,15 @@ import torch
 from torch import nn
 
 from napari_medattn.errors import ModelError
+from napari_medattn.models.blocks.cbam import CBAM
 from napari_medattn.models.blocks.common import check_input, conv_nd, crop_to, pad_to_multiple
+from napari_medattn.models.blocks.dssa import DSSABlock
+from napari_medattn.models.blocks.eca import EfficientChannelAttention
+from napari_medattn.models.blocks.gate import AttentionGate
+from napari_medattn.models.blocks.global_attention import TransformerBlock
+from napari_medattn.models.blocks.scse import SpatialChannelSE
+from napari_medattn.models.blocks.se import SqueezeExcitation
+from napari_medattn.models.blocks.window import SwinBlock
 from napari_medattn.models.nets._config import (
     ConfiguredNet,
     check_choice,
@@ -81,41 +89,29 @@ def _pick(value: Any, stage: int, what: str) -> Any:
 
 
 def _se(spatial_dims: int, channels: int, stage: int, reduction: int = 16) -> nn.Module:
-    from napari_medattn.models.blocks.se import SqueezeExcitation
-
     return SqueezeExcitation(spatial_dims, channels, reduction=reduction)
 
 
 def _eca(spatial_dims: int, channels: int, stage: int) -> nn.Module:
-    from napari_medattn.models.blocks.eca import EfficientChannelAttention
-
     return EfficientChannelAttention(spatial_dims, channels)
 
 
 def _cbam(spatial_dims: int, channels: int, stage: int, reduction: int = 16,
           spatial_kernel: int = 7) -> nn.Module:
-    from napari_medattn.models.blocks.cbam import CBAM
-
     return CBAM(spatial_dims, channels, reduction=reduction, spatial_kernel=spatial_kernel)
 
 
 def _scse(spatial_dims: int, channels: int, stage: int, reduction: int = 2) -> nn.Module:
-    from napari_medattn.models.blocks.scse import SpatialChannelSE
-
     return SpatialChannelSE(spatial_dims, channels, reduction=reduction)
 
 
 def _gate(spatial_dims: int, channels: int, stage: int, gate_channels: int,
           inter_channels: int | None = None) -> nn.Module:
-    from napari_medattn.models.blocks.gate import AttentionGate
-
     return AttentionGate(spatial_dims, channels, gate_channels, inter_channels=inter_channels)
 
 
 def _global(spatial_dims: int, channels: int, stage: int, depth: int = 2, head_dim: int = 32,
             mlp_ratio: float = 4.0) -> nn.Module:
-    from napari_medattn.models.blocks.global_attention import TransformerBlock
-
     heads = heads_for(channels, head_dim)
     return nn.Sequential(*(TransformerBlock(spatial_dims, channels, heads, mlp_ratio=mlp_ratio)
                            for _ in range(positive_int(depth, "global depth"))))
@@ -123,8 +119,6 @@ def _global(spatial_dims: int, channels: int, stage: int, depth: int = 2, head_d
 
 def _window(spatial_dims: int, channels: int, stage: int, window_size: int = 7,
             head_dim: int = 32, mlp_ratio: float = 4.0) -> nn.Module:
-    from napari_medattn.models.blocks.window import SwinBlock
-
     heads = heads_for(channels, head_dim)
     return nn.Sequential(*(SwinBlock(spatial_dims, channels, heads, window_size=window_size,
                                      shift=shift, mlp_ratio=mlp_ratio)
@@ -136,15 +130,16 @@ _DEFAULT = object()
 
 def _dssa(spatial_dims: int, channels: int, stage: int, topk: Any = _DEFAULT, n_win: Any = 7,
           token_keep: float = 1 / 8, head_dim: int = 32, mlp_ratio: float = 3.0) -> nn.Module:
-    from napari_medattn.models.blocks.dssa import DSSABlock
-
     k = dssa_default_topk(stage) if topk is _DEFAULT else _pick(topk, stage, "topk")
     return DSSABlock(spatial_dims, channels, head_dim=head_dim, mlp_ratio=mlp_ratio,
                      **dssa_stage_kwargs(k, _pick(n_win, stage, "n_win"), token_keep))
 
 
-# name -> (builder, options the builder accepts); the builders import their block lazily so
-# that building a plain U-Net does not import every attention mechanism.
+# name -> (builder, options the builder accepts). The blocks are imported at the top: importing
+# any block runs models/blocks/__init__.py, which loads them all anyway (about 50-110 ms of
+# the 4-6 s that importing napari_medattn.models takes, almost all of it torch; measured with
+# python -X importtime on the shared 2-core machine, loaded), so function-level imports
+# saved nothing.
 _BUILDERS: dict[str, Any] = {
     "se": (_se, ("reduction",)),
     "eca": (_eca, ()),
