@@ -1,0 +1,247 @@
+"""The DICOM browser: search a DICOMweb server (PACS), open series, send SEGs back.
+
+A thin layer over :mod:`napari_medattn.pacs`: the server (URL, no/basic/bearer
+authentication, TLS verification on by default) and the search form collect parameters;
+searching, retrieving (into the user's cache, with progress and Cancel; a cancelled
+retrieval resumes next time) and storing run as jobs on the one Job helper; a retrieved
+series becomes layers only once it is complete and read. A SEG series opens onto the open
+scan it references (else by its own frame positions); "Send labels as SEG" writes the
+chosen labels layer as a DICOM-SEG referencing its DICOM scan and stores it (STOW-RS).
+Credentials stay in the password fields and the job; they are never shown or logged.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from napari.layers import Labels
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLineEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+)
+
+from napari_medattn.display.layers import GEOMETRY_KEY, layer_volume, volume_layer_data
+from napari_medattn.io import read
+from napari_medattn.io.dicom_seg import is_seg, read_seg, write_seg
+from napari_medattn.pacs import Connection, retrieve_series, search_series, store
+from napari_medattn.widgets.choices import on_layers_changed, set_items
+from napari_medattn.widgets.parts import DERIVED_KEY, JobWidget, scan_layers
+from napari_medattn.widgets.worker import add_layers
+
+AUTH_CHOICES = ("none", "basic", "bearer")
+MODALITIES = ("", "CT", "MR", "PT", "SEG", "SR", "OT")
+#: Result table columns: (row key, header).
+COLUMNS = (("date", "Date"), ("patient_name", "Patient"), ("modality", "Modality"),
+           ("description", "Series"), ("instances", "Images"))
+TOOLTIPS = {
+    "url": "DICOMweb root of the server, e.g. https://pacs.example.org/dicom-web",
+    "auth": "none, basic (user and password) or bearer (an access token)",
+    "secret": "Password or token; kept in memory for this session only, never logged",
+    "verify": "Check the server's TLS certificate (leave on except for a test server)",
+    "patient": "Patient name; * and ? are wildcards (Doe*)",
+    "patient_id": "Patient ID",
+    "date": "Study date YYYYMMDD, or a range YYYYMMDD-YYYYMMDD (either end open)",
+    "modality": "Series modality (empty: any)",
+    "search": "Search the server for series matching the form",
+    "run": "Retrieve the selected series into the cache (resumes an interrupted one) and "
+           "open it",
+    "cancel": "Stop the retrieval; the next one resumes where it stopped",
+    "labels": "A labels layer drawn on a scan opened from DICOM",
+    "send": "Write the labels as a DICOM-SEG referencing their scan and store it on the "
+            "server (STOW-RS)",
+}
+
+
+class DicomBrowserWidget(JobWidget):
+    """Search a DICOMweb server, retrieve and open series, send labels back as DICOM-SEG."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(napari_viewer, run=self.run, tooltips=TOOLTIPS,
+                         run_text="Retrieve and open")
+        self.rows: list[dict] = []
+        self.url = self._line("url", "http://localhost:8042/dicom-web")
+        self.auth = QComboBox()
+        self.auth.addItems(AUTH_CHOICES)
+        self.auth.setToolTip(TOOLTIPS["auth"])
+        self.user = self._line("auth", "")
+        self.user.setPlaceholderText("user")
+        self.secret = self._line("secret", "")
+        self.secret.setEchoMode(QLineEdit.EchoMode.Password)
+        self.verify = QCheckBox("Verify TLS certificate")
+        self.verify.setChecked(True)
+        self.verify.setToolTip(TOOLTIPS["verify"])
+        server = QGroupBox("Server")
+        server_form = QFormLayout(server)
+        server_form.addRow("URL", self.url)
+        server_form.addRow("Authentication", self.auth)
+        server_form.addRow("User", self.user)
+        server_form.addRow("Password/token", self.secret)
+        server_form.addRow(self.verify)
+
+        self.patient = self._line("patient", "")
+        self.patient_id = self._line("patient_id", "")
+        self.date = self._line("date", "")
+        self.modality = QComboBox()
+        self.modality.setEditable(True)
+        self.modality.addItems(MODALITIES)
+        self.modality.setToolTip(TOOLTIPS["modality"])
+        self.search_button = QPushButton("Search")
+        self.search_button.setToolTip(TOOLTIPS["search"])
+        self.search_button.clicked.connect(self.search)
+        self.jobs.follow(self.search_button)
+        query = QGroupBox("Search")
+        query_form = QFormLayout(query)
+        query_form.addRow("Patient", self.patient)
+        query_form.addRow("Patient ID", self.patient_id)
+        query_form.addRow("Date", self.date)
+        query_form.addRow("Modality", self.modality)
+        query_form.addRow(self.search_button)
+
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels([header for _, header in COLUMNS])
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.itemSelectionChanged.connect(self.jobs.refresh)
+
+        self.labels = QComboBox()
+        self.labels.setToolTip(TOOLTIPS["labels"])
+        self.send_button = QPushButton("Send labels as SEG")
+        self.send_button.setToolTip(TOOLTIPS["send"])
+        self.send_button.clicked.connect(self.send)
+        self.jobs.follow(self.send_button)
+        send_row = QHBoxLayout()
+        send_row.addWidget(self.labels, 1)
+        send_row.addWidget(self.send_button)
+
+        form = QFormLayout(self)
+        form.addRow(server)
+        form.addRow(query)
+        form.addRow(self.table)
+        form.addRow(self.jobs)
+        form.addRow("Labels", send_row)
+        form.addRow(self.status)
+        on_layers_changed(napari_viewer, self._refresh)
+        self._refresh()
+
+    def _line(self, key: str, text: str) -> QLineEdit:
+        line = QLineEdit(text)
+        line.setToolTip(TOOLTIPS[key])
+        return line
+
+    # ------------------------------------------------------------------ state
+    def _refresh(self, event: Any = None) -> None:
+        set_items(self.labels, [layer.name for layer in self._dicom_labels()])
+        self.jobs.refresh()
+
+    def _dicom_labels(self) -> list[Labels]:
+        return [layer for layer in self.viewer.layers if isinstance(layer, Labels)
+                and GEOMETRY_KEY in layer.metadata
+                and layer.metadata[GEOMETRY_KEY].meta.get("format") == "dicom"]
+
+    def ready(self) -> bool:
+        return bool(self.table.selectionModel() and self.table.selectionModel().selectedRows())
+
+    def connection(self) -> Connection:
+        """The server connection the form describes (raises PacsError for a bad URL)."""
+        kind = self.auth.currentText()
+        secret = self.secret.text() or None
+        return Connection(self.url.text().strip(),
+                          username=self.user.text().strip() or None if kind == "basic"
+                          else None,
+                          password=secret if kind == "basic" else None,
+                          token=secret if kind == "bearer" else None,
+                          verify=self.verify.isChecked())
+
+    # ------------------------------------------------------------------ actions
+    def search(self) -> None:
+        """Search series matching the form (in a job); the table shows the result."""
+        connection = self.connection()
+        criteria = dict(patient_name=self.patient.text().strip() or None,
+                        patient_id=self.patient_id.text().strip() or None,
+                        date=self.date.text().strip() or None,
+                        modality=self.modality.currentText().strip() or None)
+
+        def work(progress, cancel):
+            return search_series(connection, **criteria)
+
+        self.status.setText("Searching...")
+        self.jobs.start(work, f"Search {connection.display_url}", self._show_rows)
+
+    def _show_rows(self, rows: list[dict]) -> None:
+        self.rows = rows
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, (key, _) in enumerate(COLUMNS):
+                self.table.setItem(r, c, QTableWidgetItem(row[key]))
+        self.status.setText(f"{len(rows)} series found.")
+        self.jobs.refresh()
+
+    def run(self):
+        """Retrieve the selected series (progress, Cancel, resume) and open it as layers."""
+        selected = self.table.selectionModel().selectedRows()
+        row = self.rows[selected[0].row()]
+        connection = self.connection()
+        scans = {layer.metadata[GEOMETRY_KEY].meta.get("series_uid"):
+                 layer.metadata[GEOMETRY_KEY] for layer in scan_layers(self.viewer)}
+
+        def work(progress, cancel):
+            folder = retrieve_series(connection, row["study_uid"], row["series_uid"],
+                                     progress=progress, cancel=cancel)
+            return open_series(folder, scans)
+
+        self.status.setText(f"Retrieving {row['description'] or row['series_uid']}...")
+        return self.jobs.start(work, f"Retrieve {row['description'] or 'series'}",
+                               self._show_layers)
+
+    def _show_layers(self, layer_data: list[tuple]) -> None:
+        add_layers(self.viewer, layer_data, widget=self)
+        self.status.setText(f"Opened {', '.join(d[1]['name'] for d in layer_data)}.")
+
+    def send(self) -> None:
+        """Write the chosen labels layer as a DICOM-SEG and store it on the server."""
+        layer = self.viewer.layers[self.labels.currentText()]
+        volume = layer_volume(layer.data, layer.metadata, modality="SEG", name=layer.name)
+        classes = layer.metadata[GEOMETRY_KEY].meta.get("classes")
+        connection = self.connection()
+
+        def work(progress, cancel):
+            with tempfile.TemporaryDirectory() as folder:
+                path = write_seg(Path(folder) / "seg.dcm", volume, classes=classes)
+                return store(connection, [path])
+
+        self.status.setText(f"Sending {layer.name}...")
+        self.jobs.start(work, f"Send {layer.name} as DICOM-SEG",
+                        lambda uids: self.status.setText(
+                            f"Stored {layer.name} as DICOM-SEG ({len(uids)} instance)."))
+
+
+def open_series(folder: Path, scans: dict) -> list[tuple]:
+    """Layer data for a retrieved series folder: images, or a SEG's labels on the open scan
+    of the series it references (``scans`` maps series UIDs to their layer Volumes)."""
+    files = sorted(folder.glob("*.dcm"))
+    if files and all(is_seg(f) for f in files):
+        layers = []
+        for file in files:
+            labels = read_seg(file)
+            referenced = labels.meta["seg_header"].get("ReferencedSeriesSequence")
+            reference = scans.get(str(referenced[0].SeriesInstanceUID)) if referenced else None
+            if reference is not None:
+                labels = read_seg(file, reference=reference)
+            data, kwargs, kind = volume_layer_data(labels, "labels")
+            kwargs["metadata"][DERIVED_KEY] = "dicom_browser"
+            layers.append((data, kwargs, kind))
+        return layers
+    return [volume_layer_data(volume) for volume in read(folder)]
