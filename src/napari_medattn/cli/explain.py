@@ -12,6 +12,7 @@ stderr, the others still run, and the exit code is 1 at the end.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from napari_medattn.cli.common import (
@@ -71,6 +72,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_explain(args: argparse.Namespace) -> int:
     """Explain every input; 0 when all succeeded, 1 when any input failed."""
+    one_volume, parameters = prepare_explain(args)
+    return run_over_inputs("explain", args, one_volume, parameters=parameters)
+
+
+def prepare_explain(args: argparse.Namespace) -> tuple[Callable[[VolumeOutput], list[str]],
+                                                        dict]:
+    """Load the model and check the request once: ``(one_volume, parameters)``, the
+    function that explains one volume and the parameters its record starts with (a cohort
+    run calls it once per worker and ``one_volume`` once per case)."""
     # Imported here so that ``medattn --help`` does not pay for torch.
     import numpy as np
 
@@ -105,7 +115,7 @@ def run_explain(args: argparse.Namespace) -> int:
         written = explain_volume(item, module, card, methods, args, target, region)
         return [", ".join(p.name for p in written)]
 
-    return run_over_inputs("explain", args, one_volume, parameters=parameters)
+    return one_volume, parameters
 
 
 def explain_volume(item: VolumeOutput, module, card, methods: list[str],

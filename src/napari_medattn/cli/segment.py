@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from napari_medattn.cli.common import (
@@ -101,6 +102,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_segment(args: argparse.Namespace) -> int:
     """Segment every input; 0 when all succeeded, 1 when any input failed."""
+    one_volume, parameters = prepare_segment(args)
+    return run_over_inputs("segment", args, one_volume, parameters=parameters)
+
+
+def prepare_segment(args: argparse.Namespace) -> tuple[Callable[[VolumeOutput], list[str]],
+                                                        dict]:
+    """Load the model and check the options once: ``(one_volume, parameters)``, the
+    function that segments one volume and the parameters its record starts with (a cohort
+    run calls it once per worker and ``one_volume`` once per case)."""
     # Imported here so that ``medattn --help`` does not pay for torch.
     from napari_medattn.inference.sliding_window import attention_map_names
 
@@ -136,7 +146,7 @@ def run_segment(args: argparse.Namespace) -> int:
     def one_volume(item: VolumeOutput) -> list[str]:
         return [str(segment_volume(item, module, card, options, label_format=args.format))]
 
-    return run_over_inputs("segment", args, one_volume)
+    return one_volume, {}
 
 
 def segment_volume(item: VolumeOutput, module, card, options: dict, *,
