@@ -12,6 +12,8 @@ from napari_medattn.io import Volume
 from napari_medattn.models import create, registry
 from napari_medattn.models.card import ClassInfo, ModelCard
 from napari_medattn.widgets import inspector as inspector_module
+from napari_medattn.widgets import inspector_maps
+from napari_medattn.widgets import parts as parts_module
 from napari_medattn.widgets import worker as worker_module
 from napari_medattn.widgets.inspector import (
     INSPECT_KEY,
@@ -61,21 +63,22 @@ def model_folder(tmp_path_factory):
 @pytest.fixture
 def notes(monkeypatch):
     shown = []
-    for module in (inspector_module, worker_module):
-        for kind in ("error", "info"):
+    for module, kinds in ((inspector_module, ("error",)), (parts_module, ("info",)),
+                          (worker_module, ("error", "info"))):
+        for kind in kinds:
             monkeypatch.setattr(module, f"show_{kind}",
                                 lambda text, kind=kind: shown.append((kind, text)))
     return shown
 
 
 @pytest.fixture
-def setup(make_napari_viewer, qtbot, scan, model_folder, monkeypatch, notes):
+def setup(make_napari_viewer, qtbot, scan, model_folder, monkeypatch, notes, add_layer):
     monkeypatch.setenv(registry.ENV_MODEL_PATH, str(model_folder))
     monkeypatch.setattr(registry, "user_model_dir", lambda: model_folder / "no-user-models")
     # The widget pre-selects (and so loads) the default model: make it the tiny one.
-    monkeypatch.setattr(inspector_module, "DEFAULT_MODEL", MODEL)
+    monkeypatch.setattr(parts_module, "DEFAULT_MODEL", MODEL)
     viewer = make_napari_viewer(show=True)
-    image = viewer._add_layer_from_data(*volume_layer_data(scan))[0]
+    image = add_layer(viewer, volume_layer_data(scan))
     widget = InspectorWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Attention inspector")
     assert widget.model.currentText() == MODEL
@@ -101,6 +104,8 @@ def click(viewer, world):
     vispy's event and napari's own mapping from pixels to world (the radiological camera
     included): the slice is set to the point's z, its (y, x) mapped to a canvas pixel."""
     viewer.dims.set_point(0, float(world[0]))
+    # napari has no public way to reach its canvas or press the mouse on a pixel (the
+    # mapping through the radiological camera is part of what is tested here).
     canvas = viewer.window._qt_viewer.canvas
     transform = canvas.view.transform * canvas.view.scene.transform
     pixel = transform.map([float(world[2]), float(world[1])])[:2]  # vispy order: x, y
@@ -120,8 +125,8 @@ def test_click_updates_the_query_layers_on_the_scan_geometry(setup, qtbot, scan)
     widget.method.setCurrentText(QUERY)
     assert widget.layer.currentText() == "encoder.2.attention.attn"
     wait(qtbot, widget.run())
-    assert isinstance(widget.explorer, QueryExplorer)
-    assert widget.query_mode.isChecked()
+    assert isinstance(widget.queries.explorer, QueryExplorer)
+    assert widget.queries.isChecked()
     attention, regions, kept = query_layers(viewer)
     block = widget.layer.currentText()
     assert attention.name == f"ball {MODEL} query {block} (mean of heads) attention"
@@ -145,18 +150,18 @@ def test_click_updates_the_query_layers_on_the_scan_geometry(setup, qtbot, scan)
     # The layer shows exactly what the explorer answers for that patient point.
     view = image.metadata["medattn_geometry"]
     point = (view.affine @ np.append(image.world_to_data(first), 1.0))[:3]
-    expected = widget.explorer.query(point, widget.layer.currentText())
+    expected = widget.queries.explorer.query(point, widget.layer.currentText())
     click(viewer, first)
     np.testing.assert_allclose(attention.data,
                                volume_layer_data(expected.attention)[0], rtol=1e-6)
     np.testing.assert_array_equal(regions.data, volume_layer_data(expected.regions)[0])
 
     # With query mode off a click changes nothing; a click outside the scan says why.
-    widget.query_mode.setChecked(False)
+    widget.queries.setChecked(False)
     shown = np.array(attention.data)
     click(viewer, image.data_to_world((14, 17, 12)))
     np.testing.assert_array_equal(attention.data, shown)
-    widget.query_mode.setChecked(True)
+    widget.queries.setChecked(True)
     click(viewer, image.data_to_world((10, 5, -8)))
     assert "outside the image" in widget.status.text()
     np.testing.assert_array_equal(attention.data, shown)
@@ -165,27 +170,27 @@ def test_click_updates_the_query_layers_on_the_scan_geometry(setup, qtbot, scan)
 def test_gradcam_run_adds_a_named_map_with_its_faithfulness(setup, qtbot):
     viewer, image, widget = setup
     widget.method.setCurrentText("gradcam")
-    assert not widget.query_mode.isEnabled() and not widget.query_mode.isChecked()
-    widget.target.setCurrentText("blob")
-    widget.faithfulness.setChecked(True)
+    assert not widget.queries.isEnabled() and not widget.queries.isChecked()
+    widget.explanations.target.setCurrentText("blob")
+    widget.explanations.faithfulness.setChecked(True)
     job = wait(qtbot, widget.run())
     assert job.outcome == "done"
-    (explanation,) = widget.maps
+    (explanation,) = widget.explanations.maps
     name = f"ball {MODEL} gradcam {explanation.layer} blob"
     layer = viewer.layers[name]
     assert explanation.volume.name == name
     same_geometry(layer, image)
     assert layer.blending == "additive" and layer.colormap.name == "inferno"
-    line = widget.results.item(0).text()
+    line = widget.explanations.results.item(0).text()
     scores = explanation.faithfulness
     assert line.startswith(f"{name}: deletion AUC {scores.deletion_auc:.3f}")
     assert scores.reason in line
     assert ("NOT TELLING" in line) == (not scores.telling)
 
     # Display controls act on the inspector's maps.
-    widget.blending.setCurrentText("translucent")
-    widget.opacity.setValue(30)
-    widget.threshold.setValue(50)
+    widget.explanations.blending.setCurrentText("translucent")
+    widget.explanations.opacity.setValue(30)
+    widget.explanations.threshold.setValue(50)
     top = layer.metadata[INSPECT_KEY]["top"]
     assert layer.blending == "translucent" and layer.opacity == pytest.approx(0.3)
     assert tuple(layer.contrast_limits) == pytest.approx((top / 2, top))
@@ -197,14 +202,14 @@ def test_channel_attention_draws_the_strongest_channels(setup, qtbot):
     qtbot.waitUntil(lambda: widget.method.findText("channels") >= 0, timeout=30_000)
     widget.method.setCurrentText("channels")
     assert wait(qtbot, widget.run()).outcome == "done"
-    assert len(widget.maps) > 1  # every SE level, one map each
-    widget.results.setCurrentRow(1)
-    assert widget.chart.isVisible()
-    weights = widget.maps[1].channel_weights
-    bars = widget.chart.figure.axes[0].patches
+    assert len(widget.explanations.maps) > 1  # every SE level, one map each
+    widget.explanations.results.setCurrentRow(1)
+    assert widget.explanations.chart.isVisible()
+    weights = widget.explanations.maps[1].channel_weights
+    bars = widget.explanations.chart.figure.axes[0].patches
     expected = np.sort(weights)[::-1][:len(bars)]
     np.testing.assert_allclose([bar.get_width() for bar in bars], expected, rtol=1e-6)
-    for explanation in widget.maps:
+    for explanation in widget.explanations.maps:
         same_geometry(viewer.layers[explanation.volume.name], image)
 
 
@@ -223,19 +228,19 @@ def test_cancel_adds_no_layer(setup, qtbot, notes):
 
 def test_uncertainty_slices_jump_the_viewer(setup, qtbot):
     viewer, image, widget = setup
-    widget.uncertainty_kind.setCurrentText("entropy")
-    job = wait(qtbot, widget.compute_uncertainty())
+    widget.uncertainty.kind.setCurrentText("entropy")
+    job = wait(qtbot, widget.uncertainty.compute())
     assert job.outcome == "done"
-    layer = viewer.layers[widget.uncertainty_source.currentText()]
+    layer = viewer.layers[widget.uncertainty.source.currentText()]
     same_geometry(layer, image)
-    assert widget.slices and widget.slice_list.count() == len(widget.slices)
+    assert widget.uncertainty.slices and widget.uncertainty.slice_list.count() == len(widget.uncertainty.slices)
     # The listed slices are the best axial slices of the layer's data (axis 0 = z).
     means = np.asarray(layer.data, dtype=np.float64).mean(axis=(1, 2))
-    assert widget.slices[0].index == int(np.argmax(means))
-    target = widget.slices[-1]
-    item = widget.slice_list.item(len(widget.slices) - 1)
+    assert widget.uncertainty.slices[0].index == int(np.argmax(means))
+    target = widget.uncertainty.slices[-1]
+    item = widget.uncertainty.slice_list.item(len(widget.uncertainty.slices) - 1)
     assert item.text().startswith(f"z = {target.z_mm:.1f} mm (slice {target.index})")
-    widget.slice_list.itemClicked.emit(item)
+    widget.uncertainty.slice_list.itemClicked.emit(item)
     assert viewer.dims.current_step[0] == target.index
     assert viewer.dims.point[0] == pytest.approx(target.z_mm)
 
@@ -247,14 +252,14 @@ def test_a_labels_layer_restricts_the_explained_region(setup, qtbot, scan):
     viewer.add_labels(painted, name="my region", scale=image.scale, translate=image.translate,
                       affine=image.affine)
     widget.method.setCurrentText("gradcam")
-    assert widget.region.isEnabled()
-    assert [widget.region.itemText(i) for i in range(widget.region.count())] == [
-        inspector_module.WHOLE_SCAN, "my region"]
-    widget.region.setCurrentText("my region")
-    widget.target.setCurrentText("blob")
+    assert widget.explanations.region.isEnabled()
+    assert [widget.explanations.region.itemText(i) for i in range(widget.explanations.region.count())] == [
+        inspector_maps.WHOLE_SCAN, "my region"]
+    widget.explanations.region.setCurrentText("my region")
+    widget.explanations.target.setCurrentText("blob")
     job = wait(qtbot, widget.run())
     assert job.outcome == "done"
-    (explanation,) = widget.maps
+    (explanation,) = widget.explanations.maps
     # The same map as the library computes for that region given on the scan's own grid.
     module, card = registry.load_model(MODEL)
     region = np.zeros(scan.spatial_shape, bool)
@@ -265,7 +270,7 @@ def test_a_labels_layer_restricts_the_explained_region(setup, qtbot, scan):
     region[tuple(Volume(stored[a], scan.affine, "OT").canonical().data[painted_voxels]
                  for a in range(3))] = True
     assert region.sum() == (painted != 0).sum()
-    [expected] = inspector_module.explain(scan, module, card, "gradcam", target_class=1,
+    [expected] = inspector_maps.explain(scan, module, card, "gradcam", target_class=1,
                                           region=region, device="cpu")
     np.testing.assert_allclose(viewer.layers[explanation.volume.name].data,
                                expected.volume.canonical().data, atol=1e-6)
@@ -273,4 +278,4 @@ def test_a_labels_layer_restricts_the_explained_region(setup, qtbot, scan):
     offered = [widget.method.itemText(i) for i in range(widget.method.count())]
     assert "dssa" in offered
     widget.method.setCurrentText("dssa")
-    assert not widget.region.isEnabled()
+    assert not widget.explanations.region.isEnabled()
