@@ -66,8 +66,6 @@ INSPECTOR = {
     "model": "Built-in and user models. Hover an entry for its model card.",
     "open_model": "Add a model folder: card.json + weights.safetensors, or a MONAI "
                   "bundle.",
-    "open_model": "Add a model folder: card.json + weights.safetensors, or a MONAI "
-                  "bundle.",
     "device": "Where the network runs: auto picks a CUDA GPU, then Apple MPS, then the CPU.",
     "method": "What to show: class-activation maps (gradcam, gradcam++, hirescam, layercam), "
               "the network's own attention (gate, cbam, channels), rollout, occlusion, or "
