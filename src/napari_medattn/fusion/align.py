@@ -21,6 +21,8 @@ from napari_medattn.io import Volume, volume_like
 from napari_medattn.io.volume import is_oblique, require_3d
 
 GIB = 1024 ** 3
+#: Description words a NIfTI reader recognises as the modality (io.nifti).
+_MODALITY_WORDS = {"PT": "PET", "CT": "CT", "MR": "MR", "SEG": "SEG"}
 #: Base voxels sampled per axis for the overlap check (both ends included).
 _OVERLAP_SAMPLES = 64
 
@@ -198,8 +200,17 @@ def overlay_on_grid(overlay: Volume, base: Volume, transform: Any = None, *,
                                  order=order, mode="constant", cval=fill)
     result = volume_like(base, moved.data, modality=overlay.modality,
                          name=f"{overlay.name} on {base.name}")
-    if overlay.meta.get("units"):
-        result.meta["units"] = overlay.meta["units"]
+    units = overlay.meta.get("units")
+    if units:
+        result.meta["units"] = units
+    header = result.meta.get("nifti_header")
+    if header is not None:
+        # The base's header gives the geometry; its description would name the base's
+        # modality, so a written overlay would reopen as a CT. Say what the values are.
+        header = header.copy()
+        words = [_MODALITY_WORDS.get(overlay.modality, overlay.modality), str(units or "")]
+        header["descrip"] = " ".join(w for w in words if w).encode()[:79]
+        result.meta["nifti_header"] = header
     return result
 
 
