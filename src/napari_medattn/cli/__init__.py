@@ -19,7 +19,8 @@ from napari_medattn import __version__
 from napari_medattn.errors import MedAttnError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("info", "models", "segment", "explain", "evaluate", "train", "finetune", "pacs")
+COMMANDS = ("info", "models", "segment", "explain", "evaluate", "train", "finetune", "pacs",
+            "fuse")
 
 
 def build_parser() -> argparse.ArgumentParser:
