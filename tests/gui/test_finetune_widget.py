@@ -17,7 +17,8 @@ from napari_medattn.models import create, registry
 from napari_medattn.models.card import ModelCard, default_classes
 from napari_medattn.widgets import worker as worker_module
 from napari_medattn.widgets.finetune import FinetuneWidget
-from napari_medattn.widgets.segment import RUN_KEY, SegmentWidget
+from napari_medattn.widgets.parts import RUN_KEY
+from napari_medattn.widgets.segment import SegmentWidget
 
 BASE = "tiny-rods"
 
@@ -36,7 +37,7 @@ def rods() -> tuple[Volume, Volume]:
 
 
 @pytest.fixture
-def setup(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+def setup(make_napari_viewer, qtbot, tmp_path, monkeypatch, add_layer):
     # Only the tiny model is listed: no built-in model loads in the background.
     monkeypatch.setattr(registry, "BUILTIN_DIR", tmp_path / "no-builtins")
     monkeypatch.setattr(registry, "user_model_dir", lambda: tmp_path / "user")
@@ -51,8 +52,8 @@ def setup(make_napari_viewer, qtbot, tmp_path, monkeypatch):
         modality="MR", normalization={"scheme": "zscore"}), tmp_path / "base" / BASE)
     viewer = make_napari_viewer(show=True)
     scan, labels = rods()
-    image = viewer._add_layer_from_data(*volume_layer_data(scan))[0]
-    painted = viewer._add_layer_from_data(*volume_layer_data(labels, "labels"))[0]
+    image = add_layer(viewer, volume_layer_data(scan))
+    painted = add_layer(viewer, volume_layer_data(labels, "labels"))
     widget = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Fine-tune")
     assert widget.model.currentText() == BASE

@@ -8,8 +8,8 @@ widget as it comes. Loss points are emitted from the worker thread through a que
 signal, so the plot is only touched on the GUI thread.
 
 When the run succeeds the new model is in the per-user model folder (listed by
-``medattn models``, by this widget's model list and by a docked Segment widget, which is
-told to refresh), and its segmentation of the scan is added as a labels layer made
+``medattn models`` and by the model list of every widget docked in the window, which are
+refreshed), and its segmentation of the scan is added as a labels layer made
 exactly as the Segment widget makes its own
 (:func:`~napari_medattn.widgets.segment.segmentation_layer_data`, the card's class
 colours, the run tag: running the new model in the Segment widget later updates this
@@ -28,7 +28,6 @@ import napari
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from napari.layers import Image
 from napari.utils.notifications import show_error
 from napari.utils.theme import get_theme
 from qtpy.QtCore import Qt, Signal, Slot
@@ -36,18 +35,13 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QHBoxLayout,
-    QLabel,
     QLineEdit,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_medattn.display.layers import GEOMETRY_KEY, layer_volume
 from napari_medattn.errors import MedAttnError
-from napari_medattn.models.registry import DEFAULT_MODEL, ModelEntry, list_models
 from napari_medattn.training.finetune import (
     DEFAULT_LR,
     DEFAULT_STEPS,
@@ -60,19 +54,17 @@ from napari_medattn.widgets.choices import (
     labels_on_scan_grid,
     on_layers_changed,
     set_items,
-    set_models,
 )
-from napari_medattn.widgets.radiology_view import install_radiology_view
-from napari_medattn.widgets.parts import RUN_KEY, available_devices, class_colormap
-from napari_medattn.widgets.segment import SegmentWidget, segmentation_layer_data
+from napari_medattn.widgets.parts import (
+    JobWidget,
+    ModelPicker,
+    class_colormap,
+    device_choice,
+    scan_layers,
+)
+from napari_medattn.widgets.segment import segmentation_layer_data
 from napari_medattn.widgets.tooltips import FINETUNE as TOOLTIPS
-from napari_medattn.widgets.tooltips import model_card_tooltip
-from napari_medattn.widgets.worker import (
-    Job,
-    add_layers,
-    start_job,
-)
-from napari_medattn.widgets.host import freeze_startup_objects
+from napari_medattn.widgets.worker import Job, add_layers
 
 
 class LossPlot(FigureCanvasQTAgg):
@@ -133,7 +125,7 @@ class LossPlot(FigureCanvasQTAgg):
         self.draw_idle()
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(JobWidget):
     """Fine-tune a model on a scan layer and a labels layer; add the new model's result.
 
     Parameters
@@ -152,19 +144,16 @@ class FinetuneWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        install_radiology_view(napari_viewer)
-        freeze_startup_objects()
-        self.job: Job | None = None
+        super().__init__(napari_viewer, run=self.start, tooltips=TOOLTIPS, run_text="Start",
+                         run_key="start")
         self.result: FinetuneResult | None = None
-        self._entries: dict[str, ModelEntry] = {}
         self._suggested = ""
         self._installed: Path | None = None
 
         self.image = QComboBox()
         self.labels = QComboBox()
-        self.model = QComboBox()
+        # Fine-tuning reads the base model's folder itself: the picker only lists.
+        self.model = ModelPicker(self.jobs, tooltip=TOOLTIPS["model"], load=False)
         self.name = QLineEdit()
         self.steps = QSpinBox()
         self.steps.setRange(1, 100_000)
@@ -174,20 +163,12 @@ class FinetuneWidget(QWidget):
         self.lr.setRange(1e-6, 1.0)
         self.lr.setSingleStep(1e-4)
         self.lr.setValue(DEFAULT_LR)
-        self.device = QComboBox()
-        self.device.addItems(available_devices())
-        self.start_button = QPushButton("Start")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
+        self.device = device_choice()
         self.plot = LossPlot(napari_viewer.theme)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         for key, widget in (("image", self.image), ("labels", self.labels),
-                            ("model", self.model), ("name", self.name),
-                            ("steps", self.steps), ("lr", self.lr), ("device", self.device),
-                            ("start", self.start_button), ("cancel", self.cancel_button),
-                            ("plot", self.plot)):
+                            ("name", self.name), ("steps", self.steps), ("lr", self.lr),
+                            ("device", self.device), ("plot", self.plot)):
             widget.setToolTip(TOOLTIPS[key])
 
         form = QFormLayout()
@@ -198,58 +179,48 @@ class FinetuneWidget(QWidget):
         form.addRow("Steps", self.steps)
         form.addRow("Learning rate", self.lr)
         form.addRow("Device", self.device)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.start_button)
-        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
+        layout.addWidget(self.jobs)
         layout.addWidget(self.plot, 1)
         layout.addWidget(self.status)
 
-        self.start_button.clicked.connect(self.start)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.model.currentIndexChanged.connect(self._model_changed)
+        self.model.changed.connect(self._model_changed)
+        self.jobs.idle.connect(self._job_finished)
         self.image.currentIndexChanged.connect(self._refresh_labels)
         on_layers_changed(napari_viewer, self._refresh_layers)
         self._refresh_layers()
-        self.refresh_models()
+        self.model.refresh()
+
+    @property
+    def start_button(self):
+        """The Start button (the shared Run button, named for what it does here)."""
+        return self.jobs.run_button
 
     # -- choices --------------------------------------------------------------------
     def _refresh_layers(self, event: Any = None) -> None:
-        # Scans opened with the plugin (their geometry is known); not heat maps of a run.
-        names = [layer.name for layer in self.viewer.layers
-                 if isinstance(layer, Image) and not layer.rgb
-                 and GEOMETRY_KEY in layer.metadata and RUN_KEY not in layer.metadata]
-        set_items(self.image, names)
+        set_items(self.image, [layer.name for layer in scan_layers(self.viewer)])
         self._refresh_labels()
 
     def _refresh_labels(self, index: int = -1) -> None:
         """Labels layers on the chosen scan's grid, the top-most first."""
         set_items(self.labels, labels_on_scan_grid(self.viewer, self.image.currentText()))
-        self._update_buttons()
+        self.jobs.refresh()
 
     def refresh_models(self) -> None:
         """List the built-in and user models this widget can start from."""
-        self._entries = {e.name: e for e in list_models(problems=[])}
-        set_models(self.model, self._entries, fallback=DEFAULT_MODEL)
-        self._model_changed()
+        self.model.refresh()
 
-    def _model_changed(self, index: int = -1) -> None:
-        entry = self._entries.get(self.model.currentText())
-        self.model.setToolTip(model_card_tooltip(entry.card) if entry else TOOLTIPS["model"])
+    def _model_changed(self) -> None:
+        entry = self.model.entry
         # A name the user typed is kept; the suggestion follows the base model.
         if entry is not None and self.name.text() in ("", self._suggested):
             self._suggested = suggest_name(entry.name)
             self.name.setText(self._suggested)
-        self._update_buttons()
 
-    def _update_buttons(self) -> None:
-        busy = self.job is not None and self.job.running
-        ready = bool(self.image.currentText() and self.labels.currentText()
-                     and self.model.currentText() in self._entries)
-        self.start_button.setEnabled(not busy and ready)
-        self.cancel_button.setEnabled(busy)
+    def ready(self) -> bool:
+        return bool(self.image.currentText() and self.labels.currentText()
+                    and self.model.entry is not None)
 
     # -- running --------------------------------------------------------------------
     def start(self) -> Job | None:
@@ -274,7 +245,7 @@ class FinetuneWidget(QWidget):
         except KeyError:
             show_error("Choose a scan and a labels layer drawn on it first.")
             return None
-        base = self._entries[self.model.currentText()]
+        base = self.model.entry
         steps, lr, device = self.steps.value(), self.lr.value(), self.device.currentText()
         run = {"image": image.unique_id, "model": name}
         relay = self.plot.point
@@ -297,27 +268,18 @@ class FinetuneWidget(QWidget):
             card = result.entry.card
             return result, segmentation_layer_data(result.segmentation, card, run)
 
-        self.job = start_job(work, description=f"Fine-tune {base.name} as {name}",
-                             on_result=lambda outcome: self._show_result(*outcome),
-                             on_finished=self._job_finished)
-        self._update_buttons()
-        return self.job
-
-    def cancel(self) -> None:
-        """Stop the running job at its next check; no model and no layer are kept."""
-        if self.job is not None:
-            self.job.cancel()
-            self.status.setText("Cancelling...")
+        return self.jobs.start(work, f"Fine-tune {base.name} as {name}",
+                               lambda outcome: self._show_result(*outcome))
 
     def _show_result(self, result: FinetuneResult, layer_data: list[tuple]) -> None:
         card = result.entry.card
         layer_data[0][1]["colormap"] = class_colormap(card)
         add_layers(self.viewer, layer_data, widget=self)
         self.result = result
-        self.refresh_models()
-        for widget in self.viewer.window.dock_widgets.values():
-            if isinstance(widget, SegmentWidget):
-                widget.refresh_models()
+        # Every model list in the window lists the new model (found through Qt: this
+        # widget's and those of the other docked widgets).
+        for picker in {self.model, *self.window().findChildren(ModelPicker)}:
+            picker.refresh()
         dice = ", ".join(f"{s.name} {s.dice:.2f}" for s in result.scores)
         losses = result.losses
         self.status.setText(
@@ -325,13 +287,12 @@ class FinetuneWidget(QWidget):
             f"{losses[-1]:.3f} in {len(losses)} steps; Dice on this same image (its "
             f"training data, not held out): {dice}.")
 
-    def _job_finished(self, job: Job) -> None:
-        if job.outcome == "cancelled":
+    def _job_finished(self) -> None:
+        if self.job.outcome == "cancelled":
             if self._installed is not None:
                 # Cancel came after the model was installed: the user asked for nothing.
                 shutil.rmtree(self._installed, ignore_errors=True)
             self.status.setText("Cancelled: no model was saved.")
-        elif job.outcome == "failed":
+        elif self.job.outcome == "failed":
             self.status.setText("Fine-tuning failed (see the notification).")
         self._installed = None
-        self._update_buttons()
