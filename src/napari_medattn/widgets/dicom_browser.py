@@ -43,7 +43,7 @@ AUTH_CHOICES = ("none", "basic", "bearer")
 MODALITIES = ("", "CT", "MR", "PT", "SEG", "SR", "OT")
 #: Result table columns: (row key, header).
 COLUMNS = (("date", "Date"), ("patient_name", "Patient"), ("modality", "Modality"),
-           ("description", "Series"), ("instances", "Images"))
+           ("instances", "Images"), ("description", "Series"))
 TOOLTIPS = {
     "url": "DICOMweb root of the server, e.g. https://pacs.example.org/dicom-web",
     "auth": "none, basic (user and password) or bearer (an access token)",
@@ -113,7 +113,10 @@ class DicomBrowserWidget(JobWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)  # the series description takes what is left
+        self.table.verticalHeader().setVisible(False)
         self.table.itemSelectionChanged.connect(self.jobs.refresh)
 
         self.labels = QComboBox()
@@ -126,6 +129,7 @@ class DicomBrowserWidget(JobWidget):
         send_row.addWidget(self.labels, 1)
         send_row.addWidget(self.send_button)
 
+        self.setMinimumWidth(440)
         form = QFormLayout(self)
         form.addRow(server)
         form.addRow(query)
