@@ -9,8 +9,6 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
-import pytest
-
 from napari_medattn.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +184,10 @@ def test_check_mode_exits_1_on_a_stale_reference_and_names_the_fix(tmp_path, mon
     assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["cli.md"]
 
 
-@pytest.mark.parametrize("columns", ["40", "250"])
-def test_cli_reference_does_not_depend_on_the_terminal_width(monkeypatch, columns):
-    monkeypatch.setenv("COLUMNS", columns)
-    assert reference.cli_reference() == reference.REFERENCE.read_text(encoding="utf-8")
+def test_cli_reference_does_not_depend_on_the_terminal_width(monkeypatch):
+    texts = []
+    for columns in ("40", "250"):
+        monkeypatch.setenv("COLUMNS", columns)
+        texts.append(reference.cli_reference())
+    assert texts[0] == texts[1]
+    assert max(len(line) for text in texts for line in text.split("```text")[1].splitlines()) <= 100
