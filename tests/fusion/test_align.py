@@ -164,3 +164,36 @@ def test_mip_along_patient_axes_finds_the_hot_spot():
     assert (r, c) == (8, 3)  # anterior up: row = (y - y_min) / 2; patient right on the left
     with pytest.raises(GeometryError):
         mip(pet, (0, 0, 0))
+
+
+def _itk_image(data, affine):
+    import SimpleITK as sitk
+
+    # ITK index (i, j, k) = array axes (0, 1, 2) after the transpose; columns = directions.
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)))
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin(affine[:3, 3].tolist())
+    image.SetDirection((affine[:3, :3] / spacing).ravel().tolist())
+    return image
+
+
+def test_axis_parallel_overlay_equals_simpleitk_resample_to_the_border(base):
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(3)
+    # A PET stored x-first and flipped (as a RAS NIfTI), 3 mm, shifted off the base grid.
+    affine = np.zeros((4, 4))
+    affine[:3, :3] = [[-3.0, 0, 0], [0, 0, 3.0], [0, -2.5, 0]]
+    affine[:3, 3] = [14.0, -17.3, 9.1]
+    affine[3, 3] = 1
+    overlay = Volume(rng.random((9, 8, 11), dtype=np.float32) * 10, affine, "PT", {"name": "PET"})
+    fused = overlay_on_grid(overlay, base)
+    for interpolator, order in ((sitk.sitkLinear, 1), (sitk.sitkNearestNeighbor, 0)):
+        expected = sitk.GetArrayFromImage(sitk.Resample(
+            _itk_image(overlay.data, overlay.affine), _itk_image(base.data, base.affine),
+            sitk.Transform(), interpolator, 0.0)).transpose(2, 1, 0)
+        got = overlay_on_grid(overlay, base, order=order).data
+        assert (expected != 0).mean() > 0.05
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_array_equal(fused.data, overlay_on_grid(overlay, base, order=1).data)
