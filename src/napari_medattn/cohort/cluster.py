@@ -63,6 +63,10 @@ class TaskPlugin:
     thread, so a long model load does not block the worker's heartbeat.
     """
 
+    #: Registering the same task (same parameters) again leaves the workers' copy, and the
+    #: model it loaded, in place.
+    idempotent = True
+
     def __init__(self, task: CohortTask, threads_per_host: dict[str, int]) -> None:
         self.task = task
         self.name = plugin_name(task)

@@ -137,10 +137,11 @@ class VolumeCommandTask(CommandTask):
         item.write_record()
         record = item.record
         outputs = {**record.outputs, "provenance": item.path("provenance", ".json").name}
-        return CaseOutput(self.figures(case, case_dir, record.outputs), outputs,
-                          list(record.notes), record.model)
+        return CaseOutput(self.figures(case, case_dir, record), outputs, list(record.notes),
+                          record.model)
 
-    def figures(self, case: Case, case_dir: Path, outputs: dict[str, str]) -> dict[str, Any]:
+    def figures(self, case: Case, case_dir: Path, record: Any) -> dict[str, Any]:
+        """The case's key figures from its outputs and provenance record."""
         return {}
 
 
@@ -150,12 +151,14 @@ class SegmentTask(VolumeCommandTask):
 
     name = "segment"
 
-    def figures(self, case: Case, case_dir: Path, outputs: dict[str, str]) -> dict[str, Any]:
+    def figures(self, case: Case, case_dir: Path, record: Any) -> dict[str, Any]:
         from napari_medattn.io import read_volume
 
-        labels = read_volume(case_dir / outputs["labels"])
+        labels = read_volume(case_dir / record.outputs["labels"])
         reference = read_volume(case.reference) if case.reference is not None else None
-        return label_figures(labels, reference)
+        names = {index: c["name"] for index, c in enumerate(record.model["card"]["classes"])}
+        return label_figures(labels, reference, classes=sorted(set(names) - {0}),
+                             class_names=names)
 
 
 class ExplainTask(VolumeCommandTask):
@@ -163,8 +166,8 @@ class ExplainTask(VolumeCommandTask):
 
     name = "explain"
 
-    def figures(self, case: Case, case_dir: Path, outputs: dict[str, str]) -> dict[str, Any]:
-        return {"maps": len(outputs)}
+    def figures(self, case: Case, case_dir: Path, record: Any) -> dict[str, Any]:
+        return {"maps": len(record.outputs)}
 
 
 class EvaluateTask(CommandTask):
@@ -306,8 +309,9 @@ def label_figures(labels, reference=None, *, classes: Sequence[int] | None = Non
     if classes is not None:
         rows = [row for row in rows if row["label"] in set(classes)]
     names = {row["label"]: _column_name(row["name"]) for row in rows}
-    figures: dict[str, Any] = {f"volume_ml_{names[row['label']]}": row["volume_ml"]
-                               for row in rows}
+    # An absent class has 0 mL (class_statistics leaves its numbers NaN).
+    figures: dict[str, Any] = {f"volume_ml_{names[row['label']]}":
+                               row["volume_ml"] if row["voxels"] else 0.0 for row in rows}
     if reference is not None:
         chosen = list(classes) if classes is not None else sorted(names)
         scores = evaluate_pair(labels, reference, classes=chosen,
