@@ -20,7 +20,7 @@ from napari_medattn.errors import MedAttnError
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = ("info", "models", "segment", "explain", "evaluate", "train", "finetune", "pacs",
-            "fuse")
+            "fuse", "cohort")
 
 
 def build_parser() -> argparse.ArgumentParser:
