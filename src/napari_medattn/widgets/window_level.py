@@ -9,14 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import napari
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton
 from napari.layers import Image
-from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QPushButton,
-    QWidget,
-)
 
 from napari_medattn.display.layers import GEOMETRY_KEY
 from napari_medattn.display.window_level import (
@@ -44,48 +38,46 @@ TOOLTIPS = {
 }
 
 
-class WindowLevelWidget(QWidget):
-    """Window/level control for the active image layer.
+class WindowLevelWidget(Container):
+    """Window/level control for the active image layer: a magicgui form.
 
     Parameters
     ----------
     napari_viewer : napari.Viewer
         The viewer (npe2 injects it). Docking this widget also puts the viewer in
         radiological orientation for layers opened by this plugin.
+
+    Attributes
+    ----------
+    preset : ComboBox
+    window, level : FloatSpinBox
+    drag : PushButton
+        A toggle: on, left-dragging on the canvas changes the window and level.
     """
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
         self.viewer = napari_viewer
         install_radiology_view(napari_viewer)
         self._syncing = False
         self._auto_limits: tuple[float, float] | None = None
-
-        self.preset = QComboBox()
-        self.preset.addItems([CUSTOM, AUTO, *CT_PRESETS])
-        self.window = QDoubleSpinBox()
-        self.level = QDoubleSpinBox()
+        self.preset = ComboBox(label="Preset", choices=[CUSTOM, AUTO, *CT_PRESETS],
+                               tooltip=TOOLTIPS["preset"])
+        self.window = FloatSpinBox(label="Window", min=MIN_WINDOW, max=1e6, step=1.0,
+                                   tooltip=TOOLTIPS["window"])
+        self.level = FloatSpinBox(label="Level", min=-1e6, max=1e6, step=1.0,
+                                  tooltip=TOOLTIPS["level"])
+        self.drag = PushButton(text="Drag to adjust window/level", tooltip=TOOLTIPS["drag"])
+        super().__init__(widgets=[self.preset, self.window, self.level, self.drag])
+        # What magicgui does not express: values applied when typing ends (not on every
+        # keystroke), and a toggle button.
         for box in (self.window, self.level):
-            box.setRange(-1e6, 1e6)
-            box.setDecimals(2)
-            box.setKeyboardTracking(False)
-        self.window.setMinimum(MIN_WINDOW)
-        self.drag = QPushButton("Drag to adjust window/level")
-        self.drag.setCheckable(True)
-        for name, widget in (("preset", self.preset), ("window", self.window),
-                             ("level", self.level), ("drag", self.drag)):
-            widget.setToolTip(TOOLTIPS[name])
+            box.native.setKeyboardTracking(False)
+        self.drag.native.setCheckable(True)
 
-        form = QFormLayout(self)
-        form.addRow("Preset", self.preset)
-        form.addRow("Window", self.window)
-        form.addRow("Level", self.level)
-        form.addRow(self.drag)
-
-        self.preset.currentTextChanged.connect(self._apply_preset)
-        self.window.valueChanged.connect(self._apply_boxes)
-        self.level.valueChanged.connect(self._apply_boxes)
-        self.drag.toggled.connect(self._toggle_drag)
+        self.preset.changed.connect(self._apply_preset)
+        self.window.changed.connect(self._apply_boxes)
+        self.level.changed.connect(self._apply_boxes)
+        self.drag.native.toggled.connect(self._toggle_drag)
         napari_viewer.layers.selection.events.active.connect(self._on_active)
         self._layer: Image | None = None
         self._on_active()
@@ -96,7 +88,7 @@ class WindowLevelWidget(QWidget):
             self._layer.events.contrast_limits.disconnect(self._sync_from_layer)
         active = self.viewer.layers.selection.active
         self._layer = active if isinstance(active, Image) and not active.rgb else None
-        self.setEnabled(self._layer is not None)
+        self.enabled = self._layer is not None
         self._auto_limits = None
         if self._layer is not None and GEOMETRY_KEY in self._layer.metadata:
             if self._layer.metadata[GEOMETRY_KEY].modality.upper() != "CT":
@@ -111,16 +103,14 @@ class WindowLevelWidget(QWidget):
         window, level = limits_to_window(low, high)
         self._syncing = True
         try:
-            self.window.setValue(window)
-            self.level.setValue(level)
+            self.window.value = window
+            self.level.value = level
             # Name what is shown: a CT preset, the automatic limits, or custom values.
             name = next((preset for preset in CT_PRESETS
                          if preset_limits(preset) == (low, high)), CUSTOM)
             if name == CUSTOM and self._auto_limits == (low, high):
                 name = AUTO
-            self.preset.blockSignals(True)
-            self.preset.setCurrentText(name)
-            self.preset.blockSignals(False)
+            self.preset.value = name
         finally:
             self._syncing = False
 
@@ -134,7 +124,7 @@ class WindowLevelWidget(QWidget):
 
     # -- user actions ---------------------------------------------------------------
     def _apply_preset(self, name: str) -> None:
-        if self._layer is None or name == CUSTOM:
+        if self._syncing or self._layer is None or name == CUSTOM:
             return
         if name == AUTO:
             self._auto_limits = percentile_limits(self._layer.data)
@@ -145,7 +135,7 @@ class WindowLevelWidget(QWidget):
     def _apply_boxes(self, value: float = 0.0) -> None:
         if self._syncing or self._layer is None:
             return
-        self._set_limits(*window_to_limits(self.window.value(), self.level.value()))
+        self._set_limits(*window_to_limits(self.window.value, self.level.value))
 
     def _toggle_drag(self, on: bool) -> None:
         # Left-drag both pans and adjusts otherwise; panning is paused while the mode is on.
