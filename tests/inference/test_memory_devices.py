@@ -14,6 +14,7 @@ from napari_medattn.inference.memory import (
     slab_planes,
 )
 from napari_medattn.inference.sliding_window import sliding_window_inference
+from napari_medattn.inference.window_options import MemoryBudget, OutputRequest, WindowOptions
 
 CT = (300, 512, 512)
 PATCH = (96, 96, 96)
@@ -82,18 +83,22 @@ def test_plan_refuses_with_the_numbers():
 
 
 def test_engine_replans_and_refuses(volume3d, net3d):
-    kwargs = dict(skip_empty=False, device="cpu", keep_probabilities=(1,))
-    reference = sliding_window_inference(volume3d, net3d, (12, 16, 10), batch_size=8, **kwargs)
+    kwargs = dict(outputs=OutputRequest(keep_probabilities=(1,)), device="cpu")
+    batch8 = WindowOptions(batch_size=8, skip_empty=False)
+    reference = sliding_window_inference(volume3d, net3d, (12, 16, 10), windows=batch8, **kwargs)
     one = estimate_memory((23, 30, 27), (12, 16, 10), in_channels=1, num_classes=2,
                           batch_size=1, kept_probabilities=1)
     two = estimate_memory((23, 30, 27), (12, 16, 10), in_channels=1, num_classes=2,
                           batch_size=2, kept_probabilities=1)
-    replanned = sliding_window_inference(volume3d, net3d, (12, 16, 10), batch_size=8,
-                                         free_ram=(one.ram_bytes + two.ram_bytes) // 2, **kwargs)
+    between = MemoryBudget(free_ram=(one.ram_bytes + two.ram_bytes) // 2)
+    replanned = sliding_window_inference(volume3d, net3d, (12, 16, 10), windows=batch8,
+                                         memory=between, **kwargs)
     assert any("Batch reduced from 8 to 1" in n for n in replanned.notes)
     np.testing.assert_allclose(replanned.probabilities[1], reference.probabilities[1], atol=1e-6)
     with pytest.raises(InsufficientMemoryError, match="GB of RAM"):
-        sliding_window_inference(volume3d, net3d, (12, 16, 10), free_ram=1000, **kwargs)
+        sliding_window_inference(volume3d, net3d, (12, 16, 10),
+                                 windows=WindowOptions(skip_empty=False),
+                                 memory=MemoryBudget(free_ram=1000), **kwargs)
 
 
 def test_device_resolution_on_this_machine():
@@ -144,7 +149,8 @@ def test_reduced_precision_on_cpu_stays_close(monkeypatch, volume3d, net3d):
     from napari_medattn.inference import devices
 
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
-    kwargs = dict(skip_empty=False, keep_probabilities="all", device="cpu")
+    kwargs = dict(windows=WindowOptions(skip_empty=False),
+                  outputs=OutputRequest(keep_probabilities="all"), device="cpu")
     exact = sliding_window_inference(volume3d, net3d, (12, 16, 10), use_autocast=False, **kwargs)
     fast = sliding_window_inference(volume3d, net3d, (12, 16, 10), **kwargs)  # the default
     assert (exact.precision, fast.precision) == ("float32", "bfloat16")
@@ -155,10 +161,13 @@ def test_reduced_precision_on_cpu_stays_close(monkeypatch, volume3d, net3d):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_autocast_matches_cpu(volume3d, net3d):
-    cpu = sliding_window_inference(volume3d, net3d, (12, 16, 10), skip_empty=False,
-                                   keep_probabilities="all", device="cpu", use_autocast=False)
-    gpu = sliding_window_inference(volume3d, net3d, (12, 16, 10), skip_empty=False,
-                                   keep_probabilities="all", device="cuda")
+    cpu = sliding_window_inference(volume3d, net3d, (12, 16, 10),
+                                   windows=WindowOptions(skip_empty=False),
+                                   outputs=OutputRequest(keep_probabilities="all"), device="cpu",
+                                   use_autocast=False)
+    gpu = sliding_window_inference(volume3d, net3d, (12, 16, 10),
+                                   windows=WindowOptions(skip_empty=False),
+                                   outputs=OutputRequest(keep_probabilities="all"), device="cuda")
     assert gpu.device.startswith("cuda")
     for c in range(3):
         # bfloat16 has 8 bits of mantissa: probabilities agree to about 1e-2.

@@ -45,6 +45,7 @@ from napari_medattn.inference.sliding_window import (
     check_cancel,
     sliding_window_inference,
 )
+from napari_medattn.inference.window_options import OutputRequest, WindowOptions
 from napari_medattn.io.volume import Volume, require_3d
 from napari_medattn.models.card import ModelCard
 
@@ -226,10 +227,11 @@ def detect(volume: Volume, model: nn.Module, card: ModelCard, *, device: str = "
                            for c in values])
     check_cancel(cancel)
     result = sliding_window_inference(
-        values, DetectionMaps(model, n_classes), card.patch_size, overlap=overlap,
-        batch_size=batch_size, foreground=foreground, activation="none",
-        num_classes=1 + n_classes + 3, keep_probabilities="all", tta=tta, device=device,
-        use_autocast=use_autocast, progress=progress, cancel=cancel)
+        values, DetectionMaps(model, n_classes), card.patch_size,
+        windows=WindowOptions(overlap=overlap, batch_size=batch_size, activation="none"),
+        outputs=OutputRequest(keep_probabilities="all", tta=tta), foreground=foreground,
+        num_classes=1 + n_classes + 3, device=device, use_autocast=use_autocast,
+        progress=progress, cancel=cancel)
     maps = result.probabilities
     heat = np.stack([maps[1 + k] for k in range(n_classes)])
     size = np.stack([maps[1 + n_classes + a] for a in range(3)])

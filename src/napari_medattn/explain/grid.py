@@ -26,6 +26,7 @@ from napari_medattn.inference.sliding_window import (
     ProgressCallback,
     sliding_window_inference,
 )
+from napari_medattn.inference.window_options import MemoryBudget, OutputRequest, WindowOptions
 from napari_medattn.io.volume import Volume
 from napari_medattn.models.card import ModelCard
 
@@ -197,12 +198,13 @@ def window_maps(grid: ModelGrid, model: nn.Module, card: ModelCard, fn: WindowMa
                else np.concatenate([image, region[None].astype(np.float32)]))
     adapter = _WindowMaps(model, fn, image.shape[0], has_region=region is not None)
     result = sliding_window_inference(
-        stacked, adapter, card.patch_size, overlap=OVERLAP, batch_size=batch_size,
-        skip_empty=False, activation="none", keep_probabilities="all", device=device,
-        use_autocast=False,
-        activation_bytes_per_voxel=(GRADIENT_BYTES_PER_VOXEL if gradients
-                                    else DEFAULT_ACTIVATION_BYTES_PER_VOXEL),
-        progress=progress, cancel=cancel)
+        stacked, adapter, card.patch_size,
+        windows=WindowOptions(overlap=OVERLAP, batch_size=batch_size, skip_empty=False,
+                              activation="none"),
+        outputs=OutputRequest(keep_probabilities="all"),
+        memory=MemoryBudget(activation_bytes_per_voxel=(
+            GRADIENT_BYTES_PER_VOXEL if gradients else DEFAULT_ACTIVATION_BYTES_PER_VOXEL)),
+        device=device, use_autocast=False, progress=progress, cancel=cancel)
     if not result.probabilities:
         raise ModelError("The explanation produced no map.")
     return np.stack([result.probabilities[k] for k in sorted(result.probabilities)])

@@ -33,6 +33,7 @@ from napari_medattn.inference.sliding_window import (
     ProgressCallback,
     sliding_window_inference,
 )
+from napari_medattn.inference.window_options import OutputRequest, WindowOptions
 from napari_medattn.models.blocks.cbam import CBAM
 from napari_medattn.models.blocks.dssa import DualSparseSelectionAttention
 from napari_medattn.models.blocks.eca import EfficientChannelAttention
@@ -75,8 +76,10 @@ def spatial_maps(grid: ModelGrid, model: nn.Module, card: ModelCard, names: list
                  cancel: CancelCheck | None = None) -> dict[str, np.ndarray]:
     """Blended spatial capture maps (heads averaged) on the model grid, by capture name."""
     result = sliding_window_inference(
-        grid.image, model, card.patch_size, overlap=OVERLAP, skip_empty=False,
-        num_classes=card.num_classes, attention_maps=names, device=device,
+        grid.image, model, card.patch_size,
+        windows=WindowOptions(overlap=OVERLAP, skip_empty=False),
+        outputs=OutputRequest(attention_maps=tuple(names)), num_classes=card.num_classes,
+        device=device,
         use_autocast=False,  # maps of the float32 computation, like the gradient methods
         progress=progress, cancel=cancel)
     return result.attention

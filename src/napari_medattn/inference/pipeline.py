@@ -43,6 +43,7 @@ from napari_medattn.inference.sliding_window import (
     check_cancel,
     sliding_window_inference,
 )
+from napari_medattn.inference.window_options import OutputRequest, WindowOptions
 from napari_medattn.io.volume import Volume
 from napari_medattn.models.card import ModelCard
 
@@ -184,12 +185,12 @@ def segment(
     check_cancel(cancel)
 
     result = sliding_window_inference(
-        model_input, model, card.patch_size, overlap=overlap, batch_size=batch_size,
-        skip_empty=skip_empty, foreground=foreground,
-        num_classes=card.num_classes,
-        keep_probabilities=tuple(keep_probabilities), tta=tta, uncertainty=uncertainty,
-        attention_maps=attention_maps, device=device, use_autocast=use_autocast,
-        progress=progress, cancel=cancel)
+        model_input, model, card.patch_size,
+        windows=WindowOptions(overlap=overlap, batch_size=batch_size, skip_empty=skip_empty),
+        outputs=OutputRequest(keep_probabilities=tuple(keep_probabilities), tta=tta,
+                              uncertainty=uncertainty, attention_maps=tuple(attention_maps)),
+        foreground=foreground, num_classes=card.num_classes, device=device,
+        use_autocast=use_autocast, progress=progress, cancel=cancel)
     notes += result.notes
     del model_input
 

@@ -42,14 +42,10 @@ from napari_medattn.inference.devices import (
     precision_name,
     resolve_device,
 )
-from napari_medattn.inference.memory import (
-    DEFAULT_ACTIVATION_BYTES_PER_VOXEL,
-    available_ram,
-    plan_inference,
-    slab_planes,
-)
+from napari_medattn.inference.memory import available_ram, plan_inference, slab_planes
 from napari_medattn.inference.stitching import OutputMaps, SlabAccumulator
-from napari_medattn.inference.tta import UNCERTAINTY_KINDS, flip_members, predict_members
+from napari_medattn.inference.tta import flip_members, predict_members
+from napari_medattn.inference.window_options import MemoryBudget, OutputRequest, WindowOptions
 from napari_medattn.models.capture import MapKind, capture_attention
 
 ProgressCallback = Callable[[int, int], None]
@@ -201,26 +197,13 @@ def sliding_window_inference(
     predictor: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     patch_size: Sequence[int],
     *,
-    overlap: float = 0.5,
-    batch_size: int = 4,
-    blend: str = "gaussian",
-    sigma_scale: float = 0.125,
-    skip_empty: bool = True,
+    windows: WindowOptions = WindowOptions(),
+    outputs: OutputRequest = OutputRequest(),
+    memory: MemoryBudget = MemoryBudget(),
     foreground: np.ndarray | None = None,
-    activation: str = "softmax",
     num_classes: int | None = None,
-    keep_probabilities: Sequence[int] | str = (),
-    tta: bool | Sequence[Sequence[int]] = False,
-    uncertainty: str | None = None,
-    attention_maps: Sequence[str] = (),
-    stream: bool = True,
     device: str | torch.device = "auto",
     use_autocast: bool = True,
-    pad_value: float = 0.0,
-    memory_check: bool = True,
-    activation_bytes_per_voxel: int = DEFAULT_ACTIVATION_BYTES_PER_VOXEL,
-    free_ram: int | None = None,
-    free_gpu: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> InferenceResult:
@@ -238,37 +221,19 @@ def sliding_window_inference(
         scores. A module is moved to the device and put in eval mode.
     patch_size : sequence of int
         Window size in voxels per spatial axis.
-    overlap : float
-        Fraction of a window shared with its neighbour along each axis, in [0, 1).
-    batch_size : int
-        Windows per forward pass (may be reduced by the memory plan).
-    blend : {"gaussian", "constant"}
-        Weighting of a window's voxels when blending.
-    sigma_scale : float
-        Gaussian standard deviation as a fraction of the window size.
-    skip_empty : bool
-        Do not run windows without foreground; they predict background.
+    windows : WindowOptions
+        Overlap, batch size, blending, skipping of empty windows, activation, padding and
+        streaming.
+    outputs : OutputRequest
+        Class probabilities, test-time flips, uncertainty and attention maps to return.
+    memory : MemoryBudget
+        The memory to plan against.
     foreground : ndarray of bool, optional
-        Spatial mask of the voxels that count as foreground for ``skip_empty`` (default:
-        voxels where some channel is above the input's minimum).
-    activation : {"softmax", "none"}
-        Applied to the predictor output over the class axis; ``"none"`` when the
-        predictor already returns probabilities.
+        Spatial mask of the voxels that count as foreground for ``windows.skip_empty``
+        (default: voxels where some channel is above the input's minimum).
     num_classes : int, optional
         Classes predicted; found from the first batch when not given (given, it makes
         the memory estimate exact and sizes the outputs when every window is empty).
-    keep_probabilities : sequence of int or "all"
-        Classes whose blended probability is returned for the whole volume.
-    tta : bool or sequence of sequences of int
-        Test-time flips (see :func:`.tta.flip_members`).
-    uncertainty : {None, "variance", "entropy"}
-        Uncertainty map to return (see :mod:`.tta`); ``"variance"`` needs ``tta``.
-    attention_maps : sequence of str
-        Names of spatial attention maps the network records (see
-        :func:`napari_medattn.models.capture_attention` and :func:`attention_map_names`)
-        to return for the whole volume; captured on the unflipped forward pass.
-    stream : bool
-        Finalise slab by slab (True) or keep the whole volume's sums until the end.
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"`` (see :func:`.resolve_device`).
     use_autocast : bool
@@ -276,14 +241,6 @@ def sliding_window_inference(
         compute bfloat16 natively (AVX512-BF16/AMX; faster, not bitwise float32; see
         :func:`.devices.autocast_dtype`); False: float32 everywhere. Blending always runs
         in float32.
-    pad_value : float
-        Input value used to pad a volume smaller than a window.
-    memory_check : bool
-        Plan the job against free memory first (see :func:`.plan_inference`).
-    activation_bytes_per_voxel : int
-        Peak activation bytes per window voxel of the network, for the memory plan.
-    free_ram, free_gpu : int, optional
-        Bytes of free RAM / GPU memory to plan against (default: measured now).
     progress : callable, optional
         Called after each batch as ``progress(windows_done, windows_total)``.
     cancel : callable or threading.Event, optional
@@ -296,96 +253,126 @@ def sliding_window_inference(
         Labels, requested probabilities and uncertainty on the input's grid.
     """
     patch = tuple(int(p) for p in patch_size)
-    dims = len(patch)
-    if dims not in (2, 3) or min(patch) < 1:
+    if len(patch) not in (2, 3) or min(patch) < 1:
         raise ModelError(f"The patch size must be 2 or 3 positive integers, got {patch_size}.")
-    if not 0 <= overlap < 1:
-        raise ModelError(f"The overlap must be in [0, 1), got {overlap}.")
-    if batch_size < 1:
-        raise ModelError(f"The batch size must be at least 1, got {batch_size}.")
-    if activation not in ("softmax", "none"):
-        raise ModelError(f"Unknown activation {activation!r}; choose 'softmax' or 'none'.")
-    if uncertainty is not None and uncertainty not in UNCERTAINTY_KINDS:
-        raise ModelError(f"Unknown uncertainty {uncertainty!r}; choose one of "
-                         f"{', '.join(UNCERTAINTY_KINDS)}.")
-    members = flip_members(dims, tta)
-    attention_maps = tuple(attention_maps)
-    if attention_maps and not isinstance(predictor, nn.Module):
+    members = flip_members(len(patch), outputs.tta)
+    if outputs.attention_maps and not isinstance(predictor, nn.Module):
         raise ModelError("Attention maps can only be captured from a torch module.")
-    if uncertainty == "variance" and len(members) < 2:
+    if outputs.uncertainty == "variance" and len(members) < 2:
         raise ModelError("Variance uncertainty needs test-time augmentation (tta=True).")
-    if keep_probabilities != "all":
-        keep_probabilities = tuple(int(c) for c in keep_probabilities)
-        if num_classes is not None and any(not 0 <= c < num_classes for c in keep_probabilities):
-            raise ModelError(f"Probabilities asked for classes {keep_probabilities}, but the "
-                             f"model has {num_classes} classes.")
-    weights_cpu = importance_map(patch, blend, sigma_scale)
-
-    x = _as_channels_first(inputs, dims)
-    shape = tuple(x.shape[1:])
-    if skip_empty and foreground is None:
-        foreground = (x > x.min()).any(dim=0).numpy()
-    pad_before = [max(p - s, 0) // 2 for s, p in zip(shape, patch)]
-    if any(p > s for s, p in zip(shape, patch)):
-        pad = []
-        for s, p, before in reversed(list(zip(shape, patch, pad_before))):
-            pad += [before, max(p - s, 0) - before]
-        x = torch.nn.functional.pad(x, pad, mode="constant", value=pad_value)
-    padded = tuple(x.shape[1:])
-    starts = window_starts(padded, patch, overlap)
-    if skip_empty:
-        mask = _foreground_mask(x, foreground, shape, pad_before)
-
+    keep = outputs.keep_probabilities
+    if keep != "all" and num_classes is not None and any(not 0 <= c < num_classes
+                                                         for c in keep):
+        raise ModelError(f"Probabilities asked for classes {keep}, but the model has "
+                         f"{num_classes} classes.")
+    run = _Run(inputs, predictor, patch, windows, outputs, members, foreground)
     choice = resolve_device(device)
-    compute = choice.device
     notes = [choice.note] if choice.note else []
-    stitch = compute
-    if memory_check:
-        kept = (num_classes or 2) if keep_probabilities == "all" else len(keep_probabilities)
-        model_bytes = (sum(p.numel() * p.element_size() for p in predictor.parameters())
-                       if isinstance(predictor, nn.Module) else 0)
-        plan = plan_inference(
-            padded, patch, in_channels=x.shape[0], num_classes=num_classes or 2,
-            batch_size=batch_size, on_gpu=compute.type != "cpu",
-            free_ram=available_ram() if free_ram is None else free_ram,
-            free_gpu=free_gpu_memory(compute) if free_gpu is None else free_gpu,
-            overlap=overlap, kept_probabilities=kept, uncertainty=uncertainty is not None,
-            attention_maps=len(attention_maps),
-            tta_members=len(members), stream=stream, model_bytes=model_bytes,
-            activation_bytes_per_voxel=activation_bytes_per_voxel)
+    batch_size, stitch = windows.batch_size, choice.device
+    if memory.check:
+        plan = run.plan(choice.device, memory, num_classes)
         batch_size = plan.batch_size
-        stitch = compute if plan.stitch_on_gpu else torch.device("cpu")
+        stitch = choice.device if plan.stitch_on_gpu else torch.device("cpu")
         notes += plan.notes
-    if isinstance(predictor, nn.Module):
-        predictor.to(compute).eval()
-    weights = weights_cpu.to(compute)
+    run.place(choice.device, stitch, use_autocast, batch_size, num_classes)
+    predicted = run.loop(batch_size, progress, cancel)
+    classes = run.acc.classes
+    return InferenceResult(
+        labels=run.maps.labels,
+        probabilities=run.maps.probabilities,
+        uncertainty=run.maps.uncertainty,
+        attention=run.maps.attention,
+        num_classes=classes.shape[0] if classes is not None else num_classes,
+        windows=len(run.starts),
+        windows_predicted=predicted,
+        device=str(choice.device),
+        precision=precision_name(choice.device, use_autocast),
+        notes=tuple(notes),
+    )
 
-    outputs = OutputMaps(shape, pad_before, keep_probabilities, uncertainty, attention_maps)
-    capacity = slab_planes(padded, patch, overlap, batch_size) if stream else padded[0]
-    acc = SlabAccumulator(padded[1:], capacity, stitch, outputs)
-    if num_classes is not None:
-        acc.ensure_classes(num_classes)
 
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        with autocast(compute, use_autocast):
-            out = predictor(batch)
+class _Run:
+    """One sliding-window run: the padded input, its windows and the blending state."""
+
+    def __init__(self, inputs: Any, predictor: Any, patch: tuple[int, ...],
+                 windows: WindowOptions, outputs: OutputRequest,
+                 members: list, foreground: np.ndarray | None) -> None:
+        self.predictor, self.patch, self.options, self.request = (predictor, patch, windows,
+                                                                  outputs)
+        self.members = members
+        self.weights_cpu = importance_map(patch, windows.blend, windows.sigma_scale)
+        x = _as_channels_first(inputs, len(patch))
+        self.shape = tuple(x.shape[1:])
+        if windows.skip_empty and foreground is None:
+            foreground = (x > x.min()).any(dim=0).numpy()
+        self.pad_before = [max(p - s, 0) // 2 for s, p in zip(self.shape, patch)]
+        if any(p > s for s, p in zip(self.shape, patch)):
+            pad = []
+            for s, p, before in reversed(list(zip(self.shape, patch, self.pad_before))):
+                pad += [before, max(p - s, 0) - before]
+            x = torch.nn.functional.pad(x, pad, mode="constant", value=windows.pad_value)
+        self.x = x
+        self.padded = tuple(x.shape[1:])
+        self.starts = window_starts(self.padded, patch, windows.overlap)
+        self.mask = (_foreground_mask(x, foreground, self.shape, self.pad_before)
+                     if windows.skip_empty else None)
+
+    def plan(self, compute: torch.device, memory: MemoryBudget, num_classes: int | None):
+        """The memory plan of this run on ``compute`` (see :func:`.plan_inference`)."""
+        keep = self.request.keep_probabilities
+        kept = (num_classes or 2) if keep == "all" else len(keep)
+        model_bytes = (sum(p.numel() * p.element_size() for p in self.predictor.parameters())
+                       if isinstance(self.predictor, nn.Module) else 0)
+        return plan_inference(
+            self.padded, self.patch, in_channels=self.x.shape[0],
+            num_classes=num_classes or 2, batch_size=self.options.batch_size,
+            on_gpu=compute.type != "cpu",
+            free_ram=available_ram() if memory.free_ram is None else memory.free_ram,
+            free_gpu=free_gpu_memory(compute) if memory.free_gpu is None else memory.free_gpu,
+            overlap=self.options.overlap, kept_probabilities=kept,
+            uncertainty=self.request.uncertainty is not None,
+            attention_maps=len(self.request.attention_maps),
+            tta_members=len(self.members), stream=self.options.stream,
+            model_bytes=model_bytes,
+            activation_bytes_per_voxel=memory.activation_bytes_per_voxel)
+
+    def place(self, compute: torch.device, stitch: torch.device, use_autocast: bool,
+              batch_size: int, num_classes: int | None) -> None:
+        """Move the network and weights to ``compute``; make the blending buffers."""
+        self.compute, self.stitch, self.use_autocast = compute, stitch, use_autocast
+        self.num_classes = num_classes
+        if isinstance(self.predictor, nn.Module):
+            self.predictor.to(compute).eval()
+        self.weights = self.weights_cpu.to(compute)
+        request = self.request
+        self.maps = OutputMaps(self.shape, self.pad_before, request.keep_probabilities,
+                               request.uncertainty, request.attention_maps)
+        capacity = (slab_planes(self.padded, self.patch, self.options.overlap, batch_size)
+                    if self.options.stream else self.padded[0])
+        self.acc = SlabAccumulator(self.padded[1:], capacity, stitch, self.maps)
+        if num_classes is not None:
+            self.acc.ensure_classes(num_classes)
+
+    def window(self, start: tuple[int, ...]) -> tuple[slice, ...]:
+        return (slice(None), *(slice(s, s + p) for s, p in zip(start, self.patch)))
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        with autocast(self.compute, self.use_autocast):
+            out = self.predictor(batch)
         if not isinstance(out, torch.Tensor) or out.shape[0] != batch.shape[0] \
-                or tuple(out.shape[2:]) != patch:
+                or tuple(out.shape[2:]) != self.patch:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelError(f"The network returned {got} for a window batch of shape "
                              f"{tuple(batch.shape)}; it must return (batch, classes, *window).")
         return out
 
-    def window_slices(start):
-        return (slice(None), *(slice(s, s + p) for s, p in zip(start, patch)))
-
-    def forward_capturing(batch: torch.Tensor, captured: dict) -> torch.Tensor:
+    def forward_capturing(self, batch: torch.Tensor, captured: dict) -> torch.Tensor:
         """The forward pass; the first (unflipped) one of a batch records attention."""
-        if captured or not attention_maps:
-            return forward(batch)
-        with capture_attention(predictor) as maps:
-            out = forward(batch)
-        for name in attention_maps:
+        if captured or not self.request.attention_maps:
+            return self.forward(batch)
+        with capture_attention(self.predictor) as maps:
+            out = self.forward(batch)
+        for name in self.request.attention_maps:
             if name not in maps or maps[name].kind is not MapKind.SPATIAL:
                 spatial = ", ".join(maps.of_kind(MapKind.SPATIAL)) or "none"
                 raise ModelError(f"The network records no spatial attention map {name!r} "
@@ -394,83 +381,79 @@ def sliding_window_inference(
             captured[name] = maps.on_input_grid(name).mean(dim=1)
         return out
 
-    def run_batch(pending: list[tuple[int, ...]]) -> None:
-        batch = torch.stack([x[window_slices(s)] for s in pending]).to(compute)
+    def run_batch(self, pending: list[tuple[int, ...]]) -> None:
+        batch = torch.stack([self.x[self.window(s)] for s in pending]).to(self.compute)
         captured: dict[str, torch.Tensor] = {}
-        probs, variance = predict_members(lambda b: forward_capturing(b, captured), batch,
-                                          members, activation, uncertainty == "variance")
-        if num_classes is not None and probs.shape[1] != num_classes:
-            raise ModelError(f"The network predicts {probs.shape[1]} classes but "
-                             f"{num_classes} were expected.")
-        if acc.classes is None and keep_probabilities != "all" and any(
-                c >= probs.shape[1] for c in keep_probabilities):
-            raise ModelError(f"Probabilities asked for classes {keep_probabilities}, but the "
-                             f"network predicts {probs.shape[1]} classes.")
-        acc.ensure_classes(probs.shape[1])
-        if acc.classes.shape[0] != probs.shape[1]:
-            raise ModelError("The network returned a different number of classes for "
-                             "different windows.")
-        weighted = (probs * weights).to(stitch)
-        scalars = {f"attention:{name}": (value * weights_cpu).to(stitch)
+        probs, variance = predict_members(lambda b: self.forward_capturing(b, captured), batch,
+                                          self.members, self.options.activation,
+                                          self.request.uncertainty == "variance")
+        self._check_classes(probs.shape[1])
+        acc, stitch = self.acc, self.stitch
+        weighted = (probs * self.weights).to(stitch)
+        scalars = {f"attention:{name}": (value * self.weights_cpu).to(stitch)
                    for name, value in captured.items()}
         if variance is not None:
-            scalars["variance"] = (variance * weights).to(stitch)
-        w = weights.to(stitch)
+            scalars["variance"] = (variance * self.weights).to(stitch)
+        w = self.weights.to(stitch)
         for i, start in enumerate(pending):
-            acc.extend_to(start[0] + patch[0])
+            acc.extend_to(start[0] + self.patch[0])
             acc.add(start, weighted[i], w, {key: value[i] for key, value in scalars.items()})
 
-    total = len(starts)
-    predicted = 0
-    reported = 0
-    pending: list[tuple[int, ...]] = []
-    w_stitch = weights_cpu.to(stitch)
+    def _check_classes(self, predicted: int) -> None:
+        keep = self.request.keep_probabilities
+        if self.num_classes is not None and predicted != self.num_classes:
+            raise ModelError(f"The network predicts {predicted} classes but "
+                             f"{self.num_classes} were expected.")
+        if self.acc.classes is None and keep != "all" and any(c >= predicted for c in keep):
+            raise ModelError(f"Probabilities asked for classes {keep}, but the network "
+                             f"predicts {predicted} classes.")
+        self.acc.ensure_classes(predicted)
+        if self.acc.classes.shape[0] != predicted:
+            raise ModelError("The network returned a different number of classes for "
+                             "different windows.")
 
-    def flush(handled: int) -> None:
-        nonlocal pending, predicted, reported
-        check_cancel(cancel)
-        run_batch(pending)
-        predicted += len(pending)
-        pending = []
-        if progress is not None:
-            progress(handled, total)
-            reported = handled
+    def loop(self, batch_size: int, progress: ProgressCallback | None,
+             cancel: CancelCheck | None) -> int:
+        """Visit every window in order, batching the non-empty ones; returns how many
+        ran through the network."""
+        acc, starts, patch = self.acc, self.starts, self.patch
+        total, predicted, reported = len(starts), 0, 0
+        pending: list[tuple[int, ...]] = []
+        w_stitch = self.weights_cpu.to(self.stitch)
 
-    with torch.inference_mode():
-        for index, start in enumerate(starts):
-            if pending and not acc.fits(start[0] + patch[0]):
-                # Skipped windows between the batched ones would push the slab past its
-                # capacity: run the (smaller) batch now so its planes can be finalised.
-                flush(index)
-                acc.finalise(start[0])
-            if skip_empty and not mask[window_slices(start)[1:]].any():
-                acc.extend_to(start[0] + patch[0])
-                acc.add_background(start, w_stitch)
-            else:
-                pending.append(start)
-            if len(pending) == batch_size:
-                flush(index + 1)
-            if stream:
-                # Planes before the first window still to be added are final.
-                last = index == total - 1
-                next_start = pending[0][0] if pending else (
-                    starts[index + 1][0] if not last else padded[0])
-                acc.finalise(next_start)
-        if pending:
-            flush(total)
-        if progress is not None and reported != total:
-            progress(total, total)
-        acc.finalise(padded[0])
+        def flush(handled: int) -> None:
+            nonlocal pending, predicted, reported
+            check_cancel(cancel)
+            self.run_batch(pending)
+            predicted += len(pending)
+            pending = []
+            if progress is not None:
+                progress(handled, total)
+                reported = handled
 
-    return InferenceResult(
-        labels=outputs.labels,
-        probabilities=outputs.probabilities,
-        uncertainty=outputs.uncertainty,
-        attention=outputs.attention,
-        num_classes=acc.classes.shape[0] if acc.classes is not None else num_classes,
-        windows=total,
-        windows_predicted=predicted,
-        device=str(compute),
-        precision=precision_name(compute, use_autocast),
-        notes=tuple(notes),
-    )
+        with torch.inference_mode():
+            for index, start in enumerate(starts):
+                if pending and not acc.fits(start[0] + patch[0]):
+                    # Skipped windows between the batched ones would push the slab past its
+                    # capacity: run the (smaller) batch now so its planes can be finalised.
+                    flush(index)
+                    acc.finalise(start[0])
+                if self.mask is not None and not self.mask[self.window(start)[1:]].any():
+                    acc.extend_to(start[0] + patch[0])
+                    acc.add_background(start, w_stitch)
+                else:
+                    pending.append(start)
+                if len(pending) == batch_size:
+                    flush(index + 1)
+                if self.options.stream:
+                    # Planes before the first window still to be added are final.
+                    last = index == total - 1
+                    next_start = pending[0][0] if pending else (
+                        starts[index + 1][0] if not last else self.padded[0])
+                    acc.finalise(next_start)
+            if pending:
+                flush(total)
+            if progress is not None and reported != total:
+                progress(total, total)
+            acc.finalise(self.padded[0])
+        return predicted
