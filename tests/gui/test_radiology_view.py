@@ -12,7 +12,8 @@ def _ct(viewer):
     # LPS array axes (x, y, z): 1 mm x, 2 mm y, 3 mm z, origin at (-20, -30, 10) mm.
     affine = np.array([[1.0, 0, 0, -20], [0, 2.0, 0, -30], [0, 0, 3.0, 10], [0, 0, 0, 1]])
     volume = Volume(hu, affine, "CT", {"name": "ct", "units": "HU"})
-    return viewer._add_layer_from_data(*volume_layer_data(volume))[0], hu
+    data, kwargs, layer_type = volume_layer_data(volume)
+    return getattr(viewer, f"add_{layer_type}")(data, **kwargs), hu
 
 
 def test_status_shows_patient_mm_with_sides_and_hounsfield(make_napari_viewer):
