@@ -18,7 +18,7 @@ a stand-in: an untrained attention-gated U-Net (channels 8-16-32, 64^3 windows) 
 same cost per window as a trained one of that size. ``--compare-threads`` also runs the widget
 with torch using every core (no core left to the GUI), to show what leaving one costs
 and buys. ``--no-warm-up`` turns off the widget's warm-up of the labels display (see
-:func:`napari_medattn.widgets.segment.warm_up_labels_display`), to measure the first
+:func:`napari_medattn.widgets.host.warm_up_labels_display`), to measure the first
 run's insertion gap without it. Runs alternate CLI / widget ``--repeats`` times; the
 figures are medians.
 
@@ -170,9 +170,9 @@ def insert_child(model: Path, warm_up: bool) -> None:
     from napari_medattn.widgets.worker import add_layers
 
     if not warm_up:
-        segment.warm_up_labels_display = lambda: None
+        os.environ["NAPARI_MEDATTN_NO_LABELS_WARMUP"] = "1"  # the workaround's off switch
     bench = WidgetBench(model, 10)
-    _module, card, _attention = bench.widget._models[bench.widget.model.currentText()]
+    card = bench.widget.model.loaded.card
     scan = read_volume(SAMPLE)
     data = np.asarray(scan.data)
     labels = np.digitize(data, np.percentile(data, [50, 75, 90])).astype(np.uint8)
@@ -233,10 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        from napari_medattn.widgets import segment, worker
+        from napari_medattn.widgets import worker
 
         if args.no_warm_up:
-            segment.warm_up_labels_display = lambda: None
+            os.environ["NAPARI_MEDATTN_NO_LABELS_WARMUP"] = "1"  # the workaround's off switch
 
         if args.insert_child:
             insert_child(args.model, args.insert_child == "on")
