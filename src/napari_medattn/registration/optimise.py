@@ -1,0 +1,280 @@
+"""The optimisation loops of :func:`napari_medattn.registration.engine.register`.
+
+A :class:`Run` holds the two pyramids as tensors and runs the linear stage (L-BFGS over
+rigid / similarity / affine parameters, level by level) and the deformable stage (Adam
+over a stationary velocity field on the fixed grid). Parameters are scaled so that one
+unit moves a point about 1 mm: rotations and linear terms are divided by the fixed field
+of view's radius.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from napari_medattn.inference.resample import spacing_grid
+from napari_medattn.errors import Cancelled, GeometryError, RegistrationError
+from napari_medattn.registration import similarity
+from napari_medattn.registration.initialise import fov_centre
+from napari_medattn.registration.sampling import (
+    exponentiate,
+    gaussian_smooth,
+    grid_points,
+    mm_to_normalised,
+    sample,
+)
+from napari_medattn.registration.transforms import DisplacementField, LinearTransform, compose
+
+#: Parameters of each linear kind: translation (3), then rotation (3) [+ log scale (1)]
+#: or the 9 entries of the linear part.
+PARAMETERS = {"rigid": 6, "similarity": 7, "affine": 12}
+#: Least fraction of the fixed field of view that must land in the moving one.
+MIN_OVERLAP = 0.05
+#: Adam iterations without a relative improvement of ``tolerance`` before a level stops.
+PATIENCE = 15
+
+
+class Run:
+    """One registration run over prepared pyramids (see :func:`engine.register`)."""
+
+    def __init__(self, fixed_levels, moving_levels, mask_levels, settings,
+                 progress: Callable | None, cancel: Callable | None,
+                 callback: Callable | None) -> None:
+        self.settings = settings
+        self.device = torch.device(settings.device)
+        self.fixed_levels = fixed_levels
+        self.moving_levels = moving_levels
+        self.mask_levels = mask_levels
+        self.progress, self.cancel, self.callback = progress, cancel, callback
+        self.history: list[tuple[str, int, int, float]] = []
+        self.evaluations = 0
+        linear_evaluations = int(1.25 * settings.iterations) * len(fixed_levels)
+        deformable = sum(settings.deformable_iterations) if settings.method == "deformable" else 0
+        self.total = linear_evaluations + deformable
+        finest = fixed_levels[-1]
+        self.centre = fov_centre(finest.affine, finest.data.shape)
+        extent = np.linalg.norm(finest.affine[:3, :3], axis=0) * np.asarray(finest.data.shape)
+        self.radius = float(np.linalg.norm(extent) / 4)
+        self.last_transform: object = None
+
+    # -- shared pieces -------------------------------------------------------------------
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32,
+                               device=self.device)
+
+    def _level(self, index: int, subsample: bool):
+        """Fixed points and values, their weights, and the moving image of one level."""
+        fixed, moving = self.fixed_levels[index], self.moving_levels[index]
+        points = grid_points(fixed.affine, fixed.data.shape, self.device)
+        values = self._tensor(fixed.data)
+        weight = (self._tensor(self.mask_levels[index]) if self.mask_levels is not None
+                  else torch.ones_like(values))
+        if subsample and values.numel() > self.settings.samples:
+            generator = torch.Generator().manual_seed(self.settings.seed + index)
+            chosen = torch.randperm(values.numel(), generator=generator)[:self.settings.samples]
+            chosen = chosen.to(self.device)
+            points = points.reshape(-1, 3)[chosen]
+            values, weight = values.reshape(-1)[chosen], weight.reshape(-1)[chosen]
+        image = self._tensor(moving.data)[None]
+        to_normalised = self._tensor(mm_to_normalised(moving.affine, moving.data.shape))
+        return points, values, weight, image, to_normalised
+
+    def _loss(self, level, moving_points: torch.Tensor, metric: str | None = None
+              ) -> torch.Tensor:
+        points, values, weight, image, to_normalised = level
+        moved = sample(image, to_normalised, moving_points)[0]
+        grid = moving_points @ to_normalised[:3, :3].T + to_normalised[:3, 3]
+        inside = (grid.abs() <= 1.0).all(-1).to(values.dtype)
+        return similarity.loss(metric or self.settings.metric, values, moved, weight * inside,
+                               bins=self.settings.bins, radius=self.settings.radius)
+
+    def _tick(self, stage: str, level: int, loss: float, transform: Callable[[], object]
+              ) -> None:
+        """Record an evaluation; every ``preview_every`` report, preview and poll cancel."""
+        if not np.isfinite(loss):
+            raise RegistrationError(f"The registration diverged (the {stage} metric became "
+                                    f"{loss}); try another metric or fewer levels.")
+        self.evaluations += 1
+        self.history.append((stage, level, self.evaluations, loss))
+        if self.evaluations % self.settings.preview_every:
+            return
+        self.last_transform = transform()
+        if self.progress is not None:
+            self.progress(min(self.evaluations, self.total), self.total)
+        if self.callback is not None:
+            from napari_medattn.registration.engine import Snapshot
+
+            self.callback(Snapshot(stage, level, self.evaluations, loss, self.last_transform))
+        if self.cancel is not None and self.cancel():
+            error = Cancelled("Registration cancelled.")
+            error.partial = self.last_transform
+            raise error
+
+    def check_overlap(self, initial: LinearTransform) -> None:
+        """Refuse to start when the initial transform sends (almost) no fixed voxel into the
+        moving image."""
+        points, _, _, _, to_normalised = self._level(0, subsample=False)
+        matrix = self._tensor(initial.matrix)
+        moved = points.reshape(-1, 3) @ matrix[:3, :3].T + matrix[:3, 3]
+        grid = moved @ to_normalised[:3, :3].T + to_normalised[:3, 3]
+        fraction = float((grid.abs() <= 1.0).all(-1).float().mean())
+        if fraction < MIN_OVERLAP:
+            raise GeometryError(
+                f"The scans do not overlap in patient space ({100 * fraction:.1f} % of the "
+                f"fixed field of view falls in the moving one after initialisation); check "
+                f"the files or initialise by geometric centres.")
+
+    # -- linear stage --------------------------------------------------------------------
+
+    def _matrix(self, params: torch.Tensor, kind: str, initial: torch.Tensor) -> torch.Tensor:
+        """``initial @ M(params)``, M about the fixed centre (see module docstring)."""
+        scale = params.new_tensor(self.radius)
+        if kind == "affine":
+            linear = torch.eye(3, dtype=params.dtype, device=params.device) + \
+                params[3:12].reshape(3, 3) / scale
+        else:
+            w = params[3:6] / scale
+            zero = w[0] * 0
+            skew = torch.stack([torch.stack([zero, -w[2], w[1]]),
+                                torch.stack([w[2], zero, -w[0]]),
+                                torch.stack([-w[1], w[0], zero])])
+            linear = torch.linalg.matrix_exp(skew)
+            if kind == "similarity":
+                linear = linear * torch.exp(params[6] / scale)
+        centre = params.new_tensor(self.centre)
+        offset = centre - linear @ centre + params[:3]
+        top = torch.cat([linear, offset[:, None]], 1)
+        bottom = params.new_tensor([[0.0, 0.0, 0.0, 1.0]])
+        return initial @ torch.cat([top, bottom], 0)
+
+    def evaluate(self, transform, metric: str | None = None) -> float:
+        """The metric of a transform at the finest level, on every fixed voxel."""
+        level = self._level(len(self.fixed_levels) - 1, subsample=False)
+        points = level[0].reshape(-1, 3).cpu().numpy()
+        moved = self._tensor(transform(points)).reshape(level[0].shape)
+        with torch.no_grad():
+            return float(self._loss(level, moved, metric))
+
+    def linear_stage(self, initial: LinearTransform, kind: str, metric: str
+                     ) -> tuple[LinearTransform, float, float]:
+        """Optimise a linear transform level by level with ``metric``; returns it and the
+        finest-level metric before and after."""
+        start = self._tensor(initial.matrix).double()
+        params = torch.zeros(PARAMETERS[kind], dtype=torch.float64, device=self.device,
+                             requires_grad=True)
+        loss_before = self.evaluate(initial, metric)
+
+        def current() -> LinearTransform:
+            return LinearTransform(self._matrix(params.detach(), kind, start).cpu().numpy(),
+                                   kind)
+
+        for index in range(len(self.fixed_levels)):
+            level = self._level(index, subsample=metric != "ncc")
+            optimizer = torch.optim.LBFGS([params], lr=1.0, max_iter=self.settings.iterations,
+                                          tolerance_change=self.settings.tolerance,
+                                          tolerance_grad=1e-9, history_size=20,
+                                          line_search_fn="strong_wolfe")
+
+            def closure(level=level, index=index):
+                optimizer.zero_grad()
+                matrix = self._matrix(params, kind, start).float()
+                loss = self._loss(level, level[0] @ matrix[:3, :3].T + matrix[:3, 3], metric)
+                loss.backward()
+                self._tick(kind, index, float(loss.detach()), current)
+                return loss
+
+            optimizer.step(closure)
+        result = current()
+        loss_after = self.evaluate(result, metric)
+        if loss_after > loss_before + 1e-3 * abs(loss_before) + 1e-9:
+            raise RegistrationError(
+                f"The {kind} registration made the match worse (metric {loss_before:.4g} -> "
+                f"{loss_after:.4g}); try another metric or initialisation.")
+        return result, loss_before, loss_after
+
+    # -- deformable stage ----------------------------------------------------------------
+
+    def deformable_stage(self, linear: LinearTransform
+                         ) -> tuple[np.ndarray, DisplacementField, float]:
+        """Optimise a stationary velocity field on the fixed pyramid after ``linear``;
+        returns the velocity, its exponential on the finest control grid and the final
+        metric."""
+        settings = self.settings
+        matrix = self._tensor(linear.matrix)
+        param = previous = None
+        for index, iterations in enumerate(settings.deformable_iterations):
+            level = self._level(index, subsample=False)
+            points = level[0]
+            control_affine, control_shape = _control_grid(self.fixed_levels[index])
+            control = grid_points(control_affine, control_shape, self.device)
+            to_control = self._tensor(mm_to_normalised(control_affine, control_shape))
+            spacing = np.linalg.norm(control_affine[:3, :3], axis=0)
+            if param is None:
+                start = torch.zeros((3, *control_shape), device=self.device)
+            else:
+                start = sample(param.detach(), previous, control, padding="border")
+            param = start.requires_grad_(True)
+            previous = to_control
+            optimizer = torch.optim.Adam([param], lr=settings.learning_rate * float(spacing.min()))
+            sigma = settings.smoothing_mm / spacing
+            best, stale = np.inf, 0
+            for _ in range(iterations):
+                optimizer.zero_grad()
+                velocity = gaussian_smooth(param, sigma)
+                u = exponentiate(velocity, control, to_control, settings.steps)
+                dense = sample(u, to_control, points, padding="border")
+                moved = (points + dense.permute(1, 2, 3, 0)) @ matrix[:3, :3].T + matrix[:3, 3]
+                loss = self._loss(level, moved) + settings.weight * _regulariser(
+                    settings.regularisation, velocity, spacing)
+                loss.backward()
+                optimizer.step()
+                value = float(loss.detach())
+                self._tick("deformable", index, value,
+                           lambda u=u, a=control_affine: compose(
+                               DisplacementField(u.detach().cpu().numpy(), a), linear))
+                stale = 0 if value < best - settings.tolerance * abs(best) else stale + 1
+                best = min(best, value)
+                if stale >= PATIENCE:
+                    break
+        with torch.no_grad():
+            velocity = gaussian_smooth(param, sigma)
+            u = exponentiate(velocity, control, to_control, settings.steps)
+        field = DisplacementField(u.cpu().numpy(), control_affine)
+        extent = float(np.linalg.norm(spacing * np.asarray(control_shape)))
+        if np.abs(field.displacement).max() > extent:
+            raise RegistrationError("The deformable registration diverged (displacements "
+                                    "larger than the field of view); raise the "
+                                    "regularisation weight.")
+        return velocity.cpu().numpy(), field, self.evaluate(compose(field, linear))
+
+
+def _control_grid(level) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The grid the velocity lives on at a level: half the level's resolution when every
+    axis keeps at least 16 voxels (the field is smooth at that scale, and its exponential,
+    the costliest step, gets 8 times cheaper), else the level's own grid."""
+    shape = level.data.shape
+    if min(shape) < 32:
+        return level.affine, shape
+    spacing = np.linalg.norm(level.affine[:3, :3], axis=0)
+    return spacing_grid(level.affine, shape, tuple(2 * spacing))
+
+
+def _regulariser(name: str, velocity: torch.Tensor, spacing: np.ndarray) -> torch.Tensor:
+    """Mean squared first (``"diffusion"``) or second (``"bending"``) derivatives of the
+    velocity, in mm per mm (finite differences along each array axis)."""
+    def diff(field, axis):
+        return torch.diff(field, dim=axis + 1) / float(spacing[axis])
+
+    total = velocity.new_zeros(())
+    for a in range(3):
+        first = diff(velocity, a)
+        if name == "diffusion":
+            total = total + (first ** 2).mean()
+            continue
+        for b in range(a, 3):
+            second = diff(first, b)
+            total = total + (1.0 if a == b else 2.0) * (second ** 2).mean()
+    return total

@@ -1,0 +1,108 @@
+"""Image similarity losses for the optimiser (torch; lower is better).
+
+* ``"mse"``: mean squared difference of intensities normalised to [0, 1] (same modality).
+* ``"ncc"``: local normalised cross-correlation in a cubic window, as ANTs' CC metric
+  and VoxelMorph's loss: ``-mean(cc)`` with ``cc = cov^2 / (var_f var_m)``.
+* ``"mi"``: Mattes mutual information (Mattes et al. 2003, as ITK's
+  MattesMutualInformationImageToImageMetric): joint histogram of fixed and moving
+  intensities with cubic B-spline Parzen windows on ``bins`` bins; ``-MI`` in nats.
+  For different contrasts (T1/T2, MR/CT, PET/CT).
+
+``weight`` is 1 where the moved fixed point lands inside the moving image and 0
+outside, so points without a moving value do not count (ITK does the same).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+METRICS = ("mse", "ncc", "mi")
+
+
+def loss(name: str, fixed: torch.Tensor, moved: torch.Tensor, weight: torch.Tensor, *,
+         bins: int = 32, radius: int = 2) -> torch.Tensor:
+    """Similarity loss of ``moved`` against ``fixed`` (same shape, any dimensions for
+    ``mse`` and ``mi``; ``(a0, a1, a2)`` volumes for ``ncc``)."""
+    if name == "mse":
+        return ((fixed - moved) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)
+    if name == "ncc":
+        return -local_ncc(fixed, moved, weight, radius)
+    if name == "mi":
+        return -mattes_mi(fixed, moved, weight, bins)
+    raise ValueError(f"unknown metric {name!r}")
+
+
+def local_ncc(fixed: torch.Tensor, moved: torch.Tensor, weight: torch.Tensor,
+              radius: int = 2) -> torch.Tensor:
+    """Mean squared local correlation in ``(2 radius + 1)^3`` windows (1 = identical up
+    to a local linear intensity change)."""
+    stack = torch.stack([fixed, moved, fixed * fixed, moved * moved, fixed * moved])
+    means = box_mean(stack, radius)
+    mf, mm, ff, mmm, fm = means
+    cov = fm - mf * mm
+    var_f = (ff - mf * mf).clamp_min(0)
+    var_m = (mmm - mm * mm).clamp_min(0)
+    cc = cov * cov / (var_f * var_m + 1e-5)
+    return (cc * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def box_mean(volumes: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean of ``(C, a0, a1, a2)`` in ``(2 radius + 1)^3`` windows cut at the borders.
+
+    Running sums (cumsum) per axis: torch's CPU ``avg_pool3d`` with stride 1 took 1.6 s
+    (forward) for five 99 x 117 x 95 channels on the 2-core test machine, this a small
+    fraction of it."""
+    sums = volumes
+    counts = torch.ones((1, *volumes.shape[1:]), dtype=volumes.dtype, device=volumes.device)
+    for axis in (1, 2, 3):
+        sums = _box_sum(sums, axis, radius)
+        counts = _box_sum(counts, axis, radius)
+    return sums / counts
+
+
+def _box_sum(values: torch.Tensor, axis: int, radius: int) -> torch.Tensor:
+    pad = [0, 0] * 3
+    pad[2 * (3 - axis)] = radius + 1  # a leading zero makes every window a difference
+    pad[2 * (3 - axis) + 1] = radius
+    running = torch.cumsum(torch.nn.functional.pad(values, pad), dim=axis)
+    n = values.shape[axis]
+    size = 2 * radius + 1
+    return running.narrow(axis, size, n) - running.narrow(axis, 0, n)
+
+
+def _bspline3(d: torch.Tensor) -> torch.Tensor:
+    """Cubic B-spline kernel (support |d| < 2)."""
+    a = d.abs()
+    inner = (4 - 6 * a ** 2 + 3 * a ** 3) / 6
+    outer = (2 - a).clamp_min(0) ** 3 / 6
+    return torch.where(a < 1, inner, outer)
+
+
+def _parzen(values: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4 bins each value (in bin units) touches and its B-spline weights there.
+
+    Only the kernel's support is evaluated (4 of ``bins`` per sample), which makes the
+    histogram about ``bins / 4`` times cheaper than a dense Parzen window."""
+    first = torch.floor(values).detach() - 1
+    index = first[:, None] + torch.arange(4, dtype=values.dtype, device=values.device)
+    weights = _bspline3(values[:, None] - index)
+    return index.clamp(0, bins - 1).long(), weights
+
+
+def mattes_mi(fixed: torch.Tensor, moved: torch.Tensor, weight: torch.Tensor,
+              bins: int = 32) -> torch.Tensor:
+    """Mutual information (nats) of intensities in [0, 1] with B-spline Parzen windows."""
+    f = fixed.reshape(-1).clamp(0, 1) * (bins - 1)
+    m = moved.reshape(-1).clamp(0, 1) * (bins - 1)
+    index_f, weights_f = _parzen(f, bins)
+    index_m, weights_m = _parzen(m, bins)
+    weights_f = weights_f * weight.reshape(-1, 1)
+    cells = (index_f[:, :, None] * bins + index_m[:, None, :]).reshape(-1)
+    products = (weights_f[:, :, None] * weights_m[:, None, :]).reshape(-1)
+    joint = torch.zeros(bins * bins, dtype=f.dtype, device=f.device).index_add(0, cells, products)
+    joint = joint.reshape(bins, bins) / joint.sum().clamp_min(1e-12)
+    pf = joint.sum(1, keepdim=True)
+    pm = joint.sum(0, keepdim=True)
+    eps = 1e-10
+    return (joint * (torch.log(joint + eps) - torch.log(pf + eps) - torch.log(pm + eps))).sum()
