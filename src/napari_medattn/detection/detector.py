@@ -46,6 +46,7 @@ from napari_medattn.inference.sliding_window import (
     sliding_window_inference,
 )
 from napari_medattn.inference.window_options import OutputRequest, WindowOptions
+from napari_medattn.inference.window_options import OutputRequest, WindowOptions
 from napari_medattn.io.volume import Volume, require_3d
 from napari_medattn.models.card import ModelCard
 
