@@ -126,8 +126,9 @@ def _from_csv(path: Path) -> list[Case]:
                         f"({getattr(error, 'strerror', None) or error}).") from None
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        rows = list(csv.DictReader(text.splitlines(), delimiter=delimiter))
-        columns = [c.strip().lower() for c in (rows[0].keys() if rows else [])]
+        reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+        columns = [c.strip().lower() for c in reader.fieldnames or []]
+        rows = list(reader)
     except csv.Error as error:
         raise ReadError(f"The manifest {path.name} is not valid CSV ({error}).") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
