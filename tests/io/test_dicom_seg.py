@@ -180,6 +180,14 @@ def test_bad_input_gets_one_sentence(truth, written, tmp_path, mr_series):
                     "source_files": [get_testdata_file("CT_small.dcm")]})
     with pytest.raises(ReadError, match="references .* image"):
         read_seg(written, reference=other)
+    elsewhere = Volume(canonical.data, canonical.affine, "MR",
+                       {**canonical.meta, "series_uid": "1.2.3.4"})
+    with pytest.raises(ReadError, match="made on another series"):
+        read_seg(written, reference=elsewhere)
+    # The series opened in part (its first axial slices): the SEG reaches beyond it.
+    part = Volume(np.asarray(canonical.data)[:3], canonical.affine, "MR", dict(canonical.meta))
+    with pytest.raises(ReadError, match="references images that are not in"):
+        read_seg(written, reference=part)
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(written.read_bytes()[:4000])
     with pytest.raises(ReadError, match="not a readable DICOM-SEG"):

