@@ -127,6 +127,17 @@ FUSE = {
     "mip": "A rotating maximum intensity projection of the overlay in 3D.",
 }
 
+COHORT_RESULTS = {
+    "folder": "A cohort's output folder (medattn cohort run ... --out DIR): its "
+              "results.parquet or results.csv is shown below.",
+    "browse": "Choose a cohort's output folder.",
+    "table": "One row per case: status, runtime and the task's figures (volumes in mL, "
+             "Dice, HD95 in mm where a reference exists). Click a row to open that case's "
+             "scan with its outputs; hover a failed case for its error.",
+    "open": "Open the selected case's scan and its outputs (labels, maps) as layers.",
+    "cancel": "Stop opening the case; no layer is added.",
+}
+
 
 def model_card_tooltip(card: ModelCard) -> str:
     """A plain-text summary of a model card for a tooltip: task, classes, modality,
