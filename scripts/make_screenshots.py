@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -77,8 +78,10 @@ def only_docks(viewer, *shown) -> Iterator[None]:
 
 
 def _docks(viewer):
-    # napari's dock_widgets maps names to the docked Qt widgets; their parent is the dock.
-    return [(widget, widget.parent()) for widget in viewer.window.dock_widgets.values()]
+    # napari's dock_widgets maps names to the docked widgets (Qt, or magicgui with its Qt
+    # widget as .native); the Qt widget's parent is the dock.
+    return [(widget, getattr(widget, "native", widget).parent())
+            for widget in viewer.window.dock_widgets.values()]
 
 
 def main_window(viewer, widgets: dict, out: Path) -> None:
@@ -123,7 +126,7 @@ def window_level(viewer, widgets: dict, out: Path) -> None:
     fresh_view(viewer)
     open_scan(viewer, str(SAMPLES / "CT_small.dcm"))
     with only_docks(viewer, widget):
-        widget.preset.setCurrentText("bone")
+        widget.preset.value = "bone"  # a magicgui form
         viewer.reset_view()
         save_window_screenshot(viewer, out / "window_level.png")
 
@@ -145,19 +148,18 @@ def finetune(viewer, widgets: dict, out: Path, steps: int = 8) -> None:
     """The Fine-tune widget after fine-tuning the default model on the MNI152 T1 with the
     template's tissue labels (standing in for labels a user corrected).
 
-    The new model goes to a temporary user model folder, so making the screenshot installs
-    nothing; the other docked widgets are hidden while it is taken.
+    The new model goes to a temporary user model folder (``XDG_DATA_HOME``, which the
+    per-user model folder follows on Linux), so making the screenshot installs nothing; the
+    other docked widgets are hidden while it is taken.
     """
-    from napari_medattn.models import registry
-
     widget = widgets["Fine-tune"]
     fresh_view(viewer)
     open_scan(viewer, None)
     viewer.open_sample("napari-medattn", "mni152_tissue")
-    user_model_dir = registry.user_model_dir
-    with tempfile.TemporaryDirectory(prefix="napari-medattn-models-") as folder, \
+    saved = os.environ.get("XDG_DATA_HOME")
+    with tempfile.TemporaryDirectory(prefix="napari-medattn-data-") as folder, \
             only_docks(viewer, widget):
-        registry.user_model_dir = lambda: Path(folder)
+        os.environ["XDG_DATA_HOME"] = folder
         try:
             widget.refresh_models()
             widget.image.setCurrentText("mni152_t1")
@@ -174,14 +176,15 @@ def finetune(viewer, widgets: dict, out: Path, steps: int = 8) -> None:
             viewer.reset_view()
             save_window_screenshot(viewer, out / "finetune_widget.png")
         finally:
-            registry.user_model_dir = user_model_dir
+            if saved is None:
+                del os.environ["XDG_DATA_HOME"]
+            else:
+                os.environ["XDG_DATA_HOME"] = saved
 
 
 def inspector(viewer, widgets: dict, out: Path) -> None:
     """The Attention inspector on the MNI152 T1: what a brain voxel attends to in a decoder
-    block of the built-in DSSA-UNet (query map, routed regions outlined, kept tokens),
-    then a Grad-CAM map of the default model for grey matter with its faithfulness numbers.
-    """
+    block of the built-in DSSA-UNet (query map, routed regions outlined, kept tokens)."""
     widget = widgets["Attention inspector"]
     fresh_view(viewer)
     open_scan(viewer, None)
@@ -192,25 +195,36 @@ def inspector(viewer, widgets: dict, out: Path) -> None:
         wait_until(lambda: widget.method.findText("query") >= 0)
         widget.method.setCurrentText("query")
         widget.layer.setCurrentText("decoder.1.blocks.0.attn")
+        wait_until(widget.run_button.isEnabled)
         widget.run_button.click()
-        wait_until(lambda: widget.explorer is not None)
+        wait_until(lambda: widget.queries.explorer is not None)
         point = _query_point_on_tissue(viewer, widget)
-        widget.query_point(point)
+        widget.queries.query_point(point)
         viewer.dims.set_point(0, point[2])
         viewer.layers.selection.active = next(
             layer for layer in viewer.layers if layer.name.endswith("(mean of heads) attention"))
         viewer.reset_view()
         save_window_screenshot(viewer, out / "inspector_query.png")
 
-        for layer in list(viewer.layers)[1:]:
-            layer.visible = False
+
+def gradcam(viewer, widgets: dict, out: Path) -> None:
+    """The Attention inspector after a Grad-CAM map of the default model for grey matter
+    on the MNI152 T1, with its faithfulness numbers (about 6x the map's own time)."""
+    widget = widgets["Attention inspector"]
+    fresh_view(viewer)
+    open_scan(viewer, None)
+    with only_docks(viewer, widget):
+        widget.image.setCurrentText("mni152_t1")
+        widget.device.setCurrentText("cpu")
         widget.model.setCurrentText("attention-unet-brain-tissue")
         wait_until(lambda: widget.method.findText("gradcam") >= 0)
         widget.method.setCurrentText("gradcam")
-        widget.target.setCurrentText("grey matter")
-        widget.faithfulness.setChecked(True)
+        widget.explanations.target.setCurrentText("grey matter")
+        widget.explanations.faithfulness.setChecked(True)
+        wait_until(widget.run_button.isEnabled)
         widget.run_button.click()
         wait_for_job(widget, "Grad-CAM")
+        viewer.dims.set_point(0, 20.0)
         save_window_screenshot(viewer, out / "inspector_gradcam.png")
 
 
@@ -229,7 +243,7 @@ def _query_point_on_tissue(viewer, widget) -> tuple[float, float, float]:
 
     def on_tissue(point):
         index = round(float(np.linalg.solve(scan.affine, [0.0, 0.0, point[2], 1.0])[0]))
-        weights = widget.explorer.query(point, widget.layer.currentText()).attention
+        weights = widget.queries.explorer.query(point, widget.layer.currentText()).attention
         return float(weights.canonical().data[index][image[index] > image[index].mean()].sum())
 
     candidates = [(x, y, z) for z in (5.0, 15.0, 25.0, 35.0) for x in (-40.0, -20.0, 20.0, 40.0)
@@ -240,7 +254,7 @@ def _query_point_on_tissue(viewer, widget) -> tuple[float, float, float]:
 #: Shots by name, in the order they are made.
 SHOTS = {"main": main_window, "open": open_series, "views": views,
          "window_level": window_level, "segment": segment, "finetune": finetune,
-         "inspector": inspector}
+         "inspector": inspector, "gradcam": gradcam}
 
 
 def main(argv: list[str] | None = None) -> int:
