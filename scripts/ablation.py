@@ -172,21 +172,21 @@ def evaluate(module, card, val_cases: Sequence) -> dict:
 def train_one(variant: str, seed: int, protocol: dict, train_cases, val_cases) -> dict:
     """Train ``variant`` with ``seed`` under ``protocol``; score it; return its CSV row."""
     from napari_medattn.models.registry import load_model
+    from napari_medattn.training.config import TrainingConfig
     from napari_medattn.training.loop import train
 
     losses: list[float] = []
+    run = TrainingConfig(
+        "unet", {"spatial_dims": 3, "channels": protocol["channels"], "attention": variant},
+        patch_size=(protocol["patch"],) * 3, spacing=builtin.SPACING_MM, orientation="RAS",
+        normalization={"scheme": "zscore"}, modality="MR", batch_size=protocol["batch"],
+        epochs=1, steps_per_epoch=protocol["steps"], lr=protocol["lr"],
+        weight_decay=protocol["weight_decay"], seed=seed, augment=builtin.AUGMENTATION)
     with tempfile.TemporaryDirectory(prefix="ablation-") as tmp:
         started = time.perf_counter()
-        result = train(
-            "unet", {"spatial_dims": 3, "channels": protocol["channels"],
-                     "attention": variant},
-            train_cases, classes=builtin.CLASSES, patch_size=(protocol["patch"],) * 3,
-            out_dir=Path(tmp) / f"{variant}-{seed}", spacing=builtin.SPACING_MM,
-            orientation="RAS", normalization={"scheme": "zscore"}, modality="MR",
-            batch_size=protocol["batch"], epochs=1, steps_per_epoch=protocol["steps"],
-            lr=protocol["lr"], weight_decay=protocol["weight_decay"], seed=seed,
-            device="cpu", augment=builtin.AUGMENTATION, progress_bar=False,
-            progress=lambda p: losses.append(p["loss"]))
+        result = train(run, train_cases, classes=builtin.CLASSES,
+                       out_dir=Path(tmp) / f"{variant}-{seed}", device="cpu",
+                       progress_bar=False, progress=lambda p: losses.append(p["loss"]))
         train_seconds = time.perf_counter() - started
         module, card = load_model(result.last, device="cpu")
         started = time.perf_counter()
@@ -255,6 +255,7 @@ def _same_number(a: str, b: str) -> bool:
 
 def probe(args: argparse.Namespace) -> None:
     """Print seconds per training step of each variant (steps 3-8 of a short run)."""
+    from napari_medattn.training.config import TrainingConfig
     from napari_medattn.training.loop import train
 
     train_cases, _ = load_data(args.data, args.train_cases, args.val_cases)
@@ -262,11 +263,13 @@ def probe(args: argparse.Namespace) -> None:
     for variant in args.variants:
         stamps: list[float] = []
         with tempfile.TemporaryDirectory(prefix="ablation-probe-") as tmp:
-            train("unet", {"spatial_dims": 3, "channels": args.channels, "attention": variant},
-                  train_cases, classes=builtin.CLASSES, patch_size=(args.patch,) * 3,
-                  out_dir=Path(tmp) / variant, spacing=builtin.SPACING_MM, orientation="RAS",
-                  modality="MR", batch_size=args.batch, epochs=1, steps_per_epoch=8,
-                  seed=0, device="cpu", augment=builtin.AUGMENTATION, progress_bar=False,
+            run = TrainingConfig(
+                "unet", {"spatial_dims": 3, "channels": args.channels, "attention": variant},
+                patch_size=(args.patch,) * 3, spacing=builtin.SPACING_MM, orientation="RAS",
+                modality="MR", batch_size=args.batch, epochs=1, steps_per_epoch=8, seed=0,
+                augment=builtin.AUGMENTATION)
+            train(run, train_cases, classes=builtin.CLASSES, out_dir=Path(tmp) / variant,
+                  device="cpu", progress_bar=False,
                   progress=lambda p, stamps=stamps: stamps.append(time.perf_counter()))
         step = (stamps[7] - stamps[2]) / 5
         total += step

@@ -120,17 +120,19 @@ def load_split(folder: Path, split: str) -> list:
 def _train(name: str, train_cases, val_cases, out_dir: Path, *, epochs: int,
            steps_per_epoch: int, batch_size: int, seed: int, device: str, workers: int,
            amp: bool = True, lr: float = 2e-3, init: str | None = None, progress=None):
+    from napari_medattn.training.config import TrainingConfig
     from napari_medattn.training.loop import train
 
     architecture, config = MODELS[name]
     last = len(train_cases) - 1
-    return train(
-        architecture, config, train_cases, classes=CLASSES, patch_size=PATCH,
-        out_dir=out_dir, spacing=SPACING_MM, orientation="RAS",
+    run = TrainingConfig(
+        architecture, config, patch_size=PATCH, spacing=SPACING_MM, orientation="RAS",
         normalization={"scheme": "zscore"}, modality="MR", batch_size=batch_size,
         epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=1e-4,
-        seed=seed, device=device, amp=amp, augment=AUGMENTATION, val_cases=val_cases,
-        num_workers=workers, progress=progress, progress_bar=False, initial_weights=init,
+        seed=seed, augment=AUGMENTATION, initial_weights=init, amp=amp)
+    return train(
+        run, train_cases, classes=CLASSES, out_dir=out_dir, device=device,
+        val_cases=val_cases, num_workers=workers, progress=progress, progress_bar=False,
         card_fields={
             "name": name,
             "training_data": TRAINING_DATA.format(seed=TRAIN_SEED, last=last),

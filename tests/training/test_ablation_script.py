@@ -110,14 +110,15 @@ def test_csf_diagnostic_agrees_with_the_metrics(toy_run, ablation, tmp_path):
     from napari_medattn.io.volume import Volume
     from napari_medattn.metrics import evaluate_pair
     from napari_medattn.models.registry import load_model
+    from napari_medattn.training.config import TrainingConfig
     from napari_medattn.training.loop import train
 
     train_cases, val_cases = ablation.load_data(toy_run / "data", 1, 1)
-    result = train("unet", {"spatial_dims": 3, "channels": [4, 8]}, train_cases,
-                   classes=ablation.builtin.CLASSES, patch_size=(16, 16, 16),
-                   out_dir=tmp_path / "toy", spacing=ablation.builtin.SPACING_MM,
-                   orientation="RAS", modality="MR", epochs=1, steps_per_epoch=3,
-                   device="cpu", progress_bar=False)
+    run = TrainingConfig("unet", {"spatial_dims": 3, "channels": [4, 8]},
+                         patch_size=(16, 16, 16), spacing=ablation.builtin.SPACING_MM,
+                         orientation="RAS", modality="MR", epochs=1, steps_per_epoch=3)
+    result = train(run, train_cases, classes=ablation.builtin.CLASSES,
+                   out_dir=tmp_path / "toy", device="cpu", progress_bar=False)
     (row,) = ablation.csf_diagnostic([str(result.last)], val_cases)
     case = val_cases[0]
     module, card = load_model(result.last, device="cpu")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import threading
@@ -10,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_medattn.errors import Cancelled, ModelError
+from napari_medattn.errors import Cancelled, DimensionError, ModelError
 from napari_medattn.io.volume import Volume
 from napari_medattn.models.card import NOT_CLINICAL, ModelCard
 from napari_medattn.models.registry import load_model, read_state_dict
 from napari_medattn.training.checkpoint import STATE_FILE
+from napari_medattn.training.config import TrainingConfig
 from napari_medattn.training.datasets import Case
 from napari_medattn.training.loop import cosine_lr, train
 from napari_medattn.training.losses import dice_ce_loss, soft_dice
@@ -38,13 +40,18 @@ def _case(seed: int, shape=(20, 20, 20)) -> Case:
 
 
 def _run(tmp_path, name="run", **kwargs):
-    args = dict(classes=CLASSES, patch_size=(16, 16, 16), out_dir=tmp_path / name,
-                epochs=2, steps_per_epoch=3, batch_size=2, lr=1e-2, device="cpu", seed=3,
-                val_cases=[_case(9)], progress_bar=False,
-                augment={"transforms": [{"name": "flip", "p": 0.5, "axes": [2]},
-                                        {"name": "gamma", "p": 0.5}]})
-    args.update(kwargs)
-    return train("unet", TINY, [_case(0), _case(1)], **args)
+    """A tiny run; keyword arguments naming TrainingConfig fields go there, others to
+    train()."""
+    fields = {f.name for f in dataclasses.fields(TrainingConfig)}
+    config = dict(patch_size=(16, 16, 16), epochs=2, steps_per_epoch=3, batch_size=2,
+                  lr=1e-2, seed=3,
+                  augment={"transforms": [{"name": "flip", "p": 0.5, "axes": [2]},
+                                          {"name": "gamma", "p": 0.5}]})
+    args = dict(classes=CLASSES, out_dir=tmp_path / name, device="cpu",
+                val_cases=[_case(9)], progress_bar=False)
+    for key, value in kwargs.items():
+        (config if key in fields else args)[key] = value
+    return train(TrainingConfig("unet", TINY, **config), [_case(0), _case(1)], **args)
 
 
 def test_dice_ce_matches_monai():
@@ -148,9 +155,9 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path):
     assert tuned.card.training_procedure.startswith(
         f"Fine-tuned from first (weights SHA-256 {source.weights_sha256}).")
     with pytest.raises(ModelError, match="another configuration"):
-        train("unet", {"channels": [4, 8, 16]}, [_case(0)], classes=CLASSES,
-              patch_size=(16, 16, 16), out_dir=tmp_path / "z", initial_weights=first.last,
-              progress_bar=False)
+        train(TrainingConfig("unet", {"channels": [4, 8, 16]}, patch_size=(16, 16, 16),
+                             initial_weights=first.last),
+              [_case(0)], classes=CLASSES, out_dir=tmp_path / "z", progress_bar=False)
 
 
 def test_bad_requests(tmp_path):
@@ -160,11 +167,15 @@ def test_bad_requests(tmp_path):
     with pytest.raises(ModelError, match="other settings .*lr"):
         _run(tmp_path, "short", epochs=1, val_cases=(), lr=0.5, resume=True)
     with pytest.raises(ModelError, match="out_channels=2"):
-        train("unet", {**TINY, "out_channels": 2}, [_case(0)], classes=CLASSES,
-              patch_size=(16, 16, 16), out_dir=tmp_path / "x", progress_bar=False)
+        train(TrainingConfig("unet", {**TINY, "out_channels": 2}, patch_size=(16, 16, 16)),
+              [_case(0)], classes=CLASSES, out_dir=tmp_path / "x", progress_bar=False)
     with pytest.raises(ModelError, match="Unknown architecture"):
-        train("resnet", {}, [_case(0)], classes=CLASSES, patch_size=(16, 16, 16),
+        train(TrainingConfig("resnet", patch_size=(16, 16, 16)), [_case(0)], classes=CLASSES,
               out_dir=tmp_path / "y", progress_bar=False)
+    with pytest.raises(DimensionError, match="patch size"):
+        TrainingConfig("unet", patch_size=(16, 16))
+    with pytest.raises(DimensionError, match="epochs must be at least 1"):
+        TrainingConfig("unet", epochs=0)
 
 
 # ----------------------------------------------------------------------------- shipped models

@@ -81,6 +81,7 @@ def run_train(args: argparse.Namespace) -> int:
     from napari_medattn.models import architectures
     from napari_medattn.training.augment import DEFAULT_AUGMENTATION
     from napari_medattn.training.datasets import load_cases
+    from napari_medattn.training.config import TrainingConfig
     from napari_medattn.training.loop import train
 
     if args.model not in architectures():  # before reading a possibly large dataset
@@ -106,14 +107,16 @@ def run_train(args: argparse.Namespace) -> int:
         _NORMALIZATION.get(first.modality, {"scheme": "zscore"}))
     modality = first.modality if first.modality in ("CT", "MR", "PT") else "OT"
     names = [data.labels.get(v, f"label {v}") for v in range(max(data.labels) + 1)]
+    run = TrainingConfig(
+        args.model, config, patch_size=args.patch_size, spacing=spacing,
+        orientation=None if first.is_oblique else first.orientation,
+        normalization=normalization, modality=modality, batch_size=args.batch_size,
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, augment=augment,
+        initial_weights=args.init)
     result = train(
-        args.model, config, train_cases, classes=names, patch_size=args.patch_size,
-        out_dir=args.out, spacing=spacing, orientation=None if first.is_oblique
-        else first.orientation, normalization=normalization, modality=modality,
-        batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=args.device,
-        resume=args.resume, initial_weights=args.init, augment=augment,
-        val_cases=val_cases, num_workers=args.workers,
+        run, train_cases, classes=names, out_dir=args.out, val_cases=val_cases,
+        device=args.device, resume=args.resume, num_workers=args.workers,
         card_fields={"name": args.name or Path(args.out).resolve().name,
                      "training_data": f"{len(train_cases)} case(s) of {data.source} "
                                       f"(channels {', '.join(data.channel_names)})."},

@@ -20,6 +20,7 @@ from torch import nn
 
 from napari_medattn.errors import ModelError
 from napari_medattn.models.card import NOT_CLINICAL, ModelCard, default_classes
+from napari_medattn.training.config import TrainingConfig, describe
 from napari_medattn.training.datasets import Case
 
 
@@ -32,13 +33,13 @@ def class_list(classes: Sequence[Any]) -> list[Any]:
     return list(classes)
 
 
-def card_for_run(architecture: str, config: dict, classes: list[Any], patch: tuple[int, ...],
-                 settings: dict, modality: str, out_dir: Path,
-                 fields: Mapping[str, Any] | None) -> ModelCard:
+def card_for_run(run: TrainingConfig, settings: dict, precision: str, classes: list[Any],
+                 out_dir: Path, fields: Mapping[str, Any] | None) -> ModelCard:
     """The card of a run before any epoch: its net, grid, classes and procedure.
 
-    ``fields`` may set the descriptive fields (name, training data, ...); the procedure
-    sentence is written from ``settings`` so that it cannot disagree with the run.
+    ``settings`` are the run's :meth:`~.config.TrainingConfig.settings`; the procedure
+    sentence is written from them (:func:`~.config.describe`) so that it cannot disagree
+    with the run. ``fields`` may set the descriptive fields (name, training data, ...).
     """
     fields = dict(fields or {})
     allowed = {"name", "training_data", "training_procedure", "evaluated_on", "license",
@@ -47,37 +48,23 @@ def card_for_run(architecture: str, config: dict, classes: list[Any], patch: tup
     if unknown:
         raise ModelError(f"Card field(s) {', '.join(unknown)} cannot be set here; allowed: "
                          f"{', '.join(sorted(allowed))}.")
-    procedure = _procedure(settings)
-    if settings.get("initial_weights"):
-        procedure = (f"Fine-tuned from {settings['initial_weights']['name']} (weights "
-                     f"SHA-256 {settings['initial_weights']['sha256']}). {procedure}")
+    procedure = describe(settings, precision)
     if fields.get("training_procedure"):
         procedure = f"{fields['training_procedure']} {procedure}"
+    config = settings["config"]
     return ModelCard(
         name=fields.get("name") or out_dir.resolve().name,
         task=fields.get("task", "segmentation"),
-        architecture=architecture, config=config, classes=classes, patch_size=patch,
-        modality=modality, spacing=settings["spacing"], orientation=settings["orientation"],
-        normalization=settings["normalization"], in_channels=config["in_channels"],
+        architecture=run.architecture, config=config, classes=classes,
+        patch_size=run.patch_size, modality=run.modality, spacing=settings["spacing"],
+        orientation=run.orientation, normalization=settings["normalization"],
+        in_channels=config["in_channels"],
         training_data=fields.get("training_data", "unknown"),
         training_procedure=procedure,
         evaluated_on=fields.get("evaluated_on", "not evaluated"),
         license=fields.get("license", "unknown"),
         intended_use=fields.get("intended_use", f"Research and teaching. {NOT_CLINICAL}"),
     )
-
-
-def _procedure(settings: dict) -> str:
-    augment = settings["augment"]
-    names = ", ".join(t["name"] for t in augment["transforms"]) if augment else "none"
-    return (f"napari_medattn.training.loop.train: {settings['epochs']} epochs x "
-            f"{settings['steps_per_epoch']} steps, batch {settings['batch_size']} random "
-            f"patches of {'x'.join(map(str, settings['patch_size']))} voxels "
-            f"({settings['foreground_fraction']:.0%} forced to hold foreground), soft Dice + "
-            f"cross-entropy, AdamW (lr {settings['lr']:g}, weight decay "
-            f"{settings['weight_decay']:g}) with {settings['warmup_steps']} linear warm-up "
-            f"steps then a cosine to 0, gradient norm clipped at 12, {settings['precision']}, "
-            f"seed {settings['seed']}; augmentation: {names}.")
 
 
 def card_with_metrics(card: ModelCard, history: list[dict], val_cases: Sequence[Case],

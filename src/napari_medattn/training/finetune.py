@@ -72,6 +72,7 @@ from napari_medattn.io.volume import Volume
 from napari_medattn.metrics.segmentation import SegmentationScores, evaluate_pair
 from napari_medattn.models import architectures, registry
 from napari_medattn.models.card import ModelCard
+from napari_medattn.training.config import TrainingConfig
 from napari_medattn.training.datasets import Case, make_case
 from napari_medattn.training.loop import train
 
@@ -217,13 +218,14 @@ def finetune(
         # a crash leaves no folder that list_models would show.
         with tempfile.TemporaryDirectory(dir=user_dir, prefix=".finetune-") as work:
             work = Path(work)
+            config = TrainingConfig(
+                base.architecture, base.config, patch_size=base.patch_size,
+                spacing=base.spacing, orientation=base.orientation,
+                normalization=base.normalization, modality=base.modality,
+                batch_size=int(batch_size), epochs=1, steps_per_epoch=int(steps),
+                lr=float(lr), seed=int(seed), augment=augment, initial_weights=base_path)
             run = train(
-                base.architecture, base.config, [case], classes=base.classes,
-                patch_size=base.patch_size, out_dir=work / "run", spacing=base.spacing,
-                orientation=base.orientation, normalization=base.normalization,
-                modality=base.modality, batch_size=int(batch_size), epochs=1,
-                steps_per_epoch=int(steps), lr=float(lr), seed=int(seed), device=device,
-                augment=augment, initial_weights=base_path,
+                config, [case], classes=base.classes, out_dir=work / "run", device=device,
                 card_fields={"name": name, "training_data": _training_data(image, case, base),
                              "license": base.license, "intended_use": base.intended_use},
                 progress=on_step, cancel=cancel, progress_bar=progress_bar)

@@ -2,12 +2,12 @@
 
 ::
 
-    result = train("unet", {"channels": [8, 16, 32], "attention": "gate"}, train_cases,
-                   classes=["background", "CSF", "grey matter", "white matter"],
-                   patch_size=(64, 64, 64), spacing=(2.0, 2.0, 2.0),
-                   normalization={"scheme": "zscore"}, modality="MR",
-                   epochs=20, steps_per_epoch=100, val_cases=validation_cases,
-                   out_dir="runs/unet-gate")
+    run = TrainingConfig("unet", {"channels": [8, 16, 32], "attention": "gate"},
+                         patch_size=(64, 64, 64), spacing=(2.0, 2.0, 2.0),
+                         normalization={"scheme": "zscore"}, modality="MR",
+                         epochs=20, steps_per_epoch=100)
+    result = train(run, train_cases, classes=["background", "CSF", "grey matter",
+                   "white matter"], val_cases=validation_cases, out_dir="runs/unet-gate")
     module, card = load_model(result.best)      # napari_medattn.models.registry
 
 Each epoch draws ``steps_per_epoch`` batches of random patches
@@ -70,7 +70,8 @@ from napari_medattn.training.cards import (
     initialise_from,
 )
 from napari_medattn.training.checkpoint import optimizer_to, restore_state, save_state
-from napari_medattn.training.datasets import FOREGROUND_FRACTION, Case, PatchDataset, prepare_case
+from napari_medattn.training.config import TrainingConfig
+from napari_medattn.training.datasets import Case, PatchDataset, prepare_case
 from napari_medattn.training.losses import dice_ce_loss
 from napari_medattn.training.plot import plot_curves
 
@@ -121,89 +122,43 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float) ->
 
 
 def train(
-    model_name: str,
-    config: Mapping[str, Any] | None,
+    run: TrainingConfig,
     cases: Sequence[Case],
     *,
     classes: Sequence[str | ClassInfo | Mapping[str, str]],
-    patch_size: Sequence[int],
     out_dir: str | os.PathLike,
-    spacing: Sequence[float] | None = None,
-    orientation: str | None = None,
-    normalization: Mapping[str, Any] | None = None,
-    modality: str = "OT",
-    batch_size: int = 2,
-    epochs: int = 10,
-    steps_per_epoch: int = 50,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-5,
-    warmup_steps: int | None = None,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    amp: bool = True,
-    resume: bool = False,
-    augment: Mapping[str, Any] | None = None,
     val_cases: Sequence[Case] = (),
-    foreground_fraction: float = FOREGROUND_FRACTION,
-    initial_weights: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    resume: bool = False,
     num_workers: int = 0,
     card_fields: Mapping[str, Any] | None = None,
     progress: TrainingProgress | None = None,
     cancel: CancelCheck | None = None,
     progress_bar: bool = True,
 ) -> TrainingResult:
-    """Train network ``model_name`` on random patches of ``cases``; save best and last.
+    """Train ``run.architecture`` on random patches of ``cases``; save best and last.
 
     Parameters
     ----------
-    model_name : str
-        An architecture of :func:`napari_medattn.models.architectures`.
-    config : mapping, optional
-        Its arguments; ``in_channels`` and ``out_channels`` are filled in from the cases
-        and ``classes`` (and must agree with them when given).
+    run : TrainingConfig
+        The network, its grid (patch, spacing, orientation, normalisation, modality) and
+        the optimisation (batch, epochs, steps, learning rate, warm-up, seed,
+        augmentation, start weights, precision); the card records it.
     cases : sequence of Case
         Training cases on their own grids (as :func:`~.datasets.load_cases` returns
-        them); they are brought to ``orientation``, ``spacing`` and ``normalization``
-        with :func:`~.datasets.prepare_case`, as inference will.
+        them); they are brought to the run's orientation, spacing and normalisation with
+        :func:`~.datasets.prepare_case`, as inference will.
     classes : sequence
         Class names by label value (0 = background), or ``ClassInfo`` / ``{"name",
         "color"}`` entries; names alone get the default palette.
-    patch_size : sequence of 3 int
-        Training patch and inference window in voxels.
     out_dir : path-like
         Run folder (see the module docstring).
-    spacing : sequence of 3 float, optional
-        Voxel size in mm to train (and infer) at; ``None`` keeps each case's own.
-    orientation : str, optional
-        Orientation code the array axes are turned to first (e.g. ``"RAS"``).
-    normalization : mapping, optional
-        Intensity normalisation of the card (default ``{"scheme": "zscore"}``).
-    modality : str
-        The card's expected modality (``"CT"``, ``"MR"``, ``"PT"``, ``"OT"``).
-    batch_size, epochs, steps_per_epoch : int
-        Patches per step, epochs, steps per epoch.
-    lr, weight_decay : float
-        AdamW's peak learning rate and decoupled weight decay.
-    warmup_steps : int, optional
-        Linear warm-up steps (default 5 % of all steps).
-    seed : int
-        Seeds the weights' initialisation, the patches, the augmentation and dropout.
-    device : str or torch.device
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-    amp : bool
-        bfloat16 autocast on CUDA (ignored elsewhere: the CPU trains in float32).
-    resume : bool
-        Continue the run in ``out_dir`` after its last finished epoch.
-    augment : mapping, optional
-        A :class:`~.augment.Compose` configuration (``None``: no augmentation).
     val_cases : sequence of Case
         Whole cases segmented after every epoch (on their own grids).
-    foreground_fraction : float
-        Fraction of patches forced to hold foreground.
-    initial_weights : str or path-like, optional
-        Fine-tune: start from the weights of this model (a name, model folder or weights
-        file, as :func:`~napari_medattn.models.registry.load_model` reads), which must
-        have been made with ``model_name`` and the same config.
+    device : str or torch.device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    resume : bool
+        Continue the run in ``out_dir`` after its last finished epoch.
     num_workers : int
         DataLoader worker processes (patches do not depend on it).
     card_fields : mapping, optional
@@ -229,121 +184,28 @@ def train(
         Unknown architecture or option, mismatching classes or channels, a resume that
         finds no run or one with other settings.
     DimensionError
-        No cases, a bad patch size, non-positive counts.
+        No cases (a bad patch size or non-positive counts: when making ``run``).
     """
     out_dir = Path(out_dir)
     if not cases:
         raise DimensionError("Training needs at least one case.")
-    patch = tuple(int(p) for p in patch_size)
-    if len(patch) != 3 or min(patch) < 1:
-        raise DimensionError(f"The patch size must be three positive voxel counts, got "
-                             f"{list(patch_size)}.")
-    for what, value in (("batch size", batch_size), ("epochs", epochs),
-                        ("steps per epoch", steps_per_epoch)):
-        if int(value) < 1:
-            raise DimensionError(f"The {what} must be at least 1, got {value}.")
-    run_classes = class_list(classes)
-    channels = int(cases[0].image.data.shape[0])
-    net_config = dict(config or {})
-    for key, value in (("in_channels", channels), ("out_channels", len(run_classes))):
-        if net_config.setdefault(key, value) != value:
-            raise ModelError(f"The config sets {key}={net_config[key]}, but the data need "
-                             f"{value}.")
-    normalization = dict(normalization or {"scheme": "zscore"})
-    total_steps = int(epochs) * int(steps_per_epoch)
-    warmup = int(round(0.05 * total_steps)) if warmup_steps is None else int(warmup_steps)
-    settings = {
-        "architecture": model_name, "config": net_config, "patch_size": list(patch),
-        "batch_size": int(batch_size), "epochs": int(epochs),
-        "steps_per_epoch": int(steps_per_epoch), "lr": float(lr),
-        "weight_decay": float(weight_decay), "warmup_steps": warmup, "seed": int(seed),
-        "augment": None, "spacing": None if spacing is None else [float(s) for s in spacing],
-        "orientation": orientation, "normalization": normalization,
-        "foreground_fraction": float(foreground_fraction),
-    }
-    augmentation = Compose.from_config(augment) if augment is not None else None
-    if augmentation is not None:
-        settings["augment"] = augmentation.config
-    choice = resolve_device(device)
-    run_device = choice.device
-    use_amp = bool(amp) and run_device.type == "cuda"
-    precision = (f"bfloat16 autocast on {run_device.type}" if use_amp
-                 else f"float32 on {run_device.type}")
-
-    torch.manual_seed(int(seed))  # the weights' initialisation
-    model = create(model_name, **net_config)
-    net_config = json.loads(json.dumps(model.config))  # every default spelled out
-    settings["config"] = net_config
-    settings["initial_weights"] = None
-    if initial_weights is not None:
-        source = initialise_from(model, model_name, net_config, initial_weights)
-        settings["initial_weights"] = source
-    card = card_for_run(model_name, net_config, run_classes, patch,
-                        {**settings, "precision": precision}, modality, out_dir, card_fields)
-
-    prepared = [prepare_case(c, orientation=orientation, spacing=spacing,
-                             normalization=normalization) for c in cases]
-    dataset = PatchDataset(prepared, patch, samples_per_epoch=int(steps_per_epoch) * batch_size,
-                           foreground_fraction=foreground_fraction, seed=int(seed))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(lr),
-                                  weight_decay=float(weight_decay))
-    augment_rng = torch.Generator().manual_seed(int(seed))
-    history: list[dict[str, Any]] = []
-    best_score = -math.inf
-    start_epoch = 0
-    if resume:
-        start_epoch, history, best_score = restore_state(out_dir, settings, model, optimizer,
-                                                    augment_rng)
-    model.to(run_device)
-    optimizer_to(optimizer, run_device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
+    trainer = _Trainer(run, cases, class_list(classes), device, out_dir, card_fields)
+    trainer.start(resume, num_workers)
     bar = None
     if progress_bar:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=start_epoch * int(steps_per_epoch),
-                   desc=card.name, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=run.total_steps,
+                   initial=trainer.start_epoch * int(run.steps_per_epoch),
+                   desc=trainer.card.name, unit="step", dynamic_ncols=True)
     try:
-        for epoch in range(start_epoch, int(epochs)):
+        for epoch in range(trainer.start_epoch, int(run.epochs)):
             started = time.perf_counter()
-            dataset.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size),
-                                                 shuffle=False, num_workers=int(num_workers),
-                                                 pin_memory=run_device.type == "cuda")
-            model.train()
-            losses = []
-            for step, (image, label) in enumerate(loader):
-                check_cancel(cancel)
-                global_step = epoch * int(steps_per_epoch) + step
-                rate = cosine_lr(global_step, total_steps, warmup, float(lr))
-                for group in optimizer.param_groups:
-                    group["lr"] = rate
-                image = image.to(run_device, non_blocking=True)
-                label = label.to(run_device, non_blocking=True)
-                if augmentation is not None:
-                    image, label = augmentation(image, label, generator=augment_rng)
-                with torch.autocast(run_device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(image)
-                loss = dice_ce_loss(logits, label)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # Clipping as nnU-Net does: a rare huge gradient must not wreck the weights.
-                nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-                optimizer.step()
-                value = float(loss.detach())
-                losses.append(value)
-                if bar is not None:
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}")
-                    bar.update(1)
-                if progress is not None:
-                    progress({"phase": "train", "epoch": epoch + 1, "step": step + 1,
-                              "steps": int(steps_per_epoch), "loss": value})
-            entry: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                                     "lr": rate}
+            entry = trainer.epoch(epoch, bar, progress, cancel)
             if val_cases:
                 check_cancel(cancel)
-                scores = validate(model, card, val_cases, device=run_device, cancel=cancel)
+                scores = validate(trainer.model, trainer.card, val_cases,
+                                  device=trainer.device, cancel=cancel)
                 entry.update(scores)
                 if progress is not None:
                     progress({"phase": "validation", "epoch": epoch + 1, **scores})
@@ -351,18 +213,7 @@ def train(
                     bar.write(f"epoch {epoch + 1}: loss {entry['loss']:.4f}, validation Dice "
                               f"{scores['val_dice']:.4f}, HD95 {scores['val_hd95_mm']:.2f} mm")
             entry["seconds"] = time.perf_counter() - started
-            history.append(entry)
-            score = entry["val_dice"] if val_cases else -entry["loss"]
-            improved = score > best_score
-            best_score = max(best_score, score)
-            last_card = card_with_metrics(card, history, val_cases, int(epochs))
-            save_model(model, last_card, out_dir / "last")
-            if improved:
-                save_model(model, last_card, out_dir / "best")
-            save_state(out_dir, settings, optimizer, augment_rng, epoch + 1, history,
-                        best_score)
-            _write_json(out_dir / HISTORY_FILE, history)
-            plot_curves(history, out_dir / CURVES_FILE, title=card.name)
+            trainer.save(entry, val_cases)
     except Cancelled:
         raise Cancelled("Training was cancelled; the last finished epoch is saved and can "
                         "be resumed.") from None
@@ -371,7 +222,116 @@ def train(
             bar.close()
     best_card = ModelCard.read(out_dir / "best" / "card.json")
     return TrainingResult(out_dir, out_dir / "best", out_dir / "last", out_dir / CURVES_FILE,
-                          history, best_card)
+                          trainer.history, best_card)
+
+
+class _Trainer:
+    """The state of one training run: network, card, data, optimiser and history."""
+
+    def __init__(self, run: TrainingConfig, cases: Sequence[Case], classes: list,
+                 device: str | torch.device, out_dir: Path,
+                 card_fields: Mapping[str, Any] | None) -> None:
+        self.run, self.cases, self.out_dir = run, cases, out_dir
+        channels = int(cases[0].image.data.shape[0])
+        net_config = dict(run.config)
+        for key, value in (("in_channels", channels), ("out_channels", len(classes))):
+            if net_config.setdefault(key, value) != value:
+                raise ModelError(f"The config sets {key}={net_config[key]}, but the data "
+                                 f"need {value}.")
+        self.augmentation = Compose.from_config(run.augment) if run.augment is not None \
+            else None
+        self.device = resolve_device(device).device
+        self.use_amp = bool(run.amp) and self.device.type == "cuda"
+        precision = (f"bfloat16 autocast on {self.device.type}" if self.use_amp
+                     else f"float32 on {self.device.type}")
+        torch.manual_seed(int(run.seed))  # the weights' initialisation
+        self.model = create(run.architecture, **net_config)
+        net_config = json.loads(json.dumps(self.model.config))  # every default spelled out
+        source = None
+        if run.initial_weights is not None:
+            source = initialise_from(self.model, run.architecture, net_config,
+                                     run.initial_weights)
+        self.settings = run.settings(
+            config=net_config, initial_weights=source,
+            augment=None if self.augmentation is None else self.augmentation.config)
+        self.card = card_for_run(run, self.settings, precision, classes, out_dir,
+                                 card_fields)
+        self.history: list[dict[str, Any]] = []
+        self.best_score = -math.inf
+        self.start_epoch = 0
+
+    def start(self, resume: bool, num_workers: int) -> None:
+        """Prepare the cases and the optimiser; reload the last epoch when resuming."""
+        run = self.run
+        prepared = [prepare_case(c, orientation=run.orientation, spacing=run.spacing,
+                                 normalization=run.normalization) for c in self.cases]
+        self.dataset = PatchDataset(
+            prepared, run.patch_size,
+            samples_per_epoch=int(run.steps_per_epoch) * int(run.batch_size),
+            foreground_fraction=run.foreground_fraction, seed=int(run.seed))
+        self.num_workers = int(num_workers)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(run.lr),
+                                           weight_decay=float(run.weight_decay))
+        self.augment_rng = torch.Generator().manual_seed(int(run.seed))
+        if resume:
+            self.start_epoch, self.history, self.best_score = restore_state(
+                self.out_dir, self.settings, self.model, self.optimizer, self.augment_rng)
+        self.model.to(self.device)
+        optimizer_to(self.optimizer, self.device)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def epoch(self, epoch: int, bar: Any, progress: TrainingProgress | None,
+              cancel: CancelCheck | None) -> dict[str, Any]:
+        """One epoch of optimisation steps; its history entry (epoch, mean loss, lr)."""
+        run, model, device = self.run, self.model, self.device
+        self.dataset.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=int(run.batch_size),
+                                             shuffle=False, num_workers=self.num_workers,
+                                             pin_memory=device.type == "cuda")
+        model.train()
+        losses = []
+        for step, (image, label) in enumerate(loader):
+            check_cancel(cancel)
+            global_step = epoch * int(run.steps_per_epoch) + step
+            rate = cosine_lr(global_step, run.total_steps, run.warmup, float(run.lr))
+            for group in self.optimizer.param_groups:
+                group["lr"] = rate
+            image = image.to(device, non_blocking=True)
+            label = label.to(device, non_blocking=True)
+            if self.augmentation is not None:
+                image, label = self.augmentation(image, label, generator=self.augment_rng)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                logits = model(image)
+            loss = dice_ce_loss(logits, label)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # Clipping as nnU-Net does: a rare huge gradient must not wreck the weights.
+            nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+            self.optimizer.step()
+            value = float(loss.detach())
+            losses.append(value)
+            if bar is not None:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}")
+                bar.update(1)
+            if progress is not None:
+                progress({"phase": "train", "epoch": epoch + 1, "step": step + 1,
+                          "steps": int(run.steps_per_epoch), "loss": value})
+        return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": rate}
+
+    def save(self, entry: dict[str, Any], val_cases: Sequence[Case]) -> None:
+        """Record the epoch; write last/ (and best/ when it improved), state and curves."""
+        self.history.append(entry)
+        score = entry["val_dice"] if val_cases else -entry["loss"]
+        improved = score > self.best_score
+        self.best_score = max(self.best_score, score)
+        last_card = card_with_metrics(self.card, self.history, val_cases, int(self.run.epochs))
+        save_model(self.model, last_card, self.out_dir / "last")
+        if improved:
+            save_model(self.model, last_card, self.out_dir / "best")
+        save_state(self.out_dir, self.settings, self.optimizer, self.augment_rng,
+                   entry["epoch"], self.history, self.best_score)
+        _write_json(self.out_dir / HISTORY_FILE, self.history)
+        plot_curves(self.history, self.out_dir / CURVES_FILE, title=self.card.name)
 
 
 def validate(model: nn.Module, card: ModelCard, cases: Sequence[Case], *,
