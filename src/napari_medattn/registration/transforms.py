@@ -136,8 +136,9 @@ class DisplacementField:
         field : DisplacementField
             Approximates moving mm -> fixed mm.
         error_mm : float
-            Largest ``|forward(inverse(y)) - y|`` over the grid points whose image stays
-            inside the grid, in mm (0 for an exact inverse).
+            Largest ``|forward(inverse(y)) - y|`` in mm (0 for an exact inverse) over the
+            grid's interior points (one voxel in from the border, where the field is cut
+            to zero outside) whose image stays in that interior.
         """
         points = self.grid_points().reshape(-1, 3)
         field = self.as_volume()
@@ -146,7 +147,8 @@ class DisplacementField:
             v = -sample_points(field, points + v, mode="constant").T
         inverse = DisplacementField(v.T.reshape(self.displacement.shape), self.affine)
         round_trip = self(inverse(points)) - points
-        inside = _inside(self.affine, self.shape, inverse(points))
+        inside = _inside(self.affine, self.shape, inverse(points), margin=1) & _inside(
+            self.affine, self.shape, points, margin=1)
         error = float(np.abs(round_trip[inside]).max()) if inside.any() else float("inf")
         return inverse, error
 
@@ -226,7 +228,8 @@ def grid_points(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return index @ affine[:3, :3].T + affine[:3, 3]
 
 
-def _inside(affine: np.ndarray, shape: tuple[int, ...], points: np.ndarray) -> np.ndarray:
+def _inside(affine: np.ndarray, shape: tuple[int, ...], points: np.ndarray, margin: int = 0
+            ) -> np.ndarray:
     to_index = np.linalg.inv(affine)
     index = points @ to_index[:3, :3].T + to_index[:3, 3]
-    return np.all((index >= 0) & (index <= np.asarray(shape) - 1), axis=1)
+    return np.all((index >= margin) & (index <= np.asarray(shape) - 1 - margin), axis=1)
