@@ -57,10 +57,16 @@ def wait_for_job(widget, what: str, timeout_s: float = 1800.0) -> None:
         raise RuntimeError(f"{what} ended {widget.job.outcome}")
 
 
+def grid(viewer):
+    """napari's grid mode settings (``viewer.canvas.grid`` since napari 0.9, which
+    deprecates ``viewer.grid``; the plugin supports napari 0.6 and later)."""
+    return viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+
+
 def fresh_view(viewer) -> None:
     """No layers, the axial view, the whole world in sight."""
     viewer.layers.clear()
-    viewer.grid.enabled = False
+    grid(viewer).enabled = False
     viewer.dims.order = VIEWS["axial"][0]
 
 
@@ -101,7 +107,7 @@ def open_series(viewer, widgets: dict, out: Path) -> None:
         fresh_view(viewer)
         open_scan(viewer, str(SAMPLES / "mni152_t1.nii.gz"))
         open_scan(viewer, str(SAMPLES / "mr_series"))
-        viewer.grid.enabled = True
+        grid(viewer).enabled = True
         viewer.dims.set_point(0, VIEW_SLICE_MM[0])
         viewer.reset_view()
         save_window_screenshot(viewer, out / "open_series.png")
