@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_scans
+from cohort_data import make_scans
 from napari_medattn.cli import main
 from napari_medattn.cli.cohort import TASK_NAMES
 from napari_medattn.cohort import TASKS

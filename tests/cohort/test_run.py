@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import write_csv
+from cohort_data import write_csv
 from probe_task import ProbeTask, lines
 
 from napari_medattn.cohort import Case, run

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from napari_medattn.cohort.manifest import Case
-from napari_medattn.cohort.records import CASES_DIR, DONE, NOT_RUN, read_record
+from napari_medattn.cohort.records import CASES_DIR, DONE, NOT_RUN, first_line, read_record
+from napari_medattn.errors import ReadError
 
 RESULTS = "results"
 SUMMARY = "summary.csv"
@@ -148,3 +149,72 @@ def write_plots(table, out: Path) -> list[Path]:
             figure.savefig(temporary)
         written.append(path)
     return written
+
+
+def read_results(out: str | os.PathLike):
+    """The results table of a cohort folder (``results.parquet``, else ``results.csv``).
+
+    Raises
+    ------
+    ReadError
+        The folder holds neither, or the file cannot be read.
+    """
+    import pandas as pd
+
+    out = Path(out)
+    for name, reader in ((f"{RESULTS}.parquet", pd.read_parquet),
+                         (f"{RESULTS}.csv", pd.read_csv)):
+        if (out / name).is_file():
+            try:
+                return reader(out / name)
+            except (OSError, ValueError) as error:
+                raise ReadError(f"{out / name} cannot be read ({first_line(error)}).") from None
+    raise ReadError(f"{out} holds no cohort results ({RESULTS}.parquet or {RESULTS}.csv).")
+
+
+def load_case(out: str | os.PathLike, case: str):
+    """A case's scan and its NIfTI outputs, read for display.
+
+    Parameters
+    ----------
+    out : path
+        The cohort folder.
+    case : str
+        The case id (a row of the results table).
+
+    Returns
+    -------
+    scan : Volume
+        The case's (first) input, from the path its record names.
+    outputs : dict of str to Volume
+        Each NIfTI output by kind (``labels``, ``probability_1_...``, maps), with
+        ``labels`` as modality ``"SEG"`` and the model's class names and colours.
+
+    Raises
+    ------
+    ReadError
+        Unknown case, no record, or a scan that cannot be read any more (moved, corrupt).
+    """
+    from napari_medattn.io import read_volume
+
+    out = Path(out)
+    table = read_results(out)
+    rows = table[table["case"].astype(str) == str(case)]
+    if rows.empty:
+        raise ReadError(f"The cohort in {out} has no case {case!r}.")
+    record = read_record(out / str(rows.iloc[0]["folder"]))
+    if record is None or not record.get("inputs"):
+        raise ReadError(f"Case {case!r} has no record in {out}; it has not run yet.")
+    scan = read_volume(record["inputs"][0]["path"])
+    folder = out / str(rows.iloc[0]["folder"])
+    # The model's classes name and colour the label map as the Segment widget does.
+    card = (record.get("model") or {}).get("card") or {}
+    classes = [(c["name"], c["color"]) for c in card.get("classes", [])]
+    outputs = {}
+    for kind, name in (record.get("outputs") or {}).items():
+        if str(name).endswith((".nii.gz", ".nii")) and (folder / name).is_file():
+            outputs[kind] = read_volume(folder / name, modality="SEG" if kind == "labels"
+                                        else None)
+            if kind == "labels" and classes:
+                outputs[kind].meta["classes"] = classes
+    return scan, outputs
