@@ -20,7 +20,7 @@ from napari_medattn.errors import MedAttnError
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = ("info", "models", "segment", "detect", "explain", "evaluate", "train", "finetune",
-            "pacs", "fuse", "cohort")
+            "pacs", "fuse", "cohort", "register")
 
 
 def build_parser() -> argparse.ArgumentParser:
