@@ -174,6 +174,20 @@ def test_bad_input_gets_one_sentence(truth, written, tmp_path, mr_series):
     with pytest.raises(GeometryError, match="not on the grid"):
         write_seg(tmp_path / "x.dcm", shifted)
     assert not list(tmp_path.iterdir())  # nothing half-written
+    # A series whose images name two frames of reference.
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    files = []
+    for k, source in enumerate(canonical.meta["source_files"]):
+        header = pydicom.dcmread(source)
+        if k == 0:
+            header.FrameOfReferenceUID = pydicom.uid.generate_uid()
+        header.save_as(mixed / f"{k}.dcm")
+        files.append(str(mixed / f"{k}.dcm"))
+    with pytest.raises(WriteError, match="do not share one frame of reference"):
+        write_seg(tmp_path / "x.dcm", Volume(drawn.data, canonical.affine, "SEG",
+                                             {**canonical.meta, "source_files": files}))
+    assert not (tmp_path / "x.dcm").exists()
     # A SEG onto a scan that is not its source: named instances are missing.
     other = Volume(np.zeros((3, 512, 512)), np.eye(4), "CT",
                    {"name": "CT", "format": "dicom",

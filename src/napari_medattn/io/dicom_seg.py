@@ -73,6 +73,10 @@ def source_instances(volume: Volume) -> list[Dataset]:
     if len(series) != 1:
         raise WriteError(f"The source files of {volume.name} belong to {len(series)} series; "
                          f"a DICOM-SEG references one.")
+    frames = {str(h.get("FrameOfReferenceUID", "")) for h in headers}
+    if len(frames) != 1 or not frames.pop():
+        raise WriteError(f"The images of {volume.name} do not share one frame of reference; "
+                         f"a DICOM-SEG cannot place its frames in them.")
     return headers
 
 
