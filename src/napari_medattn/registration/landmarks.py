@@ -82,3 +82,40 @@ def landmark_errors(transform, fixed, moving) -> np.ndarray:
     """Target registration error of each pair, ``|T(fixed[i]) - moving[i]|`` in mm."""
     fixed, moving = _pairs(fixed, moving)
     return np.linalg.norm(transform(fixed) - moving, axis=1)
+
+
+def read_landmarks_csv(path) -> np.ndarray:
+    """Landmarks from a CSV file: one point per row, ``x, y, z`` in LPS mm (a header row
+    and any columns after the third are ignored).
+
+    Raises
+    ------
+    ReadError
+        The file is missing or a row does not start with three numbers.
+    """
+    import csv
+    from pathlib import Path
+
+    from napari_medattn.errors import ReadError
+
+    path = Path(path)
+    try:
+        rows = list(csv.reader(path.read_text().splitlines()))
+    except OSError:
+        raise ReadError(f"Cannot read the landmark file {path}.") from None
+    points = []
+    for number, row in enumerate(rows, 1):
+        if not row or not "".join(row).strip():
+            continue
+        try:
+            points.append([float(value) for value in row[:3]])
+        except ValueError:
+            if number == 1:
+                continue  # a header
+            raise ReadError(f"{path.name} line {number} does not start with x, y, z in "
+                            f"mm.") from None
+        if len(points[-1]) != 3:
+            raise ReadError(f"{path.name} line {number} has fewer than 3 coordinates.")
+    if not points:
+        raise ReadError(f"{path.name} holds no landmarks.")
+    return np.asarray(points)
