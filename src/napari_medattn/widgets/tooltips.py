@@ -157,3 +157,35 @@ def model_card_tooltip(card: ModelCard) -> str:
         # Whatever a user card says, the tooltip states it.
         *([] if "clinical" in card.intended_use.lower() else [NOT_CLINICAL]),
     ])
+
+REGISTER = {
+    "fixed": "The scan that stays put: results are shown on its grid (any scan opened with "
+             "napari-medattn).",
+    "moving": "The scan to align to the fixed one; grids, orientations and spacings may "
+              "differ.",
+    "method": "rigid / similarity / affine: one matrix; deformable: affine, then a smooth "
+              "diffeomorphic field; landmarks: the least-squares fit of the clicked pairs.",
+    "metric": "auto: Mattes mutual information for linear methods (any contrasts), local "
+              "NCC for deformable; mse for the same contrast.",
+    "levels": "Pyramid shrink factors, coarse to fine (4,2,1: quarter, half, full "
+              "resolution).",
+    "iterations": "Most L-BFGS iterations per level of the linear stage.",
+    "weight": "Deformable only: weight of the diffusion penalty (higher: smoother, less "
+              "exact).",
+    "smoothing": "Deformable only: Gaussian sigma of the velocity field in mm.",
+    "device": "Where the optimiser runs: auto uses the CPU; cuda or mps where present.",
+    "run": "Register in the background; the moving scan follows the optimisation on screen. "
+           "Clicked landmark pairs (3 or more) start the run from their fit.",
+    "cancel": "Stop the registration; the moving scan goes back where it was and nothing "
+              "is kept.",
+    "landmarks": "Add two Points layers (fixed, moving) in add mode: click a point on each "
+                 "scan, in any view; pairs match by order and their residuals show below.",
+    "apply": "Warp the chosen labels layer (drawn on the moving scan) onto the fixed grid, "
+             "nearest neighbour; class names are kept.",
+    "save": "Save the transform (fixed mm -> moving mm): ITK .tfm for linear, "
+            "displacement-field NIfTI for deformable (SimpleITK, ANTs, 3D Slicer read both).",
+    "load": "Load an ITK transform file or displacement-field NIfTI and show its result.",
+    "compare": "Add a checkerboard (tile size in mm) or difference layer of the fixed and "
+               "the registered moving scan.",
+    "fade": "Opacity of the moving scan over the fixed one.",
+}
