@@ -36,6 +36,26 @@ SEGMENT = {
     "export": "Save the statistics table as CSV.",
 }
 
+DETECT = {
+    "image": "The scan to search for lesions (a layer opened with napari-medattn, so its "
+             "patient geometry is known).",
+    "model": "Detectors among the built-in and user models (a segmentation model cannot "
+             "detect). Hover an entry for its model card.",
+    "open_model": SEGMENT["open_model"],
+    "device": SEGMENT["device"],
+    "run": "Detect lesions in the background; boxes and centres are drawn on the scan.",
+    "cancel": "Stop the run between two windows; no layer is added.",
+    "threshold": "Lowest score shown: boxes, centres and table follow the slider without "
+                 "running again.",
+    "labels": "A Labels layer on the scan's grid (Segment's result, a painted one, or one "
+              "read from a file).",
+    "from_labels": "Each connected piece of each label becomes a lesion: box, centroid, "
+                   "volume, longest axial diameter and mean intensity.",
+    "table": "Lesions by score: centre in patient mm (LPS: x to the patient's left, y "
+             "posterior, z superior), box size in mm, volume. Click a row to go there.",
+    "export": "Save the table as CSV.",
+}
+
 FINETUNE = {
     "image": "The scan to fine-tune on (opened with napari-medattn, so its patient geometry "
              "is known).",
