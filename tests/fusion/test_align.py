@@ -46,7 +46,8 @@ def base():
 
 
 def inside(overlay, points, margin=0.0):
-    index = (points.reshape(-1, 3) - overlay.affine[:3, 3]) @ np.linalg.inv(overlay.affine[:3, :3]).T
+    to_index = np.linalg.inv(overlay.affine[:3, :3]).T
+    index = (points.reshape(-1, 3) - overlay.affine[:3, 3]) @ to_index
     ok = np.all((index >= margin) & (index <= np.asarray(overlay.spatial_shape) - 1 - margin), 1)
     return ok.reshape(points.shape[:-1])
 

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from napari_orthogonal_views.ortho_view_manager import _get_manager
+
 from napari_medattn._napari_hooks import (
     SAMPLE_DIR,
     sample_nibabel_anatomical,
@@ -48,13 +50,13 @@ def pet_ct(make_napari_viewer, qtbot):
     viewer.window.add_dock_widget(widget)
     widget.base.setCurrentText("synthetic_ct_head")
     widget.overlay.setCurrentText("synthetic_fdg_pet")
+    viewer.layers["synthetic_ct_head"].contrast_limits = (0.0, 100.0)  # brain window
     # Through the lesion (LPS z = 30 mm): a slice with high uptake.
     viewer.dims.point = (30.0, *viewer.dims.point[1:])
     return viewer, widget
 
 
-def test_pet_is_placed_without_resampling_and_fade_changes_the_picture(pet_ct, qtbot,
-                                                                      tmp_path):
+def test_pet_placed_without_resampling_fade_and_cursor_values(pet_ct, qtbot, tmp_path):
     viewer, widget = pet_ct
     viewer.layers["synthetic_fdg_pet"].visible = False
     ct_only = _shot(viewer, qtbot)
@@ -69,21 +71,18 @@ def test_pet_is_placed_without_resampling_and_fade_changes_the_picture(pet_ct, q
     assert pet.opacity == 0.0
     np.testing.assert_array_equal(faded_out, ct_only)
     widget.fade.setValue(100)
-    full = _shot(viewer, qtbot, "blend", tmp_path)
+    full = _shot(viewer, qtbot)
     assert pet.opacity == 1.0
     assert np.abs(full - ct_only).mean() > 5.0
     widget.fade.setValue(50)
-    half = _shot(viewer, qtbot)
+    half = _shot(viewer, qtbot, "blend", tmp_path)
     assert 0 < np.abs(half - ct_only).mean() < np.abs(full - ct_only).mean()
     widget.preset.setCurrentText("SUV 0-10")
     assert tuple(pet.contrast_limits) == (0.0, 10.0)
     widget.colormap.setCurrentText("pet_rainbow")
     assert not np.array_equal(_shot(viewer, qtbot), half)
 
-
-def test_cursor_lists_every_fused_value_with_units(pet_ct):
-    viewer, widget = pet_ct
-    widget.run()
+    # The cursor line lists every fused layer's value with its unit.
     ct = read_volume(SAMPLE_DIR / "synthetic_ct_head.nii.gz")
     pet = read_volume(SAMPLE_DIR / "synthetic_fdg_pet.nii.gz")
     lps = np.array([-28.0, -20.0, 30.0])  # the hot sphere's centre
@@ -98,6 +97,36 @@ def test_cursor_lists_every_fused_value_with_units(pet_ct):
     assert value_at(pet) > 10  # inside the sphere (SUV 16 before the 5 mm blur)
     status = viewer.layers["synthetic_fdg_pet"].get_status(world, world=True)
     assert status["coordinates"].endswith(text) and "R 28.0" in status["coordinates"]
+
+    # Three linked planes: a click in the axial view moves the other planes to that mm.
+    widget.planes.setChecked(True)
+    qtbot.wait(100)
+    axial, coronal, sagittal = plane_models(viewer)
+    assert axial is viewer and coronal is not viewer
+    canvas = viewer.window._qt_viewer.canvas
+    target = np.array([30.0, -20.0, -28.0])  # world (z, y, x): the hot sphere
+    pos = _world_to_canvas(canvas, viewer, target)
+    scene = canvas._scene_canvas
+    scene.events.mouse_press(pos=pos, button=1, modifiers=())
+    scene.events.mouse_release(pos=pos, button=1, modifiers=())
+    qtbot.wait(50)
+    for model in (coronal, sagittal):
+        np.testing.assert_allclose(model.dims.point[-2:], target[-2:], atol=1.5)
+    # Coronal slices at y = -20 mm, sagittal at x = -28 mm (nearest 1 mm slice).
+    assert abs(coronal.dims.point[1] - target[1]) <= 0.5
+    assert abs(sagittal.dims.point[2] - target[2]) <= 0.5
+    # The crosshair of every plane is drawn at that point (world mm, not steps).
+    manager = _get_manager(viewer)
+    for qt_viewer in (manager._original_qt_viewer, manager.bottom_widget.qt_viewer,
+                      manager.right_widget.qt_viewer):
+        (visual,) = [v for vs in qt_viewer.canvas._viewer_overlay_to_visual.values()
+                     for v in vs if type(v).__name__ == "VispyCrosshairOverlay"]
+        offset = visual.node.pos[0] - visual.node._base_segments[0]
+        assert sorted(np.round(offset, 3).tolist()) == sorted(np.round(
+            np.asarray(visual.viewer.dims.point), 3).tolist())
+    _shot(viewer, qtbot, "three_planes", tmp_path)
+    set_three_planes(viewer, False)
+    assert plane_models(viewer) == [viewer]
 
 
 def test_modes_and_oblique_overlay_resampled(make_napari_viewer, qtbot, tmp_path):
@@ -122,7 +151,7 @@ def test_modes_and_oblique_overlay_resampled(make_napari_viewer, qtbot, tmp_path
                                base.metadata[GEOMETRY_KEY].affine)
     assert np.isclose(np.asarray(shown.data, np.float64).sum(),
                       np.asarray(expected.canonical().data, np.float64).sum(), rtol=1e-6)
-    blend = _shot(viewer, qtbot, "blend_mr", tmp_path)
+    blend = _shot(viewer, qtbot)
 
     widget.mode.setCurrentText("checkerboard")
     board = viewer.layers["nibabel_anatomical_moved checkerboard"]
@@ -150,31 +179,6 @@ def test_modes_and_oblique_overlay_resampled(make_napari_viewer, qtbot, tmp_path
         assert not np.array_equal(a, b)
     widget.mode.setCurrentText("blend")
     assert not _grid(viewer).enabled
-
-
-def test_click_in_axial_view_moves_the_other_planes(pet_ct, qtbot, tmp_path):
-    viewer, widget = pet_ct
-    widget.run()
-    widget.planes.setChecked(True)
-    qtbot.wait(100)
-    axial, coronal, sagittal = plane_models(viewer)
-    assert axial is viewer and coronal is not viewer
-    canvas = viewer.window._qt_viewer.canvas
-    # Click on the hot sphere in the axial view: LPS x = -28 (right), y = -20 (anterior).
-    target = np.array([30.0, -20.0, -28.0])
-    pos = _world_to_canvas(canvas, viewer, target)
-    scene = canvas._scene_canvas
-    scene.events.mouse_press(pos=pos, button=1, modifiers=())
-    scene.events.mouse_release(pos=pos, button=1, modifiers=())
-    qtbot.wait(50)
-    for model in (coronal, sagittal):
-        np.testing.assert_allclose(model.dims.point[-2:], target[-2:], atol=1.5)
-    # Coronal slices at y = -20 mm, sagittal at x = -28 mm (nearest 1 mm slice).
-    assert abs(coronal.dims.point[1] - target[1]) <= 0.5
-    assert abs(sagittal.dims.point[2] - target[2]) <= 0.5
-    _shot(viewer, qtbot, "three_planes", tmp_path)
-    set_three_planes(viewer, False)
-    assert plane_models(viewer) == [viewer]
 
 
 def _world_to_canvas(canvas, viewer, world):

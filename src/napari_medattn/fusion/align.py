@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medattn.errors import DimensionError, GeometryError, InsufficientMemoryError
+from napari_medattn.errors import GeometryError, InsufficientMemoryError
 from napari_medattn.inference.memory import available_ram
 from napari_medattn.inference.resample import LINEAR, NEAREST, resample_to_grid
 from napari_medattn.io import Volume, volume_like

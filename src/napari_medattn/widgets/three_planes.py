@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from napari.utils.notifications import show_warning
 from napari_orthogonal_views.ortho_view_manager import _get_manager
 from qtpy.QtCore import QTimer
@@ -53,6 +54,32 @@ def move_to(model: Any, world_point: Any) -> None:
     model.dims.point = tuple(point)
 
 
+def _crosshairs_in_world(canvas: Any) -> None:
+    """Draw the crosshair at the world point on ``canvas`` (a napari VispyCanvas).
+
+    napari-orthogonal-views 0.5.0 places its crosshair at ``current_step * step``, which
+    leaves out where the world range starts: with patient mm (ranges that start at, say,
+    -98 mm) the lines sit that far from the slices actually shown. ``dims.point`` is the
+    world position itself. Patched on the overlay instances of this canvas only; napari's
+    events look the handler up by name, so the instance method is the one called.
+    """
+    for visuals in list(canvas._viewer_overlay_to_visual.values()):
+        for visual in visuals:
+            if type(visual).__name__ != "VispyCrosshairOverlay":
+                continue
+
+            def move(event: Any = None, visual: Any = visual) -> None:
+                dims = visual.viewer.dims
+                displayed = list(dims.displayed[::-1])
+                if len(displayed) == 2:
+                    hidden = list(dims.not_displayed[::-1]) or [0]
+                    displayed.append(hidden[0])
+                visual.node.set_position(np.asarray(dims.point)[displayed])
+
+            visual._move_crosshairs = move
+            move()
+
+
 def plane_models(viewer: Any) -> list:
     """The viewer and the coronal and sagittal view models (only the viewer when the
     three planes are hidden)."""
@@ -90,6 +117,9 @@ def set_three_planes(viewer: Any, shown: bool) -> list:
     manager.show()
     manager.set_cross_hairs(True)
     models = plane_models(viewer)
+    for widget in (manager._original_qt_viewer, manager.bottom_widget.qt_viewer,
+                   manager.right_widget.qt_viewer):
+        _crosshairs_in_world(widget.canvas)
     for model in models:
         install_radiology_view(model).update()
         _click_moves_point(model)
