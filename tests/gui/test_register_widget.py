@@ -1,0 +1,157 @@
+"""The Register widget in a real viewer: a rigid run whose live preview moves the moving
+layer and recovers nibabel's known motion, Cancel (nothing kept), landmarks with live
+residuals, apply to labels, save/load, comparison, and a screenshot for the docs."""
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import napari_medattn
+from napari_medattn.display.layers import volume_layer_data
+from napari_medattn.io import Volume, read_volume
+from napari_medattn.registration import LinearTransform
+from napari_medattn.registration.transforms import grid_points
+from napari_medattn.widgets.register import LPS_TO_WORLD, RegisterWidget
+
+SAMPLES = Path(napari_medattn.__file__).parent / "sample_data"
+FIXED = SAMPLES / "nibabel_anatomical.nii.gz"
+MOVED = SAMPLES / "nibabel_anatomical_moved.nii.gz"
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def truth():
+    ras = nib.load(MOVED).affine @ np.linalg.inv(nib.load(FIXED).affine)
+    return LinearTransform(RAS_TO_LPS @ ras @ RAS_TO_LPS, "rigid")
+
+
+def open_pair(viewer):
+    fixed, moved = read_volume(FIXED), read_volume(MOVED)
+    fixed.meta["name"], moved.meta["name"] = "fixed", "moving"
+    for volume in (fixed, moved):
+        data, kwargs, kind = volume_layer_data(volume)
+        viewer.add_image(data, **kwargs)
+    labels = (np.asarray(moved.data) > 150).astype(np.uint8)
+    label_volume = Volume(labels, moved.affine, "SEG",
+                          {**moved.meta, "name": "moving brain",
+                           "classes": [("background", "#000000"), ("brain", "#ff0000")]})
+    data, kwargs, kind = volume_layer_data(label_volume)
+    viewer.add_labels(data, **kwargs)
+    return fixed
+
+
+def make_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    fixed = open_pair(viewer)
+    widget = RegisterWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Register")
+    widget.fixed.setCurrentText("fixed")
+    widget.moving.setCurrentText("moving")
+    return viewer, widget, fixed
+
+
+def tre(transform, fixed):
+    points = grid_points(fixed.affine, fixed.spatial_shape).reshape(-1, 3)
+    return np.linalg.norm(transform(points) - truth()(points), axis=1).mean()
+
+
+def test_rigid_run_previews_live_and_recovers_the_motion(make_napari_viewer, qtbot, tmp_path):
+    viewer, widget, fixed = make_widget(make_napari_viewer)
+    moving_layer = viewer.layers["moving"]
+    placements = []
+    moving_layer.events.affine.connect(lambda event: placements.append(
+        np.array(moving_layer.affine.affine_matrix)))
+    widget.method.setCurrentText("rigid")
+    widget.metric.setCurrentText("mse")
+    layers_before = len(viewer.layers)
+    job = widget.run()
+    qtbot.waitUntil(lambda: job.finished, timeout=120_000)
+    assert job.outcome == "done"
+    assert len(placements) >= 2  # live previews, then the result
+    assert not np.allclose(placements[0], placements[-1])
+    assert tre(widget.transform, fixed) < 0.5
+    # A linear result is the moving layer's napari affine: no resampled layer.
+    assert len(viewer.layers) == layers_before
+    expected = LPS_TO_WORLD @ np.linalg.inv(widget.transform.matrix) @ \
+        moving_layer.metadata["medattn_geometry"].affine
+    assert np.allclose(moving_layer.affine.affine_matrix, expected)
+    assert widget.quality.rowCount() >= 3
+    # apply to labels: nearest, class names kept, on the fixed grid
+    widget.labels.setCurrentText("moving brain")
+    widget.apply_to_labels()
+    warped = viewer.layers[-1]
+    assert warped.data.shape == viewer.layers["fixed"].data.shape
+    assert set(np.unique(warped.data)) == {0, 1}
+    # save, then load again: same transform
+    widget.save_transform(str(tmp_path / "t.tfm"))
+    saved = widget.transform.matrix
+    widget.load_transform(str(tmp_path / "t.tfm"))
+    assert np.allclose(widget.transform.matrix, saved)
+    widget.comparison.setCurrentText("checkerboard")
+    widget.compare()
+    assert viewer.layers[-1].name.startswith("checkerboard")
+    viewer.layers.remove(viewer.layers[-1])
+    screenshot(viewer, qtbot)
+
+
+def screenshot(viewer, qtbot):
+    from PIL import Image as PILImage
+
+    viewer.layers["moving"].colormap = "magenta"
+    viewer.layers["moving"].blending = "additive"
+    viewer.layers["fixed"].colormap = "green"
+    viewer.dims.set_point(0, 0.0)
+    qtbot.wait(200)
+    folder = Path(os.environ.get("MEDATTN_SCREENSHOT_DIR", ""))
+    image = viewer.screenshot(canvas_only=False, flash=False)
+    assert image.shape[0] > 200 and image[..., :3].std() > 5
+    if os.environ.get("MEDATTN_SCREENSHOT_DIR"):
+        PILImage.fromarray(image).save(folder / "register_widget.png")
+
+
+def test_cancel_keeps_nothing(make_napari_viewer, qtbot):
+    viewer, widget, _ = make_widget(make_napari_viewer)
+    moving_layer = viewer.layers["moving"]
+    before = np.array(moving_layer.affine.affine_matrix), np.array(moving_layer.scale)
+    names = [layer.name for layer in viewer.layers]
+    widget.method.setCurrentText("deformable")
+    job = widget.run()
+    qtbot.waitUntil(lambda: "metric" in widget.status.text() or job.finished, timeout=60_000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
+    assert job.outcome == "cancelled"
+    assert [layer.name for layer in viewer.layers] == names
+    assert np.allclose(moving_layer.affine.affine_matrix, before[0])
+    assert np.allclose(moving_layer.scale, before[1])
+    assert "nothing was kept" in widget.status.text()
+
+
+def test_landmarks_show_live_residuals_and_fit(make_napari_viewer, qtbot):
+    viewer, widget, fixed = make_widget(make_napari_viewer)
+    widget.add_landmark_layers()
+    fixed_points = viewer.layers["fixed landmarks"]
+    moving_points = viewer.layers["moving landmarks"]
+    assert fixed_points.mode == "add"
+    rng = np.random.default_rng(1)
+    lps = rng.uniform(-20, 20, (5, 3))
+    world = lambda p: p @ LPS_TO_WORLD[:3, :3].T  # noqa: E731
+    for point, partner in zip(lps, truth()(lps)):
+        fixed_points.add(world(point))  # what a click in add mode does
+        moving_points.add(world(partner))
+    assert widget.residuals.rowCount() == 5
+    assert max(float(widget.residuals.item(r, 1).text()) for r in range(5)) < 0.01
+    widget.method.setCurrentText("landmarks")
+    job = widget.run()
+    qtbot.waitUntil(lambda: job.finished, timeout=30_000)
+    assert tre(widget.transform, fixed) < 1e-6
