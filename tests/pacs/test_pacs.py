@@ -186,3 +186,19 @@ def test_cli_search_get_put_and_clear_cache(uploaded, orthanc, tmp_path, capsys,
     assert main(["pacs", "search", *base]) == 1
     err = capsys.readouterr().err
     assert err.startswith("medattn: ") and "401" in err and "wrong" not in err
+
+
+def test_multipart_split_gives_every_body_whatever_the_chunk_sizes():
+    from napari_medattn.pacs.cache import split_multipart
+
+    rng = np.random.default_rng(1)
+    # Bodies with line breaks, blank lines and boundary-like text inside (RFC 2046 allows
+    # all of them: only CRLF + "--" + the boundary ends a body).
+    bodies = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() + b"\r\n\r\n--BOUNDARY-12"
+              for n in (1, 700, 5000)]
+    payload = b"preamble\r\n" + b"".join(
+        b"--BOUNDARY-123\r\nContent-Type: application/dicom\r\n\r\n" + body + b"\r\n"
+        for body in bodies) + b"--BOUNDARY-123--\r\nepilogue"
+    for size in (1, 3, 7, 64, len(payload)):
+        chunks = [payload[i:i + size] for i in range(0, len(payload), size)]
+        assert list(split_multipart(chunks, b"BOUNDARY-123")) == bodies

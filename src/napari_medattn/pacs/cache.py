@@ -15,7 +15,7 @@ import hashlib
 import io
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import platformdirs
@@ -143,23 +143,28 @@ def _series_parts(connection: Connection, study_uid: str, series_uid: str
         if boundary is None:  # a single instance sent bare
             yield response.content
             return
-        delimiter = b"\r\n--" + boundary
-        data = bytearray(b"\r\n")  # so the first boundary matches the delimiter too
-        search_from = 0
-        for chunk in response.iter_content(chunk_size=1 << 20):
-            data += chunk
-            while True:
-                end = data.find(delimiter, search_from)
-                if end < 0:
-                    break
-                part = bytes(data[:end])
-                del data[:end + len(delimiter)]
-                search_from = 0
-                body = part.find(b"\r\n\r\n")
-                if body >= 0 and len(part) > body + 4:
-                    yield part[body + 4:]
-            # A delimiter may straddle two chunks: search its last bytes again.
-            search_from = max(0, len(data) - len(delimiter) + 1)
+        yield from split_multipart(response.iter_content(chunk_size=1 << 20), boundary)
+
+
+def split_multipart(chunks: Iterable[bytes], boundary: bytes) -> Iterator[bytes]:
+    """The bodies of a ``multipart/related`` message arriving in chunks of any size."""
+    delimiter = b"\r\n--" + boundary
+    data = bytearray(b"\r\n")  # so the first boundary matches the delimiter too
+    search_from = 0
+    for chunk in chunks:
+        data += chunk
+        while True:
+            end = data.find(delimiter, search_from)
+            if end < 0:
+                break
+            part = bytes(data[:end])
+            del data[:end + len(delimiter)]
+            search_from = 0
+            body = part.find(b"\r\n\r\n")
+            if body >= 0 and len(part) > body + 4:
+                yield part[body + 4:]
+        # A delimiter may straddle two chunks: search its last bytes again.
+        search_from = max(0, len(data) - len(delimiter) + 1)
 
 
 def _boundary(content_type: str) -> bytes | None:
