@@ -42,6 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_detect(args: argparse.Namespace) -> int:
+    one_volume, parameters = prepare_detect(args)
+    return run_over_inputs("detect", args, one_volume, parameters=parameters)
+
+
+def prepare_detect(args: argparse.Namespace):
+    """Load the detector and check the options once: ``(one_volume, parameters)``, the
+    function that detects on one volume and the parameters its record starts with (a
+    cohort run calls it once per worker and ``one_volume`` once per case)."""
     from napari_medattn.cli.common import ProgressBar, load_model_argument
     from napari_medattn.detection.detector import check_detector, detect
     from napari_medattn.detection.export import write_detections_csv, write_detections_json
@@ -74,6 +82,5 @@ def run_detect(args: argparse.Namespace) -> int:
                  if count else f"no lesion scored {args.threshold:g} or more: {csv_path}")
         return [first, str(json_path)]
 
-    return run_over_inputs("detect", args, one_volume, parameters={
-        "model": args.model, "threshold": args.threshold, "tta": args.tta,
-        "device": args.device, "autocast": args.autocast})
+    return one_volume, {"model": args.model, "threshold": args.threshold, "tta": args.tta,
+                        "device": args.device, "autocast": args.autocast}
