@@ -44,6 +44,7 @@ from napari_medattn.fusion.compose import (
     overlay_lut_rgba,
     preset_window,
 )
+from napari_medattn.registration.itk_files import read_transform
 from napari_medattn.widgets.choices import on_layers_changed, set_items
 from napari_medattn.widgets.parts import DERIVED_KEY, JobWidget, scan_layers
 from napari_medattn.widgets.radiology_view import viewer_camera
@@ -311,8 +312,6 @@ class FuseWidget(JobWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Registration transform (fixed -> moving)")
         if not path:
             return
-        from napari_medattn.registration.itk_files import read_transform
-
         try:
             self.transform = read_transform(path)
         except MedAttnError as error:
