@@ -198,3 +198,23 @@ def test_axis_parallel_overlay_equals_simpleitk_resample_to_the_border(base):
         assert (expected != 0).mean() > 0.05
         np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_array_equal(fused.data, overlay_on_grid(overlay, base, order=1).data)
+
+
+def test_displacement_field_and_linear_transform_objects(base):
+    from napari_medattn.registration.transforms import DisplacementField, LinearTransform
+
+    affine = grid_affine((1.0, 1.0, 1.0), (-40.0, -40.0, -40.0))
+    data, _ = linear_field(affine, (81, 81, 81))
+    overlay = Volume(data, affine, "MR", {"name": "moving"})
+    shift = np.array([2.5, -1.5, 3.0])
+    # A constant field over (and beyond) the base grid is the translation by the shift.
+    field = DisplacementField(np.broadcast_to(shift[:, None, None, None], (3, 23, 23, 23)),
+                              grid_affine((2.0, 2.0, 2.0), (-22.0, -22.0, -22.0)))
+    matrix = np.eye(4)
+    matrix[:3, 3] = shift
+    through_field = overlay_on_grid(overlay, base, field)
+    through_object = overlay_on_grid(overlay, base, LinearTransform(matrix, "rigid"))
+    _, points = linear_field(base.affine, base.spatial_shape)
+    expected = (points + shift) @ GRADIENT + OFFSET
+    np.testing.assert_allclose(through_field.data, expected, atol=2e-3)
+    np.testing.assert_allclose(through_object.data, expected, atol=2e-3)
