@@ -166,6 +166,9 @@ def check_detector(card: ModelCard) -> int:
     """The number of lesion classes of a detector card (ModelError if it is not one)."""
     if card.task != "detection":
         raise ModelError(f"Model {card.name!r} is a {card.task} model, not a detector.")
+    if card.in_channels != 1:
+        raise ModelError(f"Detector {card.name!r} takes {card.in_channels} channels; "
+                         f"detectors of one channel only are supported.")
     if card.num_classes < 2:
         raise ModelError(f"Detector {card.name!r} lists no lesion class besides background.")
     return card.num_classes - 1
@@ -186,7 +189,7 @@ def detect(volume: Volume, model: nn.Module, card: ModelCard, *, device: str = "
     Parameters
     ----------
     volume : Volume
-        A 3D scan (or 4D with the card's channels first).
+        A 3D scan (detectors take one channel).
     model : nn.Module
         The detector network (see :func:`napari_medattn.models.registry.load_model`).
     card : ModelCard
@@ -214,18 +217,11 @@ def detect(volume: Volume, model: nn.Module, card: ModelCard, *, device: str = "
     """
     started = time.perf_counter()
     n_classes = check_detector(card)
-    if card.in_channels == 1:
-        volume = require_3d(volume)
-    grid = CardGrid.for_volume(volume, card)
+    volume = require_3d(volume)
+    grid = CardGrid.for_volume(volume, card)  # also checks the card's channels
     values = grid.intensities()
-    first = values if values.ndim == 3 else values[0]
-    foreground = first > body_threshold(first, volume.modality)
-    units = volume.meta.get("units")
-    if values.ndim == 3:
-        values = normalize_intensity(values, card.normalization, units=units)
-    else:
-        values = np.stack([normalize_intensity(c, card.normalization, units=units)
-                           for c in values])
+    foreground = values > body_threshold(values, volume.modality)
+    values = normalize_intensity(values, card.normalization, units=volume.meta.get("units"))
     check_cancel(cancel)
     result = sliding_window_inference(
         values, DetectionMaps(model, n_classes), card.patch_size,
