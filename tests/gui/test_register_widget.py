@@ -108,11 +108,17 @@ def test_rigid_run_previews_live_and_recovers_the_motion(make_napari_viewer, qtb
 def screenshot(viewer, qtbot):
     from PIL import Image as PILImage
 
+    for layer in list(viewer.layers):
+        if layer.name not in ("fixed", "moving"):
+            layer.visible = False
     viewer.layers["moving"].colormap = "magenta"
     viewer.layers["moving"].blending = "additive"
     viewer.layers["fixed"].colormap = "green"
-    viewer.dims.set_point(0, 0.0)
-    qtbot.wait(200)
+    viewer.window._qt_window.resize(1400, 800)
+    viewer.reset_view()
+    low, high = viewer.layers["fixed"].extent.world[:, 0]
+    viewer.dims.set_point(0, (low + high) / 2)
+    qtbot.wait(300)
     folder = Path(os.environ.get("MEDATTN_SCREENSHOT_DIR", ""))
     image = viewer.screenshot(canvas_only=False, flash=False)
     assert image.shape[0] > 200 and image[..., :3].std() > 5
