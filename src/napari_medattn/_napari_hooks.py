@@ -24,9 +24,10 @@ from napari_medattn.display.layers import (
 from napari_medattn.errors import MedAttnError
 from napari_medattn.io import read, write_nifti
 from napari_medattn.io.dicom import has_dicom_preamble
-from napari_medattn.io.dicom_seg import write_seg
+from napari_medattn.io.dicom_seg import is_seg, read_seg_onto, write_seg
 from napari_medattn.io.nifti import is_nifti
 from napari_medattn.models.registry import find_model
+from napari_medattn.widgets.dicom_browser import open_scans
 from napari_medattn.widgets.parts import RUN_KEY
 from napari_medattn.widgets.radiology_view import install_radiology_view
 
@@ -65,7 +66,11 @@ def read_layers(path: str | list[str]) -> list:
     layers = []
     for one in paths:
         try:
-            volumes = read(one)
+            if viewer is not None and is_seg(one):
+                # A SEG lands on the open scan it references, else by its own frames.
+                volumes = [read_seg_onto(one, open_scans(viewer))]
+            else:
+                volumes = read(one)
             for volume in volumes:
                 for note in volume.meta.get("warnings", []):
                     show_warning(f"{volume.name}: {note}")

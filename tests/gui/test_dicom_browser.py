@@ -133,3 +133,29 @@ def test_save_labels_as_dicom_seg_through_the_writer_hook(tmp_path):
     with pytest.warns(UserWarning, match="does not come from a DICOM series"):
         assert write_labels_dicom_seg(str(tmp_path / "x.dcm"), labels,
                                       {"metadata": {GEOMETRY_KEY: t1.canonical()}}) == []
+
+
+def test_opening_a_seg_places_it_on_the_open_scan_it_references(make_napari_viewer,
+                                                                  tmp_path):
+    from napari_medattn._napari_hooks import read_layers
+
+    viewer = make_napari_viewer()
+    folder = tmp_path / "series"
+    t1 = read_volume(os.path.join(data_path, "anatomical.nii"), modality="MR")
+    write_dicom_series(folder, t1, series_description="T1", series_number=2, patient=PATIENT)
+    (scan_data,) = read_layers(str(folder))
+    scan = viewer._add_layer_from_data(*scan_data)[0]
+    geometry = scan.metadata[GEOMETRY_KEY]
+    labels = np.zeros(geometry.spatial_shape, np.uint8)
+    labels[3:6, 8:12, 9:11] = 1  # within a few slices: the SEG's own grid is smaller
+    drawn = write_labels_dicom_seg(str(tmp_path / "seg.dcm"), labels,
+                                   {"metadata": {GEOMETRY_KEY: geometry}})[0]
+    ((data, kwargs, kind),) = read_layers(drawn)
+    assert kind == "labels"
+    np.testing.assert_array_equal(data, labels)  # the scan's whole grid, not the SEG's
+    np.testing.assert_allclose(kwargs["scale"], scan.scale)
+    np.testing.assert_allclose(kwargs["translate"], scan.translate)
+    viewer.layers.remove(scan)
+    ((alone, alone_kwargs, _),) = read_layers(drawn)  # no scan open: its own frames
+    assert alone.shape != labels.shape and int(alone.sum()) == int(labels.sum())
+    np.testing.assert_allclose(alone_kwargs["scale"], scan.scale)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -381,6 +381,19 @@ def read_seg(path: str | os.PathLike, reference: Volume | None = None) -> Volume
     dtype = np.uint8 if len(classes) <= 255 else np.uint16
     return Volume(data=data.astype(dtype, copy=False), affine=affine, modality="SEG",
                   meta=meta)
+
+
+def read_seg_onto(path: str | os.PathLike, scans: Mapping[str, Volume]) -> Volume:
+    """:func:`read_seg` onto the scan it references when that scan is among ``scans``
+    (open scans by SeriesInstanceUID), else by its own frame positions."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as error:  # corrupt: one sentence, as read_seg says it
+        raise ReadError(f"{Path(path).name} is not a readable DICOM-SEG ({_first(error)}).") \
+            from None
+    referenced = header.get("ReferencedSeriesSequence")
+    series = str(referenced[0].SeriesInstanceUID) if referenced else ""
+    return read_seg(path, reference=scans.get(series))
 
 
 def _combine(pixels: np.ndarray, numbers: list[int], fractional: bool) -> np.ndarray:

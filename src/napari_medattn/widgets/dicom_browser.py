@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 
 from napari_medattn.display.layers import GEOMETRY_KEY, layer_volume, volume_layer_data
 from napari_medattn.io import read
-from napari_medattn.io.dicom_seg import is_seg, read_seg, write_seg
+from napari_medattn.io.dicom_seg import is_seg, read_seg_onto, write_seg
 from napari_medattn.pacs import Connection, retrieve_series, search_series, store
 from napari_medattn.widgets.choices import on_layers_changed, set_items
 from napari_medattn.widgets.parts import DERIVED_KEY, JobWidget, scan_layers
@@ -198,8 +198,7 @@ class DicomBrowserWidget(JobWidget):
         selected = self.table.selectionModel().selectedRows()
         row = self.rows[selected[0].row()]
         connection = self.connection()
-        scans = {layer.metadata[GEOMETRY_KEY].meta.get("series_uid"):
-                 layer.metadata[GEOMETRY_KEY] for layer in scan_layers(self.viewer)}
+        scans = open_scans(self.viewer)
 
         def work(progress, cancel):
             folder = retrieve_series(connection, row["study_uid"], row["series_uid"],
@@ -232,6 +231,13 @@ class DicomBrowserWidget(JobWidget):
                             f"Stored {layer.name} as DICOM-SEG ({len(uids)} instance)."))
 
 
+def open_scans(viewer: Any) -> dict:
+    """The scans open in ``viewer`` that came from DICOM, by SeriesInstanceUID (their
+    exact-geometry Volumes), for placing a SEG on the scan it references."""
+    volumes = (layer.metadata[GEOMETRY_KEY] for layer in scan_layers(viewer))
+    return {v.meta["series_uid"]: v for v in volumes if v.meta.get("series_uid")}
+
+
 def open_series(folder: Path, scans: dict) -> list[tuple]:
     """Layer data for a retrieved series folder: images, or a SEG's labels on the open scan
     of the series it references (``scans`` maps series UIDs to their layer Volumes)."""
@@ -239,12 +245,7 @@ def open_series(folder: Path, scans: dict) -> list[tuple]:
     if files and all(is_seg(f) for f in files):
         layers = []
         for file in files:
-            labels = read_seg(file)
-            referenced = labels.meta["seg_header"].get("ReferencedSeriesSequence")
-            reference = scans.get(str(referenced[0].SeriesInstanceUID)) if referenced else None
-            if reference is not None:
-                labels = read_seg(file, reference=reference)
-            data, kwargs, kind = volume_layer_data(labels, "labels")
+            data, kwargs, kind = volume_layer_data(read_seg_onto(file, scans), "labels")
             kwargs["metadata"][DERIVED_KEY] = "dicom_browser"
             layers.append((data, kwargs, kind))
         return layers
