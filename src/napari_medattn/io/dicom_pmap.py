@@ -23,10 +23,10 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 import napari_medattn
 from napari_medattn.errors import DimensionError, WriteError
 from napari_medattn.io.dicom_seg import (
-    _with_type2,
     planes_for_instances,
     save_dataset,
     source_instances,
+    with_type2_attributes,
 )
 from napari_medattn.io.volume import Volume, require_3d
 
@@ -49,7 +49,7 @@ def _map_planes(volume: Volume) -> tuple[list, np.ndarray]:
     if not np.isfinite(data).all():
         raise DimensionError(f"{volume.name} holds NaN or infinite values; a parametric map "
                              f"needs finite numbers.")
-    instances = _with_type2(source_instances(volume))
+    instances = with_type2_attributes(source_instances(volume))
     return instances, planes_for_instances(Volume(data, volume.affine, volume.modality,
                                                   volume.meta), instances)
 

@@ -240,7 +240,7 @@ def write_seg(
                                      for f in labels.meta.get("source_files", ())}:
         raise WriteError(f"{Path(path).name} is one of the source images; a DICOM-SEG goes "
                          f"to a new file.")
-    instances = _with_type2(list(source) if source is not None else source_instances(labels))
+    instances = with_type2_attributes(list(source) if source is not None else source_instances(labels))
     planes = planes_for_instances(labels, instances)
     named = _classes(labels, classes, n_labels)
     algorithm_id = None
@@ -281,7 +281,9 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID
           "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName")
 
 
-def _with_type2(instances: list[Dataset]) -> list[Dataset]:
+def with_type2_attributes(instances: list[Dataset]) -> list[Dataset]:
+    """Copies of the source headers with the missing Type 2 patient/study attributes
+    present and empty (the headers themselves when none is missing)."""
     missing = [k for k in _TYPE2 if k not in instances[0]]
     if not missing:
         return instances
