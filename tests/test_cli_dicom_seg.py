@@ -19,7 +19,8 @@ def test_segment_writes_a_seg_on_the_dicom_series(models, tmp_path, capsys):  # 
     _, _, model_dir = models
     t1 = read_volume(os.path.join(data_path, "anatomical.nii"), modality="MR")
     series = tmp_path / "series"
-    write_dicom_series(series, t1, series_description="T1 sag", series_number=4)
+    write_dicom_series(series, t1, series_description="T1 sag", series_number=4,
+                       patient={"PatientName": "Cli^Test", "PatientID": "C1"})
     out = tmp_path / "out"
     assert main(["segment", str(series), "--out", str(out), "--model", "tiny-unet",
                  "--device", "cpu", "--format", "dicom-seg"]) == 0
