@@ -7,11 +7,13 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from nibabel.testing import data_path
 
 from napari_medattn.cli import main
 from napari_medattn.errors import Cancelled
-from napari_medattn.io import read_volume, volume_like, write_dicom_series
+from napari_medattn.inference import segment
+from napari_medattn.io import read_volume, write_dicom_series
 from napari_medattn.io.dicom_seg import read_seg, write_seg
 from napari_medattn.pacs import (
     Connection,
@@ -22,6 +24,8 @@ from napari_medattn.pacs import (
     search_studies,
     store,
 )
+from napari_medattn.models import create
+from napari_medattn.models.card import ModelCard, default_classes
 from napari_medattn.pacs.cache import series_folder
 
 PATIENT = {"PatientName": "Roundtrip^Test", "PatientID": "RT-1", "PatientBirthDate": "",
@@ -58,20 +62,28 @@ def test_round_trip_search_retrieve_open_store_seg_and_read_back(uploaded, tmp_p
     scan = read_volume(folder)
     np.testing.assert_array_equal(scan.data, original.data)
     np.testing.assert_allclose(scan.affine, original.affine)
-    # "Segment" with a known rule (bright voxels), store the SEG, find it, read it back.
-    canonical = scan.canonical()
-    labels = (np.asarray(canonical.data) > np.percentile(canonical.data, 90)).astype(np.uint8)
-    drawn = volume_like(canonical, labels, name="bright")
-    drawn.meta["classes"] = [("background", "#000000"), ("brain", "#ff8800")]
-    seg_path = write_seg(tmp_path / "seg.dcm", drawn)
+    # Segment with a (tiny, untrained) model, store the SEG, find it, read it back.
+    torch.manual_seed(0)
+    config = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8],
+              "attention": "none"}
+    card = ModelCard(name="tiny-unet", architecture="unet", config=config,
+                     classes=default_classes(["background", "dark", "bright"]),
+                     patch_size=(16, 16, 16), modality="MR",
+                     normalization={"scheme": "zscore"}, training_data="none (untrained)",
+                     license="BSD-3-Clause")
+    result = segment(scan, create("unet", **config).eval(), card, device="cpu")
+    labels = np.asarray(result.labels.data)
+    assert labels.max() > 0
+    seg_path = write_seg(tmp_path / "seg.dcm", result.labels, classes=card.classes,
+                         algorithm={"name": card.name, "version": "test"})
     store(connection, [seg_path])
     (seg_series,) = search_series(connection, study_uid=study["study_uid"], modality="SEG")
     seg_folder = retrieve_series(connection, study["study_uid"], seg_series["series_uid"],
                                  cache_dir=tmp_path)
     (seg_file,) = seg_folder.glob("*.dcm")
-    back = read_seg(seg_file, reference=read_volume(folder).canonical())
+    back = read_seg(seg_file, reference=read_volume(folder))
     np.testing.assert_array_equal(back.data, labels)
-    assert back.meta["classes"][1][0] == "brain"
+    assert [c[0] for c in back.meta["classes"]][1:] == ["dark", "bright"][:labels.max()]
 
 
 def test_interrupted_retrieval_resumes_and_never_shows_a_partial_series(uploaded, tmp_path):
