@@ -23,6 +23,7 @@ from napari_medattn.display.layers import GEOMETRY_KEY
 from napari_medattn.fusion.align import overlay_on_grid
 from napari_medattn.io import read_volume
 from napari_medattn.widgets.fuse import FUSE_KEY, FuseWidget, _grid
+from napari_medattn.widgets.radiology_view import viewer_camera
 from napari_medattn.widgets.three_planes import plane_models, set_three_planes
 
 
@@ -179,6 +180,15 @@ def test_modes_and_oblique_overlay_resampled(make_napari_viewer, qtbot, tmp_path
         assert not np.array_equal(a, b)
     widget.mode.setCurrentText("blend")
     assert not _grid(viewer).enabled
+
+    # Rotating MIP: 3D, maximum intensity rendering, the camera turning, and back.
+    widget.mip.setChecked(True)
+    assert viewer.dims.ndisplay == 3 and shown.rendering == "mip"
+    assert not viewer.layers["nibabel_anatomical"].visible
+    before = viewer_camera(viewer).angles[1]
+    qtbot.waitUntil(lambda: viewer_camera(viewer).angles[1] != before, timeout=5000)
+    widget.mip.setChecked(False)
+    assert viewer.dims.ndisplay == 2 and viewer.layers["nibabel_anatomical"].visible
 
 
 def _world_to_canvas(canvas, viewer, world):
