@@ -73,6 +73,8 @@ def fresh_view(viewer) -> None:
 @contextlib.contextmanager
 def only_docks(viewer, *shown) -> Iterator[None]:
     """Hide every docked widget except ``shown`` while the block runs."""
+    # A magicgui widget (Window/Level) is docked as its Qt widget, ``native``.
+    shown = [getattr(widget, "native", widget) for widget in shown]
     docks = [dock for widget, dock in _docks(viewer) if widget not in shown]
     for dock in docks:
         dock.hide()
