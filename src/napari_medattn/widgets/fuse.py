@@ -327,6 +327,11 @@ class FuseWidget(JobWidget):
             return
         self.viewer.dims.ndisplay = 3 if on else 2
         layer.rendering = "mip" if on else "attenuated_mip"
+        # The projection alone, fully opaque; back to the fade's opacity afterwards.
+        if on:
+            layer.opacity = 1.0
+        else:
+            self._set_opacity()
         base = self.viewer.layers[self.base.currentText()]
         base.visible = not on
         if on:
