@@ -84,24 +84,15 @@ def test_jobs_on_every_core_slow_the_spinner_until_the_last_ends(make_napari_vie
     assert [job.outcome for job in jobs] == ["done", "done"]
 
 
-def test_slow_movies_off_leaves_the_spinner_alone(make_napari_viewer, qtbot, quiet,
-                                                  monkeypatch):
+@pytest.mark.parametrize("why", ["switched off", "the GUI has a core of its own"])
+def test_the_spinner_keeps_its_speed(why, make_napari_viewer, qtbot, quiet, monkeypatch):
     movie = spinner(make_napari_viewer())
-    monkeypatch.setattr(worker_module, "_usable_cores", lambda: 1)
-    monkeypatch.setenv("NAPARI_MEDATTN_NO_SLOW_MOVIES", "1")
-    release = threading.Event()
-    job = waiting_job(release)
-    assert movie.state() == movie.MovieState.Running and movie.speed() == 100
-    release.set()
-    finish(qtbot, job)
-    assert movie.speed() == 100
-
-
-def test_jobs_that_leave_the_gui_a_core_leave_the_spinner_alone(make_napari_viewer, qtbot,
-                                                                quiet, monkeypatch):
-    movie = spinner(make_napari_viewer())
-    monkeypatch.setattr(worker_module, "_usable_cores", lambda: 8)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    if why == "switched off":
+        monkeypatch.setattr(worker_module, "_usable_cores", lambda: 1)
+        monkeypatch.setenv("NAPARI_MEDATTN_NO_SLOW_MOVIES", "1")
+    else:
+        monkeypatch.setattr(worker_module, "_usable_cores", lambda: 8)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     release = threading.Event()
     job = waiting_job(release)
     assert movie.state() == movie.MovieState.Running and movie.speed() == 100

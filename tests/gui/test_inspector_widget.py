@@ -279,3 +279,14 @@ def test_a_labels_layer_restricts_the_explained_region(setup, qtbot, scan):
     assert "dssa" in offered
     widget.method.setCurrentText("dssa")
     assert not widget.explanations.region.isEnabled()
+
+
+def test_segment_and_inspector_on_one_model_hold_it_once(setup, qtbot):
+    viewer, _image, widget = setup
+    from napari_medattn.widgets.segment import SegmentWidget
+
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment")
+    segment.model.setCurrentText(MODEL)
+    qtbot.waitUntil(lambda: segment.model.loaded is not None, timeout=30_000)
+    assert segment.model.loaded.module is widget.model.loaded.module
