@@ -481,7 +481,7 @@ def csf_diagnostic(models: Sequence[str], val_cases: Sequence) -> list[dict]:
     never learned the class; one where CSF is a close second learned it but loses the
     argmax.
     """
-    from napari_medattn.inference import segment
+    from napari_medattn.inference import OutputRequest, segment
     from napari_medattn.io.volume import Volume
     from napari_medattn.models.registry import load_model
 
@@ -492,7 +492,7 @@ def csf_diagnostic(models: Sequence[str], val_cases: Sequence) -> list[dict]:
             image = Volume(case.image.data[0], case.image.affine, case.image.modality,
                            case.image.meta)
             result = segment(image, module, card, device="cpu", use_autocast=False,
-                             keep_probabilities=range(card.num_classes))
+                             outputs=OutputRequest(keep_probabilities=range(card.num_classes)))
             probabilities = np.stack([result.probabilities[k].data
                                       for k in range(card.num_classes)])
             inside = np.asarray(case.label.data) == 1

@@ -20,7 +20,7 @@ from nibabel.testing import data_path
 
 from napari_medattn.cli import main
 from napari_medattn.models.registry import DEFAULT_MODEL
-from napari_medattn.inference import attention_map_names, segment
+from napari_medattn.inference import OutputRequest, attention_map_names, segment
 from napari_medattn.inference.devices import cpu_has_native_bf16
 from napari_medattn.io import read, read_volume, write_dicom_series
 from napari_medattn.io.provenance import files_sha256
@@ -191,8 +191,8 @@ def test_probability_uncertainty_and_attention_maps(models, tmp_path, capsys):
                  "--device", "cpu", "--tta", "--uncertainty", "--probabilities",
                  "dark,2", "--attention"])
     assert code == 0, capsys.readouterr().err
-    expected = reference_labels(ANATOMICAL, gated, tta=True, uncertainty="variance",
-                                keep_probabilities=(1, 2))
+    expected = reference_labels(ANATOMICAL, gated, outputs=OutputRequest(
+        tta=True, uncertainty="variance", keep_probabilities=(1, 2)))
     source = read_volume(ANATOMICAL)
     for c, name in ((1, "dark"), (2, "bright")):
         [probability] = read(out / f"anatomical_probability_{c}_{name}.nii.gz")

@@ -7,6 +7,7 @@ from torch import nn
 
 from napari_medattn.errors import Cancelled, DimensionError
 from napari_medattn.inference.pipeline import segment
+from napari_medattn.inference.window_options import OutputRequest, WindowOptions
 from napari_medattn.io import Volume, read_volume, write_dicom_series, write_nifti
 from napari_medattn.models.card import ClassInfo, ModelCard
 
@@ -55,8 +56,8 @@ def oblique_affine():
 
 def test_native_grid_segmentation_is_exact():
     volume = ct_volume()
-    result = segment(volume, ThresholdNet(), card(), device="cpu", keep_probabilities=(1,),
-                     uncertainty="entropy")
+    result = segment(volume, ThresholdNet(), card(), device="cpu",
+                     outputs=OutputRequest(keep_probabilities=(1,), uncertainty="entropy"))
     assert result.labels.data.dtype == np.uint8 and result.labels.modality == "SEG"
     np.testing.assert_array_equal(result.labels.data, (volume.data > 0).astype(np.uint8))
     np.testing.assert_array_equal(result.labels.affine, volume.affine)
@@ -70,7 +71,7 @@ def test_native_grid_segmentation_is_exact():
 def test_reoriented_and_resampled_result_is_on_the_source_grid():
     volume = ct_volume(shape=(24, 20, 16), affine=oblique_affine())
     result = segment(volume, ThresholdNet(), card(orientation="RAS", spacing=(1.2, 1.2, 1.2)),
-                     device="cpu", keep_probabilities=(0, 1))
+                     device="cpu", outputs=OutputRequest(keep_probabilities=(0, 1)))
     labels = result.labels
     assert labels.spatial_shape == volume.spatial_shape
     np.testing.assert_array_equal(labels.affine, volume.affine)
@@ -87,8 +88,9 @@ def test_body_crop_changes_nothing_for_a_pointwise_net():
     body = ct_volume()
     volume = Volume(np.pad(body.data, ((0, 0), (12, 12), (12, 12)), constant_values=-1000),
                     body.affine, "CT")
-    plain = segment(volume, ThresholdNet(), card(), device="cpu", keep_probabilities=(0, 1))
-    cropped = segment(volume, ThresholdNet(), card(), device="cpu", keep_probabilities=(0, 1),
+    both = OutputRequest(keep_probabilities=(0, 1))
+    plain = segment(volume, ThresholdNet(), card(), device="cpu", outputs=both)
+    cropped = segment(volume, ThresholdNet(), card(), device="cpu", outputs=both,
                       crop_to_body=True)
     np.testing.assert_array_equal(cropped.labels.data, plain.labels.data)
     for c in (0, 1):
@@ -106,8 +108,9 @@ def test_body_crop_keeps_the_whole_volumes_normalisation():
     data = np.pad(body.data, ((0, 0), (12, 12), (12, 12)), constant_values=-1000) + 1000
     volume = Volume(data.astype(np.float32), body.affine, "MR")
     mr = card(modality="MR", normalization={"scheme": "zscore"}, spacing=(1.0, 1.0, 1.0))
-    plain = segment(volume, ThresholdNet(), mr, device="cpu", keep_probabilities=(1,))
-    cropped = segment(volume, ThresholdNet(), mr, device="cpu", keep_probabilities=(1,),
+    one = OutputRequest(keep_probabilities=(1,))
+    plain = segment(volume, ThresholdNet(), mr, device="cpu", outputs=one)
+    cropped = segment(volume, ThresholdNet(), mr, device="cpu", outputs=one,
                       crop_to_body=True)
     assert 0 < (plain.labels.data == 1).mean() < 0.5
     np.testing.assert_array_equal(cropped.labels.data, plain.labels.data)
@@ -202,7 +205,8 @@ class RecordingThresholdNet(ThresholdNet):
 def test_attention_maps_come_back_on_the_source_grid():
     volume = ct_volume(affine=oblique_affine())
     result = segment(volume, RecordingThresholdNet(), card(orientation="RAS"), device="cpu",
-                     attention_maps=["alpha"], skip_empty=False)
+                     outputs=OutputRequest(attention_maps=["alpha"]),
+                     windows=WindowOptions(skip_empty=False))
     alpha = result.attention["alpha"]
     np.testing.assert_array_equal(alpha.affine, volume.affine)
     np.testing.assert_allclose(alpha.data, (volume.data + 1000) / 2000, atol=1e-5)

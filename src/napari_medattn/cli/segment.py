@@ -113,6 +113,7 @@ def prepare_segment(args: argparse.Namespace) -> tuple[Callable[[VolumeOutput], 
     run calls it once per worker and ``one_volume`` once per case)."""
     # Imported here so that ``medattn --help`` does not pay for torch.
     from napari_medattn.inference.sliding_window import attention_map_names
+    from napari_medattn.inference.window_options import OutputRequest, WindowOptions
 
     config = _parse_config(args.config)
     if args.model is None and (args.architecture or config or args.patch_size):
@@ -123,25 +124,25 @@ def prepare_segment(args: argparse.Namespace) -> tuple[Callable[[VolumeOutput], 
     else:
         module, card = load_model_argument(args.model, architecture=args.architecture,
                                            config=config, card=bare_weights_card(args, config))
+    attention_maps: tuple[str, ...] = ()
+    if args.attention is not None:
+        attention_maps = tuple(args.attention) or tuple(
+            attention_map_names(module, card.patch_size, card.in_channels))
+        if not attention_maps:
+            raise ModelError(f"Model {card.name!r} records no spatial attention maps; "
+                             f"leave out --attention.")
     options = {
         "device": args.device,
-        "overlap": args.overlap,
-        "batch_size": args.batch_size,
-        "tta": args.tta,
-        "uncertainty": ("variance" if args.tta else "entropy")
-        if args.uncertainty == UNCERTAINTY_AUTO else args.uncertainty,
-        "keep_probabilities": class_indices(args.probabilities, card.class_names),
-        "attention_maps": (),
+        "windows": WindowOptions(overlap=args.overlap, batch_size=args.batch_size),
+        "outputs": OutputRequest(
+            keep_probabilities=class_indices(args.probabilities, card.class_names),
+            tta=args.tta, attention_maps=attention_maps,
+            uncertainty=("variance" if args.tta else "entropy")
+            if args.uncertainty == UNCERTAINTY_AUTO else args.uncertainty),
         "crop_to_body": args.crop_to_body,
         "min_component_mm3": args.min_component_mm3,
         "use_autocast": AUTOCAST[args.autocast],
     }
-    if args.attention is not None:
-        options["attention_maps"] = tuple(args.attention) or tuple(
-            attention_map_names(module, card.patch_size, card.in_channels))
-        if not options["attention_maps"]:
-            raise ModelError(f"Model {card.name!r} records no spatial attention maps; "
-                             f"leave out --attention.")
 
     def one_volume(item: VolumeOutput) -> list[str]:
         return [str(segment_volume(item, module, card, options, label_format=args.format))]

@@ -3,7 +3,8 @@
 This is the call the napari widget and the ``medattn segment`` command make::
 
     module, card = load_model("unet-ct-organs")
-    result = segment(volume, module, card, device="auto", tta=True, uncertainty="variance")
+    result = segment(volume, module, card, device="auto",
+                     outputs=OutputRequest(tta=True, uncertainty="variance"))
     result.labels          # Volume: uint8/uint16 labels, the source affine and shape
     result.provenance      # what to write beside an output
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -103,15 +103,10 @@ def segment(
     card: ModelCard,
     *,
     device: str | torch.device = "auto",
-    overlap: float = 0.5,
-    batch_size: int = 4,
-    tta: bool = False,
-    uncertainty: str | None = None,
-    keep_probabilities: Sequence[int] = (),
-    attention_maps: Sequence[str] = (),
+    outputs: OutputRequest = OutputRequest(),
+    windows: WindowOptions = WindowOptions(),
     crop_to_body: bool = False,
     min_component_mm3: float | None = None,
-    skip_empty: bool = True,
     use_autocast: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
@@ -126,15 +121,17 @@ def segment(
         The network (e.g. from :func:`napari_medattn.models.registry.load_model`).
     card : ModelCard
         Its card: orientation, spacing (mm), normalisation, window size, classes.
-    device, overlap, batch_size, tta, uncertainty, keep_probabilities, attention_maps,
-    skip_empty, use_autocast, progress, cancel
-        As for :func:`~napari_medattn.inference.sliding_window.sliding_window_inference`.
+    device, outputs, windows, use_autocast, progress, cancel
+        As for :func:`~napari_medattn.inference.sliding_window.sliding_window_inference`
+        (``outputs``: probabilities, test-time flips, uncertainty, attention maps;
+        ``windows``: overlap, batch size, skipping of empty windows, ...).
     crop_to_body : bool
         Run only inside the bounding box of the body (voxels above
         :func:`~napari_medattn.inference.preprocess.body_threshold`, plus a margin of 4
         voxels of the model's grid); outside is background. The box is taken after
         normalisation, so the network sees the same values as without the crop, only
-        fewer windows. The same threshold decides which windows ``skip_empty`` skips.
+        fewer windows. The same threshold decides which windows ``windows.skip_empty``
+        skips.
     min_component_mm3 : float, optional
         Remove connected pieces of each class smaller than this volume (mm^3).
 
@@ -155,40 +152,11 @@ def segment(
     if card.modality != "OT" and volume.modality != card.modality:
         notes.append(f"Model {card.name!r} was made for {card.modality}; this image is "
                      f"{volume.modality}.")
-
-    # Body versus air, in the image's own units, for the crop and for skipping windows.
-    work = grid.work
-    first = np.asarray(work.data if work.data.ndim == 3 else work.data[0])
-    threshold = body_threshold(first, volume.modality) if (crop_to_body or skip_empty) else None
+    model_input, foreground, box = _model_input(volume, card, grid, windows.skip_empty,
+                                                crop_to_body, cancel)
     check_cancel(cancel)
-
-    # Resample the whole volume to the model's grid, then normalise.
-    model_input = grid.intensities()
-    # The first channel decides what is body, in the image's own units.
-    body = (model_input if model_input.ndim == 3 else model_input[0])
-    foreground = body > threshold if skip_empty else None
-    units = volume.meta.get("units")
-    if model_input.ndim == 3:
-        model_input = normalize_intensity(model_input, card.normalization, units=units)
-    else:
-        model_input = np.stack([normalize_intensity(c, card.normalization, units=units)
-                                for c in model_input])
-    # Crop after normalising: the normalisation statistics (an MR z-score's Otsu
-    # foreground, percentiles) are those of the whole volume, so every voxel inside the
-    # box gets the same network input as without the crop; only fewer windows run.
-    box = None
-    if crop_to_body:
-        box = _body_box(body, threshold)
-        model_input = model_input[(Ellipsis, *box)]
-        foreground = foreground[box] if foreground is not None else None
-    del body
-    check_cancel(cancel)
-
     result = sliding_window_inference(
-        model_input, model, card.patch_size,
-        windows=WindowOptions(overlap=overlap, batch_size=batch_size, skip_empty=skip_empty),
-        outputs=OutputRequest(keep_probabilities=tuple(keep_probabilities), tta=tta,
-                              uncertainty=uncertainty, attention_maps=tuple(attention_maps)),
+        model_input, model, card.patch_size, windows=windows, outputs=outputs,
         foreground=foreground, num_classes=card.num_classes, device=device,
         use_autocast=use_autocast, progress=progress, cancel=cancel)
     notes += result.notes
@@ -227,11 +195,12 @@ def segment(
         "card": card.to_dict(),
         "device": result.device,
         "precision": result.precision,
-        "parameters": {"overlap": overlap, "batch_size": batch_size, "tta": tta,
-                       "uncertainty": uncertainty, "keep_probabilities": list(keep_probabilities),
-                       "attention_maps": list(attention_maps),
+        "parameters": {"overlap": windows.overlap, "batch_size": windows.batch_size,
+                       "tta": outputs.tta, "uncertainty": outputs.uncertainty,
+                       "keep_probabilities": list(outputs.keep_probabilities),
+                       "attention_maps": list(outputs.attention_maps),
                        "crop_to_body": crop_to_body, "min_component_mm3": min_component_mm3,
-                       "skip_empty": skip_empty, "use_autocast": use_autocast},
+                       "skip_empty": windows.skip_empty, "use_autocast": use_autocast},
         "windows": result.windows,
         "windows_predicted": result.windows_predicted,
         "runtime_s": time.perf_counter() - started,
@@ -240,3 +209,36 @@ def segment(
     }
     return Segmentation(on_source(labels, "SEG", meta["name"]), probabilities,
                         uncertainty_volume, attention, provenance)
+
+
+def _model_input(volume: Volume, card: ModelCard, grid: CardGrid, skip_empty: bool,
+                 crop_to_body: bool, cancel: CancelCheck | None
+                 ) -> tuple[np.ndarray, np.ndarray | None, tuple[slice, ...] | None]:
+    """The normalised network input on the model's grid, the foreground mask for skipping
+    empty windows (or None), and the body box it was cropped to (or None)."""
+    # Body versus air, in the image's own units, for the crop and for skipping windows.
+    work = grid.work
+    first = np.asarray(work.data if work.data.ndim == 3 else work.data[0])
+    threshold = body_threshold(first, volume.modality) if (crop_to_body or skip_empty) else None
+    check_cancel(cancel)
+
+    # Resample the whole volume to the model's grid, then normalise.
+    model_input = grid.intensities()
+    # The first channel decides what is body, in the image's own units.
+    body = (model_input if model_input.ndim == 3 else model_input[0])
+    foreground = body > threshold if skip_empty else None
+    units = volume.meta.get("units")
+    if model_input.ndim == 3:
+        model_input = normalize_intensity(model_input, card.normalization, units=units)
+    else:
+        model_input = np.stack([normalize_intensity(c, card.normalization, units=units)
+                                for c in model_input])
+    # Crop after normalising: the normalisation statistics (an MR z-score's Otsu
+    # foreground, percentiles) are those of the whole volume, so every voxel inside the
+    # box gets the same network input as without the crop; only fewer windows run.
+    box = None
+    if crop_to_body:
+        box = _body_box(body, threshold)
+        model_input = model_input[(Ellipsis, *box)]
+        foreground = foreground[box] if foreground is not None else None
+    return model_input, foreground, box

@@ -25,6 +25,7 @@ from napari_medattn.errors import MedAttnError
 from napari_medattn.explain.uncertainty import SliceScore, uncertain_slices
 from napari_medattn.inference.pipeline import segment
 from napari_medattn.inference.tta import UNCERTAINTY_KINDS
+from napari_medattn.inference.window_options import OutputRequest
 from napari_medattn.io.volume import Volume
 from napari_medattn.widgets.choices import set_items
 from napari_medattn.widgets.inspector_maps import heat_layer_data
@@ -97,8 +98,9 @@ class UncertaintyPanel(QGroupBox):
 
         def work(progress, cancel):
             # Variance is taken across the flips of test-time augmentation.
-            result = segment(volume, module, card, device=device, tta=kind == "variance",
-                             uncertainty=kind, progress=progress, cancel=cancel)
+            result = segment(volume, module, card, device=device, progress=progress,
+                             outputs=OutputRequest(tta=kind == "variance", uncertainty=kind),
+                             cancel=cancel)
             uncertainty: Volume = result.uncertainty
             uncertainty.meta["name"] = f"{layer.name} {card.name} uncertainty ({kind})"
             return heat_layer_data(uncertainty, tag)

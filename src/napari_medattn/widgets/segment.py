@@ -56,6 +56,7 @@ from napari_medattn.errors import MedAttnError
 from napari_medattn.inference.pipeline import Segmentation, segment
 from napari_medattn.inference.sliding_window import attention_map_names
 from napari_medattn.inference.tta import UNCERTAINTY_KINDS
+from napari_medattn.inference.window_options import OutputRequest
 from napari_medattn.metrics.statistics import class_statistics, write_statistics_csv
 from napari_medattn.models.card import ModelCard
 from napari_medattn.widgets.choices import on_layers_changed, set_items
@@ -276,12 +277,14 @@ class SegmentWidget(JobWidget):
             return None
         run = {"image": layer.unique_id, "model": card.name}
         options = dict(
-            device=self.device.currentText(), tta=self.tta.isChecked(),
-            use_autocast=use_autocast(self.precision),
-            uncertainty=(None if self.uncertainty.currentText() == NO_UNCERTAINTY
-                         else self.uncertainty.currentText()),
-            keep_probabilities=self._checked(self.probabilities),
-            attention_maps=[self.attention.item(r).text() for r in self._checked(self.attention)],
+            device=self.device.currentText(), use_autocast=use_autocast(self.precision),
+            outputs=OutputRequest(
+                tta=self.tta.isChecked(),
+                uncertainty=(None if self.uncertainty.currentText() == NO_UNCERTAINTY
+                             else self.uncertainty.currentText()),
+                keep_probabilities=self._checked(self.probabilities),
+                attention_maps=[self.attention.item(r).text()
+                                for r in self._checked(self.attention)]),
             crop_to_body=self.crop.isChecked(),
             min_component_mm3=self.min_component.value() or None)
         self.status.setText(f"Segmenting {layer.name} with {card.name}...")
