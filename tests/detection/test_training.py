@@ -23,8 +23,10 @@ def test_targets_peak_at_the_true_centre_with_its_size():
     # Sizes are along the grid's axes (the flipped axes do not change them).
     assert np.allclose(log_size[(slice(None), *local)], np.log(np.array([8, 12, 6]) / SIZE_SCALE_MM))
     assert mask[local] and not mask[0, 0, 0]
-    # sigma = max(size / spacing / 8, 0.75) voxels: 0.75 along axis 0 (4 voxels).
-    assert np.isclose(heat[1][local[0] + 1, local[1], local[2]], np.exp(-1 / (2 * 0.75 ** 2)))
+    # sigma = max(size / spacing / 5, 0.75) voxels: 0.8 along axis 0 (4 voxels), 0.75
+    # along axis 2 (3 voxels).
+    assert np.isclose(heat[1][local[0] + 1, local[1], local[2]], np.exp(-1 / (2 * 0.8 ** 2)))
+    assert np.isclose(heat[1][local[0], local[1], local[2] + 1], np.exp(-1 / (2 * 0.75 ** 2)))
 
 
 def test_loss_prefers_the_right_maps():

@@ -1,7 +1,7 @@
 """Training and evaluation of the MedFormer lesion detector on cases with true boxes.
 
 Targets (CenterNet, Zhou et al. 2019, in 3D): per lesion class a heatmap holding, for
-each true lesion, a Gaussian around its centre with a standard deviation of an eighth of
+each true lesion, a Gaussian around its centre with a standard deviation of a fifth of
 its size per axis (at least :data:`MIN_SIGMA_VOXELS`), 1 at the voxel nearest the centre;
 and ``log(size_mm / SIZE_SCALE_MM)`` along each array axis wherever a lesion's Gaussian
 exceeds :data:`SIZE_REGION`. Loss: CenterNet's penalty-reduced focal loss on the
@@ -37,6 +37,10 @@ from napari_medattn.training.lesion_synthesis import KIND_COLOURS, LESION_KINDS
 from napari_medattn.training.loop import cosine_lr
 
 MIN_SIGMA_VOXELS = 0.75
+#: Gaussian standard deviation = box size / SIGMA_FRACTION (broad targets learn faster).
+SIGMA_FRACTION = 5.0
+#: Initial centre logit: probability 0.1 everywhere (CenterNet's prior).
+PRIOR_LOGIT = -2.2
 SIZE_REGION = 0.3
 #: Fraction of patches centred (with jitter) on a true lesion.
 LESION_PATCH_FRACTION = 0.75
@@ -99,7 +103,7 @@ def lesion_targets(shape: Sequence[int], affine: np.ndarray, lesions: Sequence[D
     axes = [np.arange(n, dtype=np.float32) + s for n, s in zip(shape, start)]
     for lesion, size_mm in zip(lesions, sizes_mm):
         centre = (inverse @ np.append(lesion.centre_mm, 1.0))[:3]
-        sigma = np.maximum(size_mm / spacing / 8.0, MIN_SIGMA_VOXELS)
+        sigma = np.maximum(size_mm / spacing / SIGMA_FRACTION, MIN_SIGMA_VOXELS)
         g = [np.exp(-((a - c) ** 2) / (2 * s ** 2)) for a, c, s in zip(axes, centre, sigma)]
         gauss = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
         peak = np.rint(centre).astype(int) - np.asarray(start)
@@ -191,7 +195,7 @@ def detector_card(seeds: str, procedure: str) -> ModelCard:
 
 
 def train_detector(cases: Sequence[tuple[Volume, list[Detection]]], out_dir: str | Path, *,
-                   seconds: float = 600.0, batch_size: int = 2, lr: float = 2e-3,
+                   seconds: float = 600.0, batch_size: int = 2, lr: float = 3e-3,
                    seed: int = 0, command: str = "") -> Path:
     """Train the detector on ``cases`` for ``seconds`` of wall time and save it.
 
@@ -218,8 +222,8 @@ def train_detector(cases: Sequence[tuple[Volume, list[Detection]]], out_dir: str
     card = detector_card("", "")
     n_classes = check_detector(card)
     model = create(card.architecture, **card.config)
-    with torch.no_grad():  # start every centre probability near 1 % (CenterNet's prior)
-        model.head.bias[:n_classes].fill_(-4.6)
+    with torch.no_grad():
+        model.head.bias[:n_classes].fill_(PRIOR_LOGIT)
     prepared = _prepared(cases, card)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     model.train()
