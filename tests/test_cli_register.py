@@ -13,22 +13,15 @@ from napari_medattn.registration.transforms import grid_points
 SAMPLES = Path(__file__).parents[1] / "src" / "napari_medattn" / "sample_data"
 FIXED = SAMPLES / "nibabel_anatomical.nii.gz"
 MOVED = SAMPLES / "nibabel_anatomical_moved.nii.gz"
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def truth():
-    ras = nib.load(MOVED).affine @ np.linalg.inv(nib.load(FIXED).affine)
-    return LinearTransform(RAS_TO_LPS @ ras @ RAS_TO_LPS, "rigid")
+    """nibabel's moved copy has the original's voxels: fixed -> moving is
+    A_moved inv(A_fixed) (LPS); tests/registration checks it against nibabel's recipe."""
+    return LinearTransform(read_volume(MOVED).affine @ np.linalg.inv(read_volume(FIXED).affine))
 
 
 def write_points(path, points):

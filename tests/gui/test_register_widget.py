@@ -5,10 +5,8 @@ residuals, apply to labels, save/load, comparison, and a screenshot for the docs
 import os
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 import napari_medattn
 from napari_medattn.display.layers import volume_layer_data
@@ -20,20 +18,15 @@ from napari_medattn.widgets.register import LPS_TO_WORLD, RegisterWidget
 SAMPLES = Path(napari_medattn.__file__).parent / "sample_data"
 FIXED = SAMPLES / "nibabel_anatomical.nii.gz"
 MOVED = SAMPLES / "nibabel_anatomical_moved.nii.gz"
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def truth():
-    ras = nib.load(MOVED).affine @ np.linalg.inv(nib.load(FIXED).affine)
-    return LinearTransform(RAS_TO_LPS @ ras @ RAS_TO_LPS, "rigid")
+    """nibabel's moved copy has the original's voxels: fixed -> moving is
+    A_moved inv(A_fixed) (LPS); tests/registration checks it against nibabel's recipe."""
+    return LinearTransform(read_volume(MOVED).affine @ np.linalg.inv(read_volume(FIXED).affine))
 
 
 def open_pair(viewer):

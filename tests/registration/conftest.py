@@ -3,7 +3,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from napari_medattn.io import read_volume
 from napari_medattn.registration import LinearTransform
@@ -15,12 +14,8 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared by many jobs: OpenMP teams of 2 spin against each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -40,4 +35,7 @@ def nibabel_pair():
     recipe[:3, :3] = euler2mat(0.1, 0.2, 0.3)
     recipe[:3, 3] = [3, 4, 5]
     assert np.allclose(truth_ras, recipe, atol=1e-5)
-    return fixed, moved, LinearTransform(RAS_TO_LPS @ truth_ras @ RAS_TO_LPS, "rigid")
+    # The same voxels in both files: fixed -> moving is A_moved inv(A_fixed) in LPS too.
+    truth = LinearTransform(moved.affine @ np.linalg.inv(fixed.affine), "rigid")
+    assert np.allclose(truth.matrix, RAS_TO_LPS @ truth_ras @ RAS_TO_LPS, atol=1e-5)
+    return fixed, moved, truth

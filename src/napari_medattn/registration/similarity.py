@@ -65,7 +65,7 @@ def _box_sum(values: torch.Tensor, axis: int, radius: int) -> torch.Tensor:
     pad = [0, 0] * 3
     pad[2 * (3 - axis)] = radius + 1  # a leading zero makes every window a difference
     pad[2 * (3 - axis) + 1] = radius
-    running = torch.cumsum(torch.nn.functional.pad(values, pad), dim=axis)
+    running = torch.cumsum(F.pad(values, pad), dim=axis)
     n = values.shape[axis]
     size = 2 * radius + 1
     return running.narrow(axis, size, n) - running.narrow(axis, 0, n)
