@@ -50,7 +50,8 @@ def test_every_manifest_sample_exists_and_loads_small_ones(make_napari_viewer):
     manifest = PluginManager.instance().get_manifest("napari-medattn")
     keys = {sample.key for sample in manifest.contributions.sample_data}
     assert keys == {"mni152_t1", "mni152_tissue", "nibabel_anatomical",
-                    "nibabel_anatomical_moved", "dipy_aniso_vox", "ct_small", "mr_series"}
+                    "nibabel_anatomical_moved", "dipy_aniso_vox", "ct_small", "mr_series",
+                    "synthetic_ct_head", "synthetic_fdg_pet", "synthetic_pet_ct"}
     for key, name, modality in [("nibabel_anatomical", "nibabel_anatomical", "MR"),
                                 ("ct_small", "CT #1", "CT"),
                                 ("mr_series", "T1 MNI152 axial MR #1", "MR")]:
@@ -59,6 +60,10 @@ def test_every_manifest_sample_exists_and_loads_small_ones(make_napari_viewer):
         assert layers[0].metadata[GEOMETRY_KEY].modality == modality
     # The CT opens in a soft-tissue window (HU), the MR in percentile limits.
     assert tuple(viewer.layers["CT #1"].contrast_limits) == (-135.0, 215.0)
+    # The synthetic PET/CT pair opens as two layers, the PET in SUV.
+    ct, pet = viewer.open_sample("napari-medattn", "synthetic_pet_ct")
+    assert (ct.metadata[GEOMETRY_KEY].modality, pet.metadata[GEOMETRY_KEY].modality) == ("CT", "PT")
+    assert pet.metadata[GEOMETRY_KEY].meta["units"] == "SUV"
 
 
 def test_folder_with_two_series_gives_one_named_layer_each(make_napari_viewer, tmp_path):
