@@ -14,9 +14,7 @@ from typing import Any, Callable
 import napari
 from napari.utils.notifications import show_error, show_warning
 
-import napari_medattn
 from napari_medattn.display.layers import (
-    GEOMETRY_KEY,
     layer_volume,
     oblique_message,
     volume_layer_data,
@@ -26,9 +24,7 @@ from napari_medattn.io import read, write_nifti
 from napari_medattn.io.dicom import has_dicom_preamble
 from napari_medattn.io.dicom_seg import is_seg, read_seg_onto, write_seg
 from napari_medattn.io.nifti import is_nifti
-from napari_medattn.models.registry import find_model
-from napari_medattn.widgets.dicom_browser import open_scans
-from napari_medattn.widgets.parts import RUN_KEY
+from napari_medattn.widgets.dicom_browser import layer_algorithm, layer_classes, open_scans
 from napari_medattn.widgets.radiology_view import install_radiology_view
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
@@ -98,37 +94,11 @@ def write_labels_dicom_seg(path: str, data: Any, meta: dict) -> list[str]:
     metadata = meta.get("metadata", {})
     try:
         volume = layer_volume(data, metadata, modality="SEG", name=meta.get("name"))
-        return [str(write_seg(path, volume, classes=_layer_classes(meta),
-                              algorithm=_layer_algorithm(metadata)))]
+        return [str(write_seg(path, volume, classes=layer_classes(meta),
+                              algorithm=layer_algorithm(metadata)))]
     except MedAttnError as error:
         warnings.warn(str(error), stacklevel=2)
         return []
-
-
-def _layer_classes(meta: dict) -> list | None:
-    """Class names (and colours) of a labels layer: those of the segmentation it holds,
-    else its ``class`` feature column, else None (the SEG names them ``class <n>``)."""
-    geometry = meta.get("metadata", {}).get(GEOMETRY_KEY)
-    if geometry is not None and geometry.meta.get("classes"):
-        return list(geometry.meta["classes"])
-    features = meta.get("features")
-    if features is not None and "class" in features:
-        return [str(name) for name in features["class"]]
-    return None
-
-
-def _layer_algorithm(metadata: dict) -> dict | None:
-    """Model, version and weights hash of the run that made a labels layer, else None
-    (drawn by hand: the segments are MANUAL)."""
-    run = metadata.get(RUN_KEY) or {}
-    if not run.get("model"):
-        return None
-    try:
-        card = find_model(run["model"]).card
-    except MedAttnError:
-        return {"name": run["model"]}
-    return {"name": card.name, "version": napari_medattn.__version__,
-            "weights_sha256": card.weights_sha256}
 
 
 def _write(path: str, data: Any, meta: dict, modality: str | None) -> list[str]:

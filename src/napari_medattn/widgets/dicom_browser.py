@@ -31,12 +31,15 @@ from qtpy.QtWidgets import (
     QTableWidgetItem,
 )
 
+import napari_medattn
 from napari_medattn.display.layers import GEOMETRY_KEY, layer_volume, volume_layer_data
+from napari_medattn.errors import MedAttnError
 from napari_medattn.io import read
 from napari_medattn.io.dicom_seg import is_seg, read_seg_onto, write_seg
+from napari_medattn.models.registry import find_model
 from napari_medattn.pacs import Connection, retrieve_series, search_series, store
 from napari_medattn.widgets.choices import on_layers_changed, set_items
-from napari_medattn.widgets.parts import DERIVED_KEY, JobWidget, scan_layers
+from napari_medattn.widgets.parts import DERIVED_KEY, RUN_KEY, JobWidget, scan_layers
 from napari_medattn.widgets.worker import add_layers
 
 AUTH_CHOICES = ("none", "basic", "bearer")
@@ -217,18 +220,46 @@ class DicomBrowserWidget(JobWidget):
         """Write the chosen labels layer as a DICOM-SEG and store it on the server."""
         layer = self.viewer.layers[self.labels.currentText()]
         volume = layer_volume(layer.data, layer.metadata, modality="SEG", name=layer.name)
-        classes = layer.metadata[GEOMETRY_KEY].meta.get("classes")
+        classes = layer_classes({"metadata": layer.metadata, "features": layer.features})
+        algorithm = layer_algorithm(layer.metadata)
         connection = self.connection()
 
         def work(progress, cancel):
             with tempfile.TemporaryDirectory() as folder:
-                path = write_seg(Path(folder) / "seg.dcm", volume, classes=classes)
+                path = write_seg(Path(folder) / "seg.dcm", volume, classes=classes,
+                                 algorithm=algorithm)
                 return store(connection, [path])
 
         self.status.setText(f"Sending {layer.name}...")
         self.jobs.start(work, f"Send {layer.name} as DICOM-SEG",
                         lambda uids: self.status.setText(
                             f"Stored {layer.name} as DICOM-SEG ({len(uids)} instance)."))
+
+
+def layer_classes(meta: dict) -> list | None:
+    """Class names (and colours) of a labels layer: those of the segmentation it holds,
+    else its ``class`` feature column, else None (the SEG names them ``class <n>``)."""
+    geometry = meta.get("metadata", {}).get(GEOMETRY_KEY)
+    if geometry is not None and geometry.meta.get("classes"):
+        return list(geometry.meta["classes"])
+    features = meta.get("features")
+    if features is not None and "class" in features:
+        return [str(name) for name in features["class"]]
+    return None
+
+
+def layer_algorithm(metadata: dict) -> dict | None:
+    """Model, version and weights hash of the run that made a labels layer, else None
+    (drawn by hand: the segments are MANUAL)."""
+    run = metadata.get(RUN_KEY) or {}
+    if not run.get("model"):
+        return None
+    try:
+        card = find_model(run["model"]).card
+    except MedAttnError:
+        return {"name": run["model"]}
+    return {"name": card.name, "version": napari_medattn.__version__,
+            "weights_sha256": card.weights_sha256}
 
 
 def open_scans(viewer: Any) -> dict:
