@@ -21,7 +21,7 @@ cloudpickle.register_pickle_by_value(probe_task)
 ALLOWED_FAILURES = 1
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client():
     from distributed import Client
 
@@ -32,7 +32,7 @@ def client():
         yield dask_client
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 3-class U-Net with random weights (a fraction of a second per small case)."""
     from napari_medattn.models import create, registry

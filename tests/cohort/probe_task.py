@@ -21,7 +21,10 @@ class ProbeTask(CohortTask):
         self.log, self.value, self.delay_s, self.kill_case = Path(log), value, delay_s, kill_case
 
     def parameters(self) -> dict:
-        return {"task": self.name, "value": self.value}
+        # The log folder too: the workers keep one task per parameter set (the plugin is
+        # idempotent), and each test logs into its own folder.
+        return {"task": self.name, "value": self.value, "log": str(self.log),
+                "delay_s": self.delay_s, "kill_case": self.kill_case}
 
     def load(self) -> dict:
         _append(self.log / "loads.txt", f"{os.getpid()}")

@@ -5,8 +5,8 @@ manifest or a bad task option."""
 from __future__ import annotations
 
 import pytest
-
 from cohort_data import make_scans
+
 from napari_medattn.cli import main
 from napari_medattn.cli.cohort import TASK_NAMES
 from napari_medattn.cohort import TASKS

@@ -201,7 +201,8 @@ def test_the_local_cluster_leaves_the_calling_process_environment_alone(tmp_path
     during = []
     cases = make_cases(tmp_path / "in", 2)
     result = run(cases, ProbeTask(tmp_path), tmp_path / "out", workers=1, progress=False,
-                 dashboard_address=":0", on_case=lambda _: during.append(dict(os.environ)))
+                 cluster_options={"dashboard_address": ":0"},
+                 on_case=lambda _: during.append(dict(os.environ)))
     assert dict(os.environ) == before
     assert during and all(env == before for env in during)
     assert torch.get_num_threads() == threads

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from cohort_data import make_scans, write_csv
+
 from napari_medattn.cli import main
 from napari_medattn.cohort import run
 from napari_medattn.io import read_volume, volume_like, write_nifti

@@ -1,10 +1,11 @@
 """``medattn cohort run``: one task over a cohort of scans on Dask distributed.
 
 ``medattn cohort run MANIFEST --task segment --out DIR [--workers N | --scheduler ADDRESS]
-[--rerun-changed] [task options]``: the task options are those of ``medattn segment``
-(``explain``, ``evaluate``), e.g. ``--model NAME --tta``. Each case's outputs go into
-``DIR/cases/<case>/``; ``DIR/results.parquet`` and ``results.csv`` hold one row per case,
-with ``summary.csv`` and the ``summary_*.png`` plots beside them. The exit code is 0 when
+[--torch-threads N] [--rerun-changed] [task options]``: the task options are those of
+``medattn segment`` (``detect``, ``register``, ``explain``, ``evaluate``), e.g. ``--model
+NAME --tta``. Each case's outputs go into ``DIR/cases/<case>/``; ``DIR/results.parquet``
+and ``results.csv`` hold one row per case, with ``summary.csv`` and the ``summary_*.png``
+plots beside them. The exit code is 0 when
 every case is done, 1 when any failed (its sentence is in the table and on stderr), and
 running the same command again does only what is not done yet (see
 :mod:`napari_medattn.cohort.run`).
@@ -17,15 +18,15 @@ import sys
 
 #: Task names, kept here so that ``medattn --help`` imports neither Dask nor torch; a test
 #: checks they equal :data:`napari_medattn.cohort.TASKS`.
-TASK_NAMES = ("segment", "explain", "evaluate")
+TASK_NAMES = ("segment", "detect", "register", "explain", "evaluate")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Register ``medattn cohort run MANIFEST --task T --out DIR [options]``."""
     parser = subparsers.add_parser(
         "cohort",
-        help="run segment, explain or evaluate over a cohort on Dask (resumable, one "
-             "results table)",
+        help="run segment, detect, register, explain or evaluate over a cohort on Dask "
+             "(resumable, one results table)",
         description="Cohort runs on Dask distributed: a LocalCluster on this machine by "
                     "default, or any running Dask scheduler by address.",
     )
@@ -58,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="address of a running Dask scheduler (e.g. tcp://host:8786); "
                             "its workers must see the manifest's files and DIR")
+    run.add_argument("--torch-threads", type=int, metavar="N",
+                     help="torch threads per worker (default: the worker's share of its "
+                          "machine's cores)")
     run.add_argument("--rerun-changed", action="store_true",
                      help="DIR holds this cohort made with other parameters: redo every "
                           "case with the new ones (without it such a folder is refused)")
@@ -89,7 +93,8 @@ def run_cohort(args: argparse.Namespace) -> int:
 
     result = run(args.manifest, args.task, args.out, task_options=args.task_options,
                  scheduler=args.scheduler, workers=args.workers,
-                 rerun_changed=args.rerun_changed, dashboard_address=args.dashboard)
+                 rerun_changed=args.rerun_changed, torch_threads=args.torch_threads,
+                 cluster_options={"dashboard_address": args.dashboard})
     failed = result.table[result.table["status"] != "done"]
     for case, error in zip(failed["case"], failed["error"]):
         print(f"medattn cohort: {case}: {error}", file=sys.stderr)

@@ -30,6 +30,7 @@ from napari_medattn.cohort.records import (
     FAILED,
     INPUT_ERROR,
     first_line,
+    inputs_sha256,
     is_settled,
     new_record,
     read_record,
@@ -67,16 +68,20 @@ class TaskPlugin:
     #: model it loaded, in place.
     idempotent = True
 
-    def __init__(self, task: CohortTask, threads_per_host: dict[str, int]) -> None:
+    def __init__(self, task: CohortTask, threads_per_host: dict[str, int],
+                 torch_threads: int | None = None) -> None:
         self.task = task
         self.name = plugin_name(task)
         self.threads_per_host = threads_per_host
-        self.torch_threads = 1
+        self.requested_threads = torch_threads
+        self.torch_threads = torch_threads or 1
         self.loads = 0
         self._state: Any = None
         self._lock = threading.Lock()
 
     def setup(self, worker: Any) -> None:
+        if self.requested_threads:
+            return
         host = worker.address.rsplit(":", 1)[0]
         busy = self.threads_per_host.get(host) or worker.state.nthreads
         self.torch_threads = max(1, len(os.sched_getaffinity(0)) // max(1, busy))
@@ -97,7 +102,7 @@ class TaskPlugin:
 
 
 def run_case_on_worker(plugin_name: str, case: Case, case_dir: str, parameters_sha: str,
-                       inputs_sha: str, stats: dict) -> dict:
+                       inputs_sha: str | None, stats: dict) -> dict:
     """Run one case on this worker and write its record; returns the record.
 
     A library error (bad input) is recorded with its sentence; anything else with its
@@ -110,6 +115,8 @@ def run_case_on_worker(plugin_name: str, case: Case, case_dir: str, parameters_s
     from distributed import get_worker
 
     folder = Path(case_dir)
+    if inputs_sha is None:
+        inputs_sha = inputs_sha256(case)
     earlier = read_record(folder)
     if is_settled(earlier, inputs_sha, parameters_sha):
         return earlier
@@ -144,14 +151,17 @@ def _remove_stale_temporaries(folder: Path) -> None:
 
 @contextlib.contextmanager
 def connect(client: Any, scheduler: str | None, workers: int | None, task: CohortTask,
-             allowed_failures: int, dashboard_address: str) -> Iterator[Any]:
-    """The client to run on, with the task's plugin registered; checks GPU workers."""
+            torch_threads: int | None = None, cluster_options: dict | None = None
+            ) -> Iterator[Any]:
+    """The client to run on, with the task's plugin registered; checks GPU workers.
+
+    ``cluster_options`` go to :func:`local_cluster` when one is made here."""
     from distributed import Client
 
     needs = task.resources()
     if client is not None:
         _check_resources(client, needs, "the given client's cluster")
-        register_task(client, task)
+        register_task(client, task, torch_threads)
         yield client
         return
     if scheduler is not None:
@@ -162,13 +172,12 @@ def connect(client: Any, scheduler: str | None, workers: int | None, task: Cohor
                                f"({first_line(error) or type(error).__name__}).") from None
         with remote:
             _check_resources(remote, needs, f"the scheduler at {scheduler}")
-            register_task(remote, task)
+            register_task(remote, task, torch_threads)
             yield remote
         return
-    with local_cluster(workers, resources=needs, allowed_failures=allowed_failures,
-                       dashboard_address=dashboard_address) as cluster, \
+    with local_cluster(workers, resources=needs, **(cluster_options or {})) as cluster, \
             Client(cluster, set_as_default=False) as local:
-        register_task(local, task)
+        register_task(local, task, torch_threads)
         yield local
 
 
@@ -233,12 +242,13 @@ def _check_resources(client: Any, needs: dict, where: str) -> None:
                            f"--resources {wanted.replace(', ', ',')} or run with --device cpu.")
 
 
-def register_task(client: Any, task: CohortTask) -> TaskPlugin:
+def register_task(client: Any, task: CohortTask, torch_threads: int | None = None
+                  ) -> TaskPlugin:
     threads: dict[str, int] = {}
     for address, info in client.scheduler_info().get("workers", {}).items():
         host = address.rsplit(":", 1)[0]
         threads[host] = threads.get(host, 0) + int(info.get("nthreads", 1))
-    plugin = TaskPlugin(task, threads)
+    plugin = TaskPlugin(task, threads, torch_threads)
     client.register_plugin(_as_worker_plugin(plugin), name=plugin.name)
     return plugin
 

@@ -38,7 +38,7 @@ DONE, FAILED, NOT_RUN = "done", "failed", "not run"
 INPUT_ERROR, CRASH, KILLED = "input", "crash", "killed"
 
 
-def new_record(task: Any, case: Case, parameters_sha: str, inputs_sha: str,
+def new_record(task: Any, case: Case, parameters_sha: str, inputs_sha: str | None,
                 stats: dict):
     from napari_medattn.io.provenance import Provenance
 
@@ -84,15 +84,21 @@ def read_record(case_dir: Path) -> dict | None:
         else None
 
 
-def plan_case(case: Case, case_dir: Path, parameters_sha: str) -> tuple[str, dict, bool]:
-    """``(inputs_sha256, input stats, must run)`` for a case given its earlier record."""
+def plan_case(case: Case, case_dir: Path, parameters_sha: str
+              ) -> tuple[str | None, dict, bool]:
+    """``(inputs_sha256, input stats, must run)`` for a case given its earlier record.
+
+    Reads no scan: when every input has the size and modification time its record says,
+    the recorded hash stands; otherwise the hash is None and the worker that runs the case
+    computes it (reading the files in parallel, where they are read anyway) and returns
+    the earlier record if the content turns out unchanged.
+    """
     record = read_record(case_dir)
     details = record["details"] if record else {}
     stats = {str(p): _stat(p) for p in case.files()}
-    if record and details.get("input_stats") == stats and details.get("inputs_sha256"):
-        inputs_sha = details["inputs_sha256"]  # unchanged size and time: no need to read
-    else:
-        inputs_sha = _inputs_sha256(case)
+    if not (record and details.get("input_stats") == stats and details.get("inputs_sha256")):
+        return None, stats, True
+    inputs_sha = details["inputs_sha256"]
     return inputs_sha, stats, not is_settled(record, inputs_sha, parameters_sha)
 
 
@@ -121,7 +127,7 @@ def _stat(path: Path) -> list[int] | None:
         return None
 
 
-def _inputs_sha256(case: Case) -> str:
+def inputs_sha256(case: Case) -> str:
     """One SHA-256 over the case's inputs by role (a missing file counts as missing)."""
     from napari_medattn.io.provenance import files_sha256
 

@@ -75,21 +75,28 @@ def results_table(out: str | os.PathLike, cases: Sequence[Case], folders: dict[s
 def write_results(out: str | os.PathLike, cases: Sequence[Case], folders: dict[str, str]
                   ) -> tuple[Any, list[Path]]:
     """Write the table (Parquet and CSV), the summary and the plots; returns
-    ``(table, files written)``."""
+    ``(table, files written)``.
+
+    When the table is the one already written (a rerun that found everything done), the
+    files are left as they are: a rerun that has nothing to do writes nothing.
+    """
     from napari_medattn.io.atomic import atomic_path, write_text_atomically
 
     out = Path(out)
     table = results_table(out, cases, folders)
-    parquet = out / f"{RESULTS}.parquet"
+    text = table.to_csv(index=False, lineterminator="\n")
+    csv, parquet = out / f"{RESULTS}.csv", out / f"{RESULTS}.parquet"
+    plots = [out / f"summary_{name}.png" for name in PLOTS]
+    if csv.is_file() and parquet.is_file() and csv.read_text(encoding="utf-8") == text:
+        return table, [parquet, csv, out / SUMMARY, *(p for p in plots if p.is_file())]
     with atomic_path(parquet) as temporary:
         table.to_parquet(temporary, index=False)
-    csv = write_text_atomically(out / f"{RESULTS}.csv",
-                                lambda f: table.to_csv(f, index=False, lineterminator="\n"))
     summary = summary_statistics(table)
-    written = [parquet, csv, write_text_atomically(
+    written = [parquet, write_text_atomically(
         out / SUMMARY, lambda f: summary.to_csv(f, lineterminator="\n"))]
     written += write_plots(table, out)
-    return table, written
+    # The CSV last: it is what says the set is complete (see the check above).
+    return table, [written[0], write_text_atomically(csv, text), *written[1:]]
 
 
 def figure_columns(table) -> list[str]:

@@ -16,7 +16,7 @@ another cohort's folder, unreachable scheduler, no GPU worker) comes before any 
 
 Nothing lost, nothing done twice: every file is written atomically; a failing case gets its
 one sentence and the others finish; a case whose worker died is retried elsewhere by the
-scheduler (bounded: ``allowed_failures``) and then recorded as ``KilledWorker``; Ctrl-C
+scheduler (bounded: its ``allowed-failures``) and then recorded as ``KilledWorker``; Ctrl-C
 stops the run, keeps what is done, and the same call resumes it. Inputs are never written.
 """
 
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from napari_medattn.cohort.cluster import (
-    ALLOWED_FAILURES,
     connect,
     dashboard_link,
     plugin_name,
@@ -87,9 +86,9 @@ class CohortResult:
 def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
         out: str | os.PathLike, *, task_options: Sequence[str] = (), client: Any = None,
         scheduler: str | None = None, workers: int | None = None,
-        rerun_changed: bool = False, allowed_failures: int = ALLOWED_FAILURES,
-        progress: bool = True, dashboard_address: str = ":8787",
-        on_case: Callable[[dict], None] | None = None) -> CohortResult:
+        torch_threads: int | None = None, rerun_changed: bool = False,
+        progress: bool = True, on_case: Callable[[dict], None] | None = None,
+        cluster_options: dict | None = None) -> CohortResult:
     """Run ``task`` on every case of ``manifest``, writing into ``out``.
 
     Parameters
@@ -110,19 +109,22 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
     workers : int, optional
         Worker processes of the LocalCluster made when neither ``client`` nor
         ``scheduler`` is given (default: the usable cores), one thread each.
+    torch_threads : int, optional
+        Torch threads per worker thread (default: the worker's share of its host's cores,
+        which is 1 on a LocalCluster with a worker per core).
     rerun_changed : bool
         Accept an output folder whose cases were made with other parameters and redo them
         all; without it such a folder is refused, so no earlier result is overwritten by
         accident.
-    allowed_failures : int
-        Worker deaths a case may cause before it is given up (the scheduler's
-        ``allowed-failures``; applies to the LocalCluster made here).
     progress : bool
         Show a progress bar with ETA and the dashboard's address on stderr.
-    dashboard_address : str
-        Where the LocalCluster's dashboard listens (another port is chosen if taken).
     on_case : callable, optional
         Called on the calling thread with each finished case's record.
+    cluster_options : dict, optional
+        Keywords of :func:`~napari_medattn.cohort.cluster.local_cluster` for the
+        LocalCluster made here: ``allowed_failures`` (worker deaths a case may cause before
+        it is given up; default 3, i.e. 4 tries) and ``dashboard_address`` (default
+        ``":8787"``; another port if taken).
 
     Returns
     -------
@@ -152,24 +154,29 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
     parameters = task.parameters()
     parameters_sha = sha256_json(parameters)
     check_out_folder(out, task.name, parameters, rerun_changed)
-    with connect(client, scheduler, workers, task, allowed_failures,
-                  dashboard_address) as dask_client:
+    todo, skipped = [], 0
+    for case in cases:
+        inputs_sha, stats, needed = plan_case(case, out / CASES_DIR / folders[case.case_id],
+                                              parameters_sha)
+        if needed:
+            todo.append((case, inputs_sha, stats))
+        else:
+            skipped += 1
+    ran = failed = 0
+    dashboard = None
+    if todo:  # a rerun with nothing to do starts no cluster
+        with connect(client, scheduler, workers, task, torch_threads,
+                     cluster_options) as dask_client:
+            write_cohort_file(out, task.name, parameters, parameters_sha, manifest)
+            dashboard = dashboard_link(dask_client)
+            try:
+                ran, failed = _run_cases(dask_client, task, todo, out, folders,
+                                         parameters_sha, progress, dashboard, on_case)
+            except Cancelled:
+                write_results(out, cases, folders)  # what is done so far, the rest "not run"
+                raise
+    else:
         write_cohort_file(out, task.name, parameters, parameters_sha, manifest)
-        todo, skipped = [], 0
-        for case in cases:
-            inputs_sha, stats, needed = plan_case(case, out / CASES_DIR / folders[case.case_id],
-                                                   parameters_sha)
-            if needed:
-                todo.append((case, inputs_sha, stats))
-            else:
-                skipped += 1
-        dashboard = dashboard_link(dask_client)
-        try:
-            ran, failed = _run_cases(dask_client, task, todo, out, folders, parameters_sha,
-                                     progress, dashboard, on_case)
-        except Cancelled:
-            write_results(out, cases, folders)  # what is done so far, the rest "not run"
-            raise
     table, files = write_results(out, cases, folders)
     return CohortResult(table, out, ran, skipped, failed, files, dashboard)
 
@@ -239,7 +246,7 @@ def _run_cases(client: Any, task: CohortTask, todo: list, out: Path, folders: di
 
 
 def _collect(future: Any, task: CohortTask, case: Case, case_dir: Path, parameters_sha: str,
-             inputs_sha: str, stats: dict) -> dict:
+             inputs_sha: str | None, stats: dict) -> dict:
     """A finished case's record; a case whose worker kept dying gets one written here."""
     from distributed.client import FutureCancelledError
     from distributed.scheduler import KilledWorker

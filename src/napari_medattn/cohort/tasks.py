@@ -96,15 +96,19 @@ class CommandTask(CohortTask):
     def __init__(self, options: Sequence[str] = ()) -> None:
         self.options = list(options)
         self.args = parse_command_options(self.name, self._placeholders, self.options)
+        self._parameters: dict[str, Any] | None = None
 
     def parameters(self) -> dict[str, Any]:
-        """The task, its options, and the SHA-256 of the model's files."""
-        values = {k: v for k, v in sorted(vars(self.args).items())
-                  if k not in ("inputs", "out", "func", "pred", "ref")}
-        parameters: dict[str, Any] = {"task": self.name, "options": values}
-        if "model" in values:  # the same name or path may hold other weights tomorrow
-            parameters["model_sha256"] = model_files_sha256(values["model"])
-        return json.loads(json.dumps(parameters, default=str))
+        """The task, its options, and the SHA-256 of the model's files (computed once, on
+        the client: the workers get it with the task)."""
+        if self._parameters is None:
+            values = {k: v for k, v in sorted(vars(self.args).items())
+                      if k not in ("inputs", "out", "func", "pred", "ref", "fixed", "moving")}
+            parameters: dict[str, Any] = {"task": self.name, "options": values}
+            if "model" in values:  # the same name or path may hold other weights tomorrow
+                parameters["model_sha256"] = model_files_sha256(values["model"])
+            self._parameters = json.loads(json.dumps(parameters, default=str))
+        return self._parameters
 
     def resources(self) -> dict[str, float]:
         """``{"GPU": 1}`` when the options ask for a CUDA device."""
@@ -113,7 +117,7 @@ class CommandTask(CohortTask):
 
 
 class VolumeCommandTask(CommandTask):
-    """A file-to-files command (segment, explain) run on each case's one scan.
+    """A file-to-files command (segment, detect, explain) run on each case's one scan.
 
     Subclasses name the command and :meth:`figures`; the command module provides
     ``prepare_<name>(args) -> (one_volume, parameters)``, the set-up its own ``run_<name>``
@@ -154,6 +158,8 @@ class SegmentTask(VolumeCommandTask):
     def figures(self, case: Case, case_dir: Path, record: Any) -> dict[str, Any]:
         from napari_medattn.io import read_volume
 
+        if not record.outputs["labels"].endswith((".nii.gz", ".nii")):
+            return {}  # --format dicom-seg: the SEG's frames are not a label map to measure
         labels = read_volume(case_dir / record.outputs["labels"])
         reference = read_volume(case.reference) if case.reference is not None else None
         names = {index: c["name"] for index, c in enumerate(record.model["card"]["classes"])}
@@ -168,6 +174,43 @@ class ExplainTask(VolumeCommandTask):
 
     def figures(self, case: Case, case_dir: Path, record: Any) -> dict[str, Any]:
         return {"maps": len(record.outputs)}
+
+
+class DetectTask(VolumeCommandTask):
+    """``medattn detect`` on each case; figures: the number of lesion boxes found."""
+
+    name = "detect"
+
+    def figures(self, case: Case, case_dir: Path, record: Any) -> dict[str, Any]:
+        return {"detections": int(record.details.get("detections", 0))}
+
+
+class RegisterTask(CommandTask):
+    """``medattn register`` of each case's ``moving`` scan onto its image; writes the
+    command's warped scan, transform, det J map, QA and provenance into the case's folder.
+    Figures: the registration QA (``qa_<figure>``: folding %, SD of log det J, Dice of
+    warped labels, TRE in mm where the command computes them)."""
+
+    name = "register"
+    _placeholders = ("FIXED", "MOVING", "--out", "CASE_DIR")
+
+    def run_case(self, state: Any, case: Case, case_dir: Path) -> CaseOutput:
+        import contextlib
+        import io
+
+        from napari_medattn.cli.register import run_register
+
+        if case.moving is None:
+            raise ReadError(f"Case {case.case_id} names no moving scan to register.")
+        args = argparse.Namespace(**{**vars(self.args), "fixed": str(case.inputs[0]),
+                                     "moving": str(case.moving), "out": str(case_dir)})
+        with contextlib.redirect_stdout(io.StringIO()):  # the command's summary lines
+            run_register(args)
+        record = json.loads((case_dir / "provenance.json").read_text(encoding="utf-8"))
+        figures = _flat_numbers("qa", record.get("details", {}).get("qa", {}))
+        return CaseOutput(_json_numbers(figures),
+                          {**record.get("outputs", {}), "provenance": "provenance.json"},
+                          list(record.get("notes", [])), record.get("model"))
 
 
 class EvaluateTask(CommandTask):
@@ -201,9 +244,10 @@ class EvaluateTask(CommandTask):
         return CaseOutput(_json_numbers(figures), {p.stem: p.name for p in written})
 
 
-#: Tasks by ``--task`` name. register/detect join when those commands exist.
+#: Tasks by ``--task`` name.
 TASKS: dict[str, type[CommandTask]] = {
-    task.name: task for task in (SegmentTask, ExplainTask, EvaluateTask)}
+    task.name: task for task in (SegmentTask, DetectTask, RegisterTask, ExplainTask,
+                                 EvaluateTask)}
 
 
 def make_task(name: str, options: Sequence[str] = ()) -> CohortTask:
@@ -322,6 +366,19 @@ def label_figures(labels, reference=None, *, classes: Sequence[int] | None = Non
             figures[f"dice_{name}"] = score.dice
             figures[f"hd95_mm_{name}"] = score.hd95_mm
     return _json_numbers(figures)
+
+
+def _flat_numbers(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``{"dice": {"wm": 0.9}, "folding_percent": 0.1}`` -> ``{"qa_dice_wm": 0.9,
+    "qa_folding_percent": 0.1}``: the numbers of a nested record as table columns."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}_{_column_name(str(key))}"
+        if isinstance(value, dict):
+            flat.update(_flat_numbers(name, value))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = value
+    return flat
 
 
 def _json_numbers(figures: dict[str, Any]) -> dict[str, Any]:
