@@ -206,3 +206,30 @@ def test_bad_input_gets_one_sentence(truth, written, tmp_path, mr_series):
     broken.write_bytes(written.read_bytes()[:4000])
     with pytest.raises(ReadError, match="not a readable DICOM-SEG"):
         read_seg(broken)
+
+
+def test_label_map_seg_reads_onto_the_scan_and_by_its_frames(mr_series, tmp_path):
+    from napari_medattn.io.dicom_seg import source_instances, with_type2_attributes
+
+    _, volume = mr_series
+    instances = with_type2_attributes(source_instances(volume))
+    labels = np.zeros(volume.spatial_shape, np.uint8)
+    labels[5:9, 10:30, 3:20] = 1
+    labels[20:25, 12:20, 6:12] = 2
+    descriptions = [hd.seg.SegmentDescription(number, name, *segment_codes(name), "MANUAL")
+                    for number, name in ((1, "liver"), (2, "spleen"))]
+    seg = hd.seg.Segmentation(instances, labels, "LABELMAP", descriptions, hd.UID(), 9,
+                              hd.UID(), 1, "test", "test", "0", "0")
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
+    seg.save_as(tmp_path / "labelmap.dcm")
+    on_scan = read_seg(tmp_path / "labelmap.dcm", reference=volume)
+    np.testing.assert_array_equal(on_scan.data, labels)
+    assert [c[0] for c in on_scan.meta["classes"]] == ["background", "liver", "spleen"]
+    alone = read_seg(tmp_path / "labelmap.dcm")
+    for value in (1, 2):
+        index = np.argwhere(alone.data == value)
+        points = index @ alone.affine[:3, :3].T + alone.affine[:3, 3]
+        back = np.round((points - volume.affine[:3, 3])
+                        @ np.linalg.inv(volume.affine[:3, :3]).T).astype(int)
+        assert len(index) == int((labels == value).sum())
+        assert (labels[tuple(back.T)] == value).all()
