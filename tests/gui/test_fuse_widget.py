@@ -22,6 +22,7 @@ from napari_medattn._napari_hooks import (
 from napari_medattn.display.layers import GEOMETRY_KEY
 from napari_medattn.fusion.align import overlay_on_grid
 from napari_medattn.io import read_volume
+from napari_medattn.registration.transforms import LinearTransform
 from napari_medattn.widgets.fuse import FUSE_KEY, FuseWidget, _grid
 from napari_medattn.widgets.radiology_view import viewer_camera
 from napari_medattn.widgets.three_planes import plane_models, set_three_planes
@@ -128,6 +129,17 @@ def test_pet_placed_without_resampling_fade_and_cursor_values(pet_ct, qtbot, tmp
     _shot(viewer, qtbot, "three_planes", tmp_path)
     set_three_planes(viewer, False)
     assert plane_models(viewer) == [viewer]
+
+    # A transform that only shifts is applied by placing the PET's own voxels, no copy.
+    shift = np.eye(4)
+    shift[:3, 3] = [4.0, -2.0, 6.0]  # fixed (CT) mm -> moving (PET) mm, LPS
+    widget.transform = LinearTransform(shift, "rigid")
+    assert widget.run() is None and "no resampling" in widget.status.text()
+    placed, source = widget.current(), viewer.layers["synthetic_fdg_pet"]
+    assert placed.name == "synthetic_fdg_pet (transformed)"
+    assert np.shares_memory(placed.data, source.data)
+    np.testing.assert_allclose(np.asarray(placed.translate) - np.asarray(source.translate),
+                               -shift[:3, 3][::-1])
 
 
 def test_modes_and_oblique_overlay_resampled(make_napari_viewer, qtbot, tmp_path):

@@ -34,6 +34,7 @@ from napari_medattn.io.units import intensity_unit
 from napari_medattn.display.window_level import CT_PRESETS
 from napari_medattn.errors import MedAttnError
 from napari_medattn.fusion.align import display_affine, overlay_on_grid
+from napari_medattn.io import Volume
 from napari_medattn.fusion.compose import (
     MODALITY_NAMES,
     OVERLAY_COLORMAPS,
@@ -159,9 +160,22 @@ class FuseWidget(JobWidget):
         base = self.viewer.layers[self.base.currentText()]
         layer = self.viewer.layers[self.overlay.currentText()]
         overlay = layer.metadata[GEOMETRY_KEY]
-        if display_affine(overlay, self.transform) is not None and self.transform is None:
+        placed = display_affine(overlay, self.transform)
+        if placed is not None and self.transform is None:
             self._fused(layer, layer)
             self.status.setText(f"{layer.name} is placed by its own geometry (no resampling).")
+            return None
+        if placed is not None:
+            # The transform only scales and shifts along the patient axes: the overlay's
+            # own voxels (the same array), placed where the transform puts them.
+            moved = Volume(overlay.data, placed, overlay.modality,
+                           {**overlay.meta, "name": f"{layer.name} (transformed)"})
+            data, kwargs, kind = volume_layer_data(moved, "image")
+            kwargs["metadata"][DERIVED_KEY] = "fuse"
+            kwargs["metadata"][FUSE_KEY] = {"overlay": layer.name, "role": "placed"}
+            self._resampled(layer, [(data, kwargs, kind)])
+            self.status.setText(f"{layer.name} is placed where the transform puts it (no "
+                                f"resampling).")
             return None
         scan, transform, name = base.metadata[GEOMETRY_KEY], self.transform, layer.name
 
@@ -179,7 +193,8 @@ class FuseWidget(JobWidget):
         return self.jobs.start(work, "Fuse", lambda result: self._resampled(layer, result))
 
     def _resampled(self, source: Image, layer_data: list) -> None:
-        self._remove_derived(source.name, "resampled")
+        for role in ("resampled", "placed"):
+            self._remove_derived(source.name, role)
         (shown,) = add_layers(self.viewer, layer_data, widget=self)
         source.visible = False
         self._fused(source, shown)
