@@ -36,7 +36,7 @@ def register(subparsers) -> None:
                         help="auto: Mattes MI for linear methods, local NCC for deformable")
     parser.add_argument("--levels", default="4,2,1",
                         help="pyramid shrink factors, coarse to fine (default 4,2,1)")
-    parser.add_argument("--iterations", type=int, default=60,
+    parser.add_argument("--iterations", type=int, default=20,
                         help="L-BFGS iterations per level of the linear stage")
     parser.add_argument("--weight", type=float, default=0.5,
                         help="regularisation weight of the deformable stage")

@@ -87,7 +87,7 @@ class Settings:
     method: str = "rigid"
     metric: str = "mse"
     levels: tuple[int, ...] = (4, 2, 1)
-    iterations: int = 60
+    iterations: int = 20
     deformable_iterations: tuple[int, ...] = (80, 40, 20)
     regularisation: str = "diffusion"
     weight: float = 0.5
@@ -96,7 +96,7 @@ class Settings:
     initialise: str = "geometry"
     bins: int = 32
     radius: int = 2
-    samples: int = 40_000
+    samples: int = 20_000
     tolerance: float = 1e-6
     steps: int = 7
     preview_every: int = 5
