@@ -11,7 +11,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from napari_medattn.cli import main
-from napari_medattn.fusion.align import overlay_on_grid
+from napari_medattn.fusion.align import FrameOfReferenceWarning, overlay_on_grid
 from napari_medattn.io import Volume, read_volume, write_dicom_series
 from napari_medattn.io.volume import RAS_TO_LPS
 
@@ -87,7 +87,8 @@ def test_pet_dicom_series_in_suv_and_frame_of_reference_warning(pair, tmp_path, 
     printed = capsys.readouterr().out
     assert "different frames of reference" in printed
     fused = read_volume(next(out.glob("*_on_base.nii.gz")))
-    expected = overlay_on_grid(read_back, read_volume(tmp_path / "ct_dicom"))
+    with pytest.warns(FrameOfReferenceWarning):
+        expected = overlay_on_grid(read_back, read_volume(tmp_path / "ct_dicom"))
     np.testing.assert_allclose(fused.data, expected.data, atol=1e-3)
     assert len(list(out.glob("*_checkerboard_*.png"))) == 3
 
