@@ -55,7 +55,12 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="bench_seg_"))
+    # The series written (158 MB, and the caches and server storage) go when the run ends.
+    with tempfile.TemporaryDirectory(prefix="bench_seg_") as temporary:
+        run(Path(temporary), args)
+
+
+def run(folder: Path, args: argparse.Namespace) -> None:
     affine = np.array([[0, 0, 0.7, -180], [0, 0.7, 0, -180], [1.5, 0, 0, -200],
                        [0, 0, 0, 1.0]])
     ct = np.full((args.slices, 512, 512), -1000, np.int16)
