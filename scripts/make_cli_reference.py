@@ -27,6 +27,20 @@ REFERENCE = ROOT / "docs" / "cli.md"
 #: Width of the help text, in columns (argparse wraps at the terminal width otherwise).
 WIDTH = 100
 REGENERATE = ".venv/bin/python scripts/make_cli_reference.py"
+#: Recorded in the page: argparse words and wraps help differently from one Python version
+#: to the next, so the page is compared with the parser only under the version it was made with.
+PYTHON_MARK = "Made with Python "
+
+
+def python_version() -> str:
+    """``major.minor`` of the running Python."""
+    return "{}.{}".format(*sys.version_info[:2])
+
+
+def recorded_python(text: str) -> str | None:
+    """The Python version a generated page says it was made with, if it says one."""
+    start = text.find(PYTHON_MARK)
+    return text[start + len(PYTHON_MARK):].split()[0] if start >= 0 else None
 
 
 @contextlib.contextmanager
@@ -80,7 +94,8 @@ def cli_reference() -> str:
             "# Command-line reference",
             "",
             "<!-- Generated from napari_medattn.cli.build_parser() by "
-            "scripts/make_cli_reference.py; do not edit by hand. -->",
+            "scripts/make_cli_reference.py; do not edit by hand. "
+            f"{PYTHON_MARK}{python_version()} -->",
             "",
             f"`medattn` version {__version__}: every command with the options",
             "`medattn COMMAND --help` prints. Installing the package (see the",

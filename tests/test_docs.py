@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
+import pytest
+
 from napari_medattn.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,8 +150,13 @@ def test_user_pages_name_dates_and_versions_not_work_sessions():
 # --- CLI reference -----------------------------------------------------------------------
 
 def test_cli_reference_matches_the_parser():
+    page = reference.REFERENCE.read_text(encoding="utf-8")
+    made_with = reference.recorded_python(page)
+    if made_with != reference.python_version():
+        pytest.skip(f"docs/cli.md was made with Python {made_with}; argparse formats help "
+                    f"differently under {reference.python_version()}")
     stale = f"docs/cli.md is stale: run `{reference.REGENERATE}` and commit docs/cli.md"
-    assert reference.REFERENCE.read_text(encoding="utf-8") == reference.cli_reference(), stale
+    assert page == reference.cli_reference(), stale
 
 
 def test_cli_reference_has_every_command_with_its_usage():
@@ -182,6 +189,7 @@ def test_check_mode_exits_1_on_a_stale_reference_and_names_the_fix(tmp_path, mon
     assert reference.main([]) == 0
     assert reference.main(["--check"]) == 0
     assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["cli.md"]
+    assert reference.recorded_python(reference.REFERENCE.read_text()) == reference.python_version()
 
 
 def test_cli_reference_does_not_depend_on_the_terminal_width(monkeypatch):
