@@ -57,8 +57,8 @@ PATCH = (64, 64, 64)
 SPACING_MM = (4.0, 4.0, 4.0)
 TRAINING_DATA = (
     "Synthetic FLAIR-like brain scans from napari_medattn.training.lesion_synthesis."
-    "synthetic_lesion_case ({seeds}, seeds 0-39 of scripts/train_detector.py): the MNI ICBM152 2009a template's tissue labels as "
-    "nilearn ships them (2 mm), deformed by a random smooth field (up to 4 mm), with 0-4 "
+    "synthetic_lesion_case ({seeds}, seeds 0-39 of scripts/train_detector.py): the MNI "
+    "ICBM152 2009a template's tissue labels as nilearn ships them (2 mm), deformed by a random smooth field (up to 4 mm), with 0-4 "
     "non-overlapping lesions per scan of three kinds (tumour 15-30 mm with core, rim and "
     "oedema; MS-like FLAIR-bright plaques 3-10 mm; ring-enhancing metastasis-like 6-20 mm), "
     "rendered with the FLAIR contrast of training.lesions plus blur, bias field, lower "
