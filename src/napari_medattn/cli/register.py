@@ -38,7 +38,7 @@ def register(subparsers) -> None:
                         help="pyramid shrink factors, coarse to fine (default 4,2,1)")
     parser.add_argument("--iterations", type=int, default=20,
                         help="L-BFGS iterations per level of the linear stage")
-    parser.add_argument("--weight", type=float, default=0.5,
+    parser.add_argument("--weight", type=float, default=2.0,
                         help="regularisation weight of the deformable stage")
     parser.add_argument("--smoothing-mm", type=float, default=4.0,
                         help="Gaussian sigma of the velocity field (mm)")

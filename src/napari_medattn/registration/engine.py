@@ -90,7 +90,7 @@ class Settings:
     iterations: int = 20
     deformable_iterations: tuple[int, ...] = (80, 40, 20)
     regularisation: str = "diffusion"
-    weight: float = 0.5
+    weight: float = 2.0
     smoothing_mm: float = 4.0
     learning_rate: float = 0.25
     initialise: str = "geometry"

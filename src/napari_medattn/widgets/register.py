@@ -89,7 +89,7 @@ class RegisterWidget(JobWidget):
         self.metric.addItems(METRICS)
         self.levels = QLineEdit("4,2,1")
         self.iterations = QSpinBox(minimum=5, maximum=500, value=20)
-        self.weight = QDoubleSpinBox(minimum=0.0, maximum=100.0, value=0.5, singleStep=0.1)
+        self.weight = QDoubleSpinBox(minimum=0.0, maximum=100.0, value=2.0, singleStep=0.1)
         self.smoothing = QDoubleSpinBox(minimum=0.5, maximum=30.0, value=4.0, suffix=" mm")
         self.device = device_choice()
         self.residuals = QTableWidget(0, 2)
