@@ -19,6 +19,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+# The process's umask, read once: os.umask can only be read by setting it, which is not
+# thread-safe later on (jobs write from worker threads).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def _temporary_beside(path: Path) -> Path:
     """A new, empty file in ``path``'s folder whose name keeps ``path``'s suffixes.
@@ -28,7 +33,13 @@ def _temporary_beside(path: Path) -> Path:
     """
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes),
                                          dir=path.parent)
-    os.close(handle)
+    try:
+        # mkstemp makes the file private (0600); the result should get the mode any new file
+        # gets here (0666 less the umask), or keep the mode of the file it replaces.
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK
+        os.fchmod(handle, mode)
+    finally:
+        os.close(handle)
     return Path(temporary)
 
 
