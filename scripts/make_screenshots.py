@@ -73,9 +73,8 @@ def fresh_view(viewer) -> None:
 @contextlib.contextmanager
 def only_docks(viewer, *shown) -> Iterator[None]:
     """Hide every docked widget except ``shown`` while the block runs."""
-    # A magicgui widget (Window/Level) is docked as its Qt widget, ``native``.
-    shown = [getattr(widget, "native", widget) for widget in shown]
-    docks = [dock for widget, dock in _docks(viewer) if widget not in shown]
+    kept = [_dock_of(widget) for widget in shown]
+    docks = [dock for _, dock in _docks(viewer) if not any(dock is k for k in kept)]
     for dock in docks:
         dock.hide()
     try:
@@ -85,11 +84,15 @@ def only_docks(viewer, *shown) -> Iterator[None]:
             dock.show()
 
 
+def _dock_of(widget):
+    # A docked widget is Qt, or magicgui with its Qt widget as .native; the Qt widget's
+    # parent is the dock.
+    return getattr(widget, "native", widget).parent()
+
+
 def _docks(viewer):
-    # napari's dock_widgets maps names to the docked widgets (Qt, or magicgui with its Qt
-    # widget as .native); the Qt widget's parent is the dock.
-    return [(widget, getattr(widget, "native", widget).parent())
-            for widget in viewer.window.dock_widgets.values()]
+    """``(widget, dock)`` of every widget napari has docked."""
+    return [(widget, _dock_of(widget)) for widget in viewer.window.dock_widgets.values()]
 
 
 def main_window(viewer, widgets: dict, out: Path) -> None:
