@@ -209,7 +209,11 @@ def local_cluster(workers: int | None = None, *, resources: dict | None = None,
                 # a worker that dies then takes only the case it was running with it (the
                 # default 1.1 hands a single-thread worker a second case, which a death
                 # would count against too), and a case never waits behind a slow one.
-                "distributed.scheduler.worker-saturation": 1.0}
+                "distributed.scheduler.worker-saturation": 1.0,
+                # The statistical profiler samples the running case every 10 ms (the
+                # dashboard's Profile tab): measured on the 2-core machine it made each
+                # case ~25 % slower (docs/benchmarks/cohort.md).
+                "distributed.worker.profile.enabled": False}
     try:
         with dask.config.set(settings):
             cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
