@@ -15,6 +15,7 @@ local (:class:`WindowAttention`, :class:`SwinBlock`), sparse selection
 
 from napari_medattn.models.blocks.cbam import CBAM
 from napari_medattn.models.blocks.cross_attention import CrossAttention
+from napari_medattn.models.blocks.dmaf import DMAFBlock
 from napari_medattn.models.blocks.dssa import DSSABlock, DualSparseSelectionAttention
 from napari_medattn.models.blocks.eca import EfficientChannelAttention, eca_kernel_size
 from napari_medattn.models.blocks.gate import AttentionGate
@@ -29,6 +30,7 @@ __all__ = [
     "AttentionGate",
     "CBAM",
     "CrossAttention",
+    "DMAFBlock",
     "DSSABlock",
     "DualSparseSelectionAttention",
     "EfficientChannelAttention",

@@ -4,8 +4,9 @@
 >>> same = create(net.architecture, **json.loads(json.dumps(net.config)))
 
 Architectures: ``unet`` (the U-Net family; ``attention`` picks the ablation), ``dssa_unet``,
-``medformer`` and ``unetr``. ``preset`` names a published size (``"paper"``); explicit
-arguments override it and the resulting config stores every value, not the preset name.
+``medformer``, ``unetr``, and the multimodal ``dmaf_net`` and ``early_fusion_unet``.
+``preset`` names a published size (``"paper"``); explicit arguments override it and the
+resulting config stores every value, not the preset name.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from typing import Any
 from torch import nn
 
 from napari_medattn.errors import MedAttnError, ModelError
+from napari_medattn.models.nets.dmaf import DMAFNet, EarlyFusionUNet
 from napari_medattn.models.nets.dssa_unet import DSSAUNet
 from napari_medattn.models.nets.medformer import MedFormer
 from napari_medattn.models.nets.unet import UNET_ATTENTIONS, UNet
 from napari_medattn.models.nets.unetr import UNETR
 
 __all__ = ["create", "architectures", "presets", "UNet", "DSSAUNet", "MedFormer", "UNETR",
-           "UNET_ATTENTIONS"]
+           "UNET_ATTENTIONS", "DMAFNet", "EarlyFusionUNet"]
 
 _ARCHITECTURES: dict[str, type[nn.Module]] = {
-    cls.architecture: cls for cls in (UNet, DSSAUNet, MedFormer, UNETR)
+    cls.architecture: cls for cls in (UNet, DSSAUNet, MedFormer, UNETR, DMAFNet, EarlyFusionUNet)
 }
 
 

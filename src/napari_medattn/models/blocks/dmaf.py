@@ -1,0 +1,154 @@
+"""Dynamic modality-aware fusion (DMAF): masked attention across the modalities present at
+each voxel, after the DMAF module of DMAF-Net (incomplete multi-modal segmentation).
+
+At every voxel the ``M`` modality feature vectors are ``M`` tokens. A pre-norm transformer
+layer lets the present modalities exchange information (keys of missing modalities masked
+out), then a fusion query -- a learned vector plus a projection of the mean of the present
+tokens, so it adapts to the voxel's content -- attends over the present tokens. Its
+attention weights are the voxel's per-modality contributions: exactly 0 for a missing
+modality (masked before the softmax) and summing to 1 over the present ones. The fused
+feature is their weighted sum of the values, so a missing modality cannot contribute.
+
+Attention runs over ``M`` tokens per voxel (4 for BraTS), never across voxels, so it costs
+``O(N M^2)`` and runs at every resolution of a 3D U-Net.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_medattn.errors import DimensionError
+from napari_medattn.models import capture
+from napari_medattn.models.blocks.common import check_spatial_dims
+from napari_medattn.models.blocks.global_attention import head_dim
+
+__all__ = ["DMAFBlock", "presence_mask"]
+
+
+def presence_mask(present: torch.Tensor | None, batch: int, n_modalities: int,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """``present`` as a ``(batch, n_modalities)`` bool tensor (None: all present).
+
+    A 1D mask of ``n_modalities`` entries serves the whole batch.
+
+    Raises
+    ------
+    DimensionError
+        Wrong shape, or a case with no modality present.
+    """
+    if present is None:
+        mask = torch.ones(batch, n_modalities, dtype=torch.bool, device=device)
+    else:
+        mask = torch.as_tensor(present, device=device).to(torch.bool)
+        if mask.ndim == 1:
+            mask = mask.expand(batch, -1)
+        if tuple(mask.shape) != (batch, n_modalities):
+            raise DimensionError(f"The presence mask must have shape ({batch}, {n_modalities}) "
+                                 f"or ({n_modalities},), not {tuple(mask.shape)}.")
+    if not bool(mask.any(dim=1).all()):
+        raise DimensionError("Every case needs at least one modality present.")
+    return mask
+
+
+class DMAFBlock(nn.Module):
+    """Fuse ``M`` per-modality feature maps into one, attending only to present modalities.
+
+    Parameters
+    ----------
+    spatial_dims : int
+        2 or 3.
+    channels : int
+        Channels of each modality's features and of the fused output.
+    n_modalities : int
+        ``M``.
+    num_heads : int
+        Attention heads; must divide ``channels``.
+    mlp_ratio : float
+        Hidden width of the transformer layer's MLP, relative to ``channels``.
+
+    Notes
+    -----
+    Records (capture on) ``weights``: channel kind, ``(B, M)``, each modality's mean
+    contribution over voxels and heads (0 for a missing modality, sums to 1), and
+    ``attention``: spatial kind, ``(B, M, *grid)``, the per-voxel contributions (head mean).
+    """
+
+    def __init__(self, spatial_dims: int, channels: int, n_modalities: int,
+                 num_heads: int = 4, mlp_ratio: float = 2.0) -> None:
+        super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.channels = channels
+        self.n_modalities = n_modalities
+        self.num_heads = num_heads
+        self.head_dim = head_dim(channels, num_heads)
+        # A learned embedding tells the shared attention which modality a token is.
+        self.modality_embedding = nn.Parameter(torch.zeros(n_modalities, channels))
+        nn.init.trunc_normal_(self.modality_embedding, std=0.02)
+        self.norm1 = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+        self.norm2 = nn.LayerNorm(channels)
+        hidden = max(1, int(channels * mlp_ratio))
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(),
+                                 nn.Linear(hidden, channels))
+        self.norm3 = nn.LayerNorm(channels)
+        self.fusion_query = nn.Parameter(torch.zeros(channels))
+        self.query_from_mean = nn.Linear(channels, channels)
+        self.fusion_kv = nn.Linear(channels, 2 * channels)
+        self.fusion_proj = nn.Linear(channels, channels)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        # (T, M, C) -> (T, H, M, d)
+        return t.reshape(t.shape[0], t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, features: torch.Tensor, present: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Fuse ``features`` (B, M, C, *grid) into (B, C, *grid).
+
+        ``present`` is a (B, M) or (M,) bool mask (None: all present). Features of a
+        missing modality do not influence the output.
+        """
+        if features.ndim != self.spatial_dims + 3 or features.shape[1] != self.n_modalities \
+                or features.shape[2] != self.channels:
+            raise DimensionError(
+                f"The modality features must have shape (batch, {self.n_modalities}, "
+                f"{self.channels}, *grid) with {self.spatial_dims} grid axes, not "
+                f"{tuple(features.shape)}.")
+        b, m, c = features.shape[:3]
+        grid = tuple(features.shape[3:])
+        mask = presence_mask(present, b, m, features.device)
+        # Zero the missing modalities' features: masking already gives them zero weight,
+        # and zeroing also keeps a NaN or inf in a missing input from reaching the sum.
+        features = torch.where(mask.reshape(b, m, 1, *([1] * len(grid))), features,
+                               torch.zeros((), dtype=features.dtype, device=features.device))
+        n = features[0, 0, 0].numel()
+        tokens = features.reshape(b, m, c, n).permute(0, 3, 1, 2).reshape(b * n, m, c)
+        tokens = tokens + self.modality_embedding
+        key_mask = mask.repeat_interleave(n, dim=0)  # (B*N, M)
+        attn_mask = key_mask[:, None, None, :]      # broadcast over heads and queries
+
+        q, k, v = self.qkv(self.norm1(tokens)).chunk(3, dim=-1)
+        mixed = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v),
+                                               attn_mask=attn_mask)
+        tokens = tokens + self.proj(mixed.transpose(1, 2).reshape(b * n, m, c))
+        tokens = tokens + self.mlp(self.norm2(tokens))
+
+        normed = self.norm3(tokens)
+        weights_present = key_mask.to(normed.dtype)[..., None]
+        mean = (normed * weights_present).sum(1) / weights_present.sum(1)  # (B*N, C)
+        query = (self.fusion_query + self.query_from_mean(mean))[:, None, :]  # (B*N, 1, C)
+        fk, fv = self.fusion_kv(normed).chunk(2, dim=-1)
+        qh, kh, vh = self._heads(query), self._heads(fk), self._heads(fv)
+        scores = (qh @ kh.transpose(-2, -1)) * self.head_dim ** -0.5  # (B*N, H, 1, M)
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+        contribution = scores.softmax(dim=-1)
+        fused = (contribution @ vh).transpose(1, 2).reshape(b * n, c)
+        fused = self.fusion_proj(fused)
+        if capture.active():
+            per_voxel = contribution.mean(dim=1)[:, 0, :].reshape(b, n, m)  # head mean
+            capture.record(self, "weights", per_voxel.mean(dim=1), capture.MapKind.CHANNEL)
+            capture.record(self, "attention", per_voxel.transpose(1, 2).reshape(b, m, *grid),
+                           capture.MapKind.SPATIAL)
+        return fused.reshape(b, n, c).transpose(1, 2).reshape(b, c, *grid)
