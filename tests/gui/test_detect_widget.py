@@ -122,12 +122,17 @@ def test_run_draws_boxes_fills_the_table_and_jumps_to_a_lesion(setup, qtbot, tmp
 
 def test_lesions_from_a_labels_layer(setup, qtbot, add_layer):
     viewer, scan, widget = setup
+    assert not widget.from_labels_button.isEnabled()  # no Labels layer yet
+    widget.model.select("dssa-unet-brain-tissue")    # a segmenter: Run is off ...
+    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=30_000)
+    assert not widget.run_button.isEnabled()
     volume = phantom()
     labels = Volume((volume.data > 2.0).astype(np.uint8), volume.affine, "SEG",
                     {"name": "painted"})
     add_layer(viewer, volume_layer_data(labels))
     widget.image.setCurrentText("phantom")
     widget.labels.setCurrentText("painted")
+    assert widget.from_labels_button.isEnabled()     # ... but listing lesions needs no model
     run_and_wait(qtbot, widget, widget.from_labels_button)
     assert widget.table.rowCount() == 2
     assert all(d.measurements["volume_ml"] > 0 for d in widget.shown)

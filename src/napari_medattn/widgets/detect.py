@@ -113,7 +113,8 @@ class DetectWidget(JobWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.export_button)
-        self.jobs.follow(self.from_labels_button)
+        # Listing lesions needs no detector: the button follows its own rule.
+        self.jobs.idle.connect(self._update_from_labels)
         self.threshold.valueChanged.connect(self._threshold_changed)
         self.table.cellClicked.connect(self.go_to)
         self.from_labels_button.clicked.connect(self.run_from_labels)
@@ -135,6 +136,10 @@ class DetectWidget(JobWidget):
             if self.image.currentText() else []
         set_items(self.labels, names)
         self.jobs.refresh()
+        self._update_from_labels()
+
+    def _update_from_labels(self) -> None:
+        self.from_labels_button.setEnabled(not self.jobs.busy and bool(self.labels.currentText()))
 
     def ready(self) -> bool:
         held = self.model.loaded
@@ -166,6 +171,8 @@ class DetectWidget(JobWidget):
 
     def run_from_labels(self):
         """List the lesions of the chosen Labels layer (mean intensity from the scan)."""
+        if self.jobs.busy:  # one job at a time
+            return None
         if not self.labels.currentText() or not self.image.currentText():
             self.status.setText("Choose a scan and a Labels layer on its grid first.")
             return None
@@ -185,8 +192,10 @@ class DetectWidget(JobWidget):
             return lesions_from_labels(labels, image)
 
         self.status.setText(f"Finding lesions in {labels_layer.name}...")
-        return self.jobs.start(work, f"Lesions from {labels_layer.name}",
-                               lambda found: self._show(scan.name, found, {}, []))
+        job = self.jobs.start(work, f"Lesions from {labels_layer.name}",
+                              lambda found: self._show(scan.name, found, {}, []))
+        self._update_from_labels()
+        return job
 
     # -- results -----------------------------------------------------------------
     def _show(self, scan_name: str, detections: list[Detection], colours: dict[int, str],
