@@ -136,6 +136,24 @@ def test_cancel_keeps_nothing(make_napari_viewer, qtbot):
     assert "nothing was kept" in widget.status.text()
 
 
+def test_deformable_run_adds_the_warped_scan_and_det_j(make_napari_viewer, qtbot):
+    viewer, widget, _ = make_widget(make_napari_viewer)
+    moving_layer = viewer.layers["moving"]
+    before = np.array(moving_layer.affine.affine_matrix), np.array(moving_layer.scale)
+    names = {layer.name for layer in viewer.layers}
+    widget.method.setCurrentText("deformable")
+    widget.levels.setText("2")  # one half-resolution level: a quick run
+    job = widget.run()
+    qtbot.waitUntil(lambda: job.finished, timeout=120_000)
+    assert job.outcome == "done"
+    added = [layer for layer in viewer.layers if layer.name not in names]
+    assert [layer.name for layer in added][:2] == ["moving on fixed", "moving det J - 1"]
+    assert added[0].data.shape == viewer.layers["fixed"].data.shape
+    assert np.allclose(moving_layer.affine.affine_matrix, before[0])
+    assert np.allclose(moving_layer.scale, before[1])
+    assert widget.quality.rowCount() >= 4  # folding, SDlogJ, det J range, metric
+
+
 def test_landmarks_show_live_residuals_and_fit(make_napari_viewer, qtbot):
     viewer, widget, fixed = make_widget(make_napari_viewer)
     widget.add_landmark_layers()

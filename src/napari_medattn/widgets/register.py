@@ -339,6 +339,9 @@ class RegisterWidget(JobWidget):
         if isinstance(transform, LinearTransform):
             self._place_moving_layer(transform)
         else:
+            # The moving layer showed the affine stage's preview; the result is the
+            # resampled layer below, so the moving scan goes back where it was.
+            self._restore_moving_layer()
             transform = bake(transform, fixed.affine, fixed.spatial_shape)
             self.transform = transform
             warped = warp(moving, transform, fixed)
