@@ -9,6 +9,7 @@ from torch import nn
 
 from napari_medattn.detection.detector import decode_maps, detect
 from napari_medattn.errors import ModelError
+from napari_medattn.inference.pipeline import segment
 from napari_medattn.io.volume import Volume
 from napari_medattn.models.card import ModelCard
 
@@ -93,6 +94,9 @@ def test_no_lesion_is_a_result_and_a_segmenter_is_refused():
                           patch_size=(32, 32, 32))
     with pytest.raises(ModelError):
         detect(volume, Oracle(), segmenter)
+    # ... and segment() refuses a detector (its card lists fewer classes than it outputs).
+    with pytest.raises(ModelError, match="detection model"):
+        segment(volume, Oracle(), card())
 
 
 def test_decode_merges_a_plateau_and_keeps_separate_lesions():

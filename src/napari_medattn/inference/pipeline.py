@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import napari_medattn
+from napari_medattn.errors import ModelError
 from napari_medattn.inference.preprocess import (
     CardGrid,
     body_bounding_box,
@@ -143,10 +144,15 @@ def segment(
     ------
     DimensionError
         The volume's channels do not match the card's.
+    ModelError
+        The card is not a segmentation model's (e.g. a detector's).
     Cancelled
         When ``cancel`` fires; nothing is returned.
     """
     started = time.perf_counter()
+    if card.task != "segmentation":  # a detector's card lists fewer classes than it outputs
+        raise ModelError(f"Model {card.name!r} is a {card.task} model; choose a segmentation "
+                         f"model to segment.")
     grid = CardGrid.for_volume(volume, card)  # reoriented as a view; checks the channels
     notes: list[str] = []
     if card.modality != "OT" and volume.modality != card.modality:
