@@ -208,4 +208,6 @@ REGISTER = {
     "compare": "Add a checkerboard (tile size in mm) or difference layer of the fixed and "
                "the registered moving scan.",
     "fade": "Opacity of the moving scan over the fixed one.",
+    "grid": "Add the deformation on the current axial slice: a regular grid moved by the "
+            "transform (straight lines: no deformation there).",
 }
