@@ -19,8 +19,6 @@ from napari_medattn.cli.common import (
     run_over_inputs,
 )
 
-#: The built-in detector ``--model`` defaults to.
-DEFAULT_DETECTOR = "medformer-lesion-detector"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,9 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "boxes (centre and size in patient mm, LPS; score; class) as CSV and "
                     "JSON, with a provenance record.")
     add_inputs(parser)
-    parser.add_argument("--model", metavar="NAME|PATH", default=DEFAULT_DETECTOR,
-                        help=f"detector name from `medattn models` or a model folder "
-                             f"(default: {DEFAULT_DETECTOR})")
+    parser.add_argument("--model", metavar="NAME|PATH",
+                        help="detector name from `medattn models` or a model folder "
+                             "(default: the built-in medformer-lesion-detector)")
     parser.add_argument("--threshold", type=float, default=0.3,
                         help="lowest score of a box written, 0-1 (default: 0.3)")
     parser.add_argument("--tta", action="store_true",
@@ -51,13 +49,13 @@ def prepare_detect(args: argparse.Namespace):
     function that detects on one volume and the parameters its record starts with (a
     cohort run calls it once per worker and ``one_volume`` once per case)."""
     from napari_medattn.cli.common import ProgressBar, load_model_argument
-    from napari_medattn.detection.detector import check_detector, detect
+    from napari_medattn.detection.detector import DEFAULT_DETECTOR, check_detector, detect
     from napari_medattn.detection.export import write_detections_csv, write_detections_json
     from napari_medattn.errors import DimensionError
 
     if not 0.0 <= args.threshold <= 1.0:
         raise DimensionError(f"--threshold must be between 0 and 1, not {args.threshold}.")
-    model, card = load_model_argument(args.model)
+    model, card = load_model_argument(args.model or DEFAULT_DETECTOR)
     check_detector(card)
 
     def one_volume(item: VolumeOutput) -> list[str]:

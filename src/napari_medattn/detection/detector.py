@@ -50,8 +50,11 @@ from napari_medattn.inference.window_options import OutputRequest, WindowOptions
 from napari_medattn.io.volume import Volume, require_3d
 from napari_medattn.models.card import ModelCard
 
-__all__ = ["SIZE_SCALE_MM", "DetectionMaps", "DetectionResult", "decode_maps", "detect"]
+__all__ = ["DEFAULT_DETECTOR", "SIZE_SCALE_MM", "DetectionMaps", "DetectionResult", "decode_maps",
+           "detect"]
 
+#: The built-in detector the CLI and the Detect widget start with.
+DEFAULT_DETECTOR = "medformer-lesion-detector"
 #: Size channels predict ``log(size_mm / SIZE_SCALE_MM)``.
 SIZE_SCALE_MM = 10.0
 #: Sizes are clamped to exp(+-LOG_SIZE_LIMIT) * SIZE_SCALE_MM (0.07 mm to 1.5 m).

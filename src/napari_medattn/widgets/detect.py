@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medattn.detection import Detection, lesions_from_labels
-from napari_medattn.detection.detector import check_detector, detect
+from napari_medattn.detection.detector import DEFAULT_DETECTOR, check_detector, detect
 from napari_medattn.detection.export import write_detections_csv
 from napari_medattn.detection.layers import box_rectangles, centre_points, world_point
 from napari_medattn.display.layers import GEOMETRY_KEY, layer_volume
@@ -49,8 +49,6 @@ from napari_medattn.widgets.parts import (
 from napari_medattn.widgets.radiology_view import viewer_camera
 from napari_medattn.widgets.tooltips import DETECT as TOOLTIPS
 
-#: The detector the model box starts on.
-DEFAULT_DETECTOR = "medformer-lesion-detector"
 #: Columns of the table (score first: rows are sorted by it).
 COLUMNS = ("Score", "Class", "x (mm)", "y (mm)", "z (mm)", "Size (mm)", "Volume (mL)")
 #: Lowest score a run keeps; the slider shows the ones above its own value.
