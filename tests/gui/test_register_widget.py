@@ -152,6 +152,9 @@ def test_deformable_run_adds_the_warped_scan_and_det_j(make_napari_viewer, qtbot
     assert np.allclose(moving_layer.affine.affine_matrix, before[0])
     assert np.allclose(moving_layer.scale, before[1])
     assert widget.quality.rowCount() >= 4  # folding, SDlogJ, det J range, metric
+    widget.deformation_grid()
+    grid = viewer.layers[-1]
+    assert grid.name.startswith("deformation grid") and len(grid.data) > 5
 
 
 def test_landmarks_show_live_residuals_and_fit(make_napari_viewer, qtbot):

@@ -112,3 +112,19 @@ def test_degenerate_landmarks_are_refused():
         fit_landmarks(line, line, "rigid")
     with pytest.raises(GeometryError, match="at least 4"):
         fit_landmarks(line[:3], line[:3], "affine")
+
+
+def test_grid_lines_show_in_plane_displacement_only():
+    from napari_medattn.io import Volume
+    from napari_medattn.registration import grid_lines
+
+    volume = Volume(np.zeros((10, 12, 8), np.float32), AFFINE, "MR")
+    straight = grid_lines(LinearTransform.identity(), volume, axis=2, index=3, step_mm=4.0)
+    # 12 voxels * 2 mm / 4 mm -> 6 lines along axis 0, 10 * 2 / 4 -> 5 along axis 1
+    assert len(straight) == 6 + 5
+    assert all(np.allclose(line[:, 2], AFFINE[2, 2] * 3 + AFFINE[2, 3]) for line in straight)
+    shift = LinearTransform.from_parameters(translation=(1.0, 0.0, 5.0))
+    moved = grid_lines(shift, volume, axis=2, index=3, step_mm=4.0)
+    for before, after in zip(straight, moved):
+        # the in-plane shift (x) is drawn, the through-plane one (z) is not
+        assert np.allclose(after - before, [1.0, 0.0, 0.0])

@@ -14,7 +14,7 @@ label maps through the one resampler), :mod:`.itk_files` (ITK transform files an
 displacement-field NIfTI). Quality measures are in :mod:`napari_medattn.metrics.registration`.
 """
 
-from napari_medattn.registration.apply import warp
+from napari_medattn.registration.apply import grid_lines, warp
 from napari_medattn.registration.engine import METHODS, Result, Settings, Snapshot, register
 from napari_medattn.registration.itk_files import read_transform, write_transform
 from napari_medattn.registration.landmarks import fit_landmarks, landmark_errors
@@ -39,6 +39,7 @@ __all__ = [
     "compose",
     "exponentiate",
     "fit_landmarks",
+    "grid_lines",
     "landmark_errors",
     "read_transform",
     "register",

@@ -50,3 +50,47 @@ def warp(volume: Volume, transform, like: Volume, *, labels: bool | None = None,
     if is_labels:
         result.meta["interpolation"] = "nearest"
     return result
+
+
+def grid_lines(transform, volume: Volume, axis: int, index: int, step_mm: float = 8.0
+               ) -> list[np.ndarray]:
+    """A regular grid on one slice of the fixed grid, moved by a transform: for drawing
+    the deformation.
+
+    Parameters
+    ----------
+    transform : callable
+        Fixed mm -> moving mm.
+    volume : Volume
+        The fixed scan (its grid and slices).
+    axis, index : int
+        The slice: array axis and index along it.
+    step_mm : float
+        Distance between neighbouring grid lines, in mm.
+
+    Returns
+    -------
+    list of (N, 3) ndarray
+        Polylines in LPS mm: each line's voxel centres ``p`` drawn at ``T(p)`` with the
+        through-slice component of ``T(p) - p`` removed, so the lines stay on the slice
+        (straight lines mean no deformation in the slice plane).
+    """
+    shape = volume.spatial_shape
+    if not 0 <= axis < 3 or not 0 <= index < shape[axis]:
+        raise DimensionError(f"Slice {index} along axis {axis} is outside the grid {shape}.")
+    spacing = volume.spacing
+    normal = volume.affine[:3, axis] / spacing[axis]
+    lines = []
+    in_plane = [a for a in range(3) if a != axis]
+    for along, across in (in_plane, in_plane[::-1]):
+        every = max(1, int(round(step_mm / spacing[across])))
+        for position in range(0, shape[across], every):
+            voxels = np.zeros((shape[along], 3))
+            voxels[:, axis] = index
+            voxels[:, across] = position
+            voxels[:, along] = np.arange(shape[along])
+            points = voxels @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+            moved = np.asarray(transform(points))
+            shift = moved - points
+            lines.append(points + shift - np.outer(shift @ normal, normal))
+    return lines

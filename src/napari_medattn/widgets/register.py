@@ -44,6 +44,7 @@ from napari_medattn.registration import (
     Settings,
     bake,
     fit_landmarks,
+    grid_lines,
     landmark_errors,
     read_transform,
     register,
@@ -139,6 +140,7 @@ class RegisterWidget(JobWidget):
         files.addWidget(self._button("Save transform...", self.save_transform, "save"))
         files.addWidget(self._button("Load transform...", self.load_transform, "load"))
         form.addRow(files)
+        form.addRow(self._button("Deformation grid", self.deformation_grid, "grid"))
         compare = QHBoxLayout()
         compare.addWidget(self.comparison)
         compare.addWidget(self.tile)
@@ -416,6 +418,23 @@ class RegisterWidget(JobWidget):
         check_fits(transform, fixed.affine, fixed.spatial_shape)
         self._remember_moving_layer()
         self._show_result(transform, fixed, self._volume(self.moving.currentText()))
+
+    def deformation_grid(self, step_mm: float = 8.0) -> None:
+        """A Shapes layer of grid lines on the current axial slice of the fixed scan,
+        moved by the transform (in-plane part; straight lines: no deformation)."""
+        transform = self._need_transform()
+        fixed = self._volume(self.fixed.currentText())
+        # The fixed layer's data are canonical: array axis 0 is world axis 0 (z).
+        z = self.viewer.dims.point[0]
+        to_index = np.linalg.inv(fixed.affine)
+        point = LPS_TO_WORLD[:3, :3].T @ np.asarray(self.viewer.dims.point[-3:], float)
+        index = int(np.clip(round(float(to_index[0, :3] @ point + to_index[0, 3])), 0,
+                            fixed.spatial_shape[0] - 1))
+        lines = grid_lines(transform, fixed, axis=0, index=index, step_mm=step_mm)
+        paths = [line @ LPS_TO_WORLD[:3, :3].T for line in lines]
+        self.viewer.add_shapes(paths, shape_type="path", edge_color="yellow", edge_width=0.4,
+                               name=f"deformation grid z {z:.1f} mm",
+                               metadata={DERIVED_KEY: MADE_BY})
 
     def compare(self) -> None:
         """A checkerboard (tiles in mm) or difference layer of fixed and registered moving,
