@@ -81,6 +81,10 @@ from napari_medattn.training.loop import train
 #: forgetting; 20 steps of batch 2 take a few minutes on a CPU at a 64^3 window.
 DEFAULT_STEPS = 20
 DEFAULT_LR = 2e-4
+#: The card's ``evaluated_on``: the metrics are measured on the fine-tuning image itself.
+SELF_EVALUATED = ("the image it was fine-tuned on ({image}), against the labels it was "
+                  "fine-tuned with: how closely it fits its own training data, not how it "
+                  "does on other scans (no held-out data).")
 #: Prefix of the card's metrics measured on the fine-tuning image itself.
 METRIC_PREFIX = "train_image_"
 #: A model name is a folder name: letters, digits, '.', '_', '-'; no leading dot.
@@ -196,6 +200,7 @@ def finetune(
     if not float(lr) > 0:
         raise DimensionError(f"The learning rate must be positive, got {lr}.")
     base_path, base = _base_model(model)
+    base_run = _base_run(base, base_path)
     case = training_case(image, labels, base)
 
     user_dir = registry.user_model_dir()
@@ -218,12 +223,10 @@ def finetune(
         # a crash leaves no folder that list_models would show.
         with tempfile.TemporaryDirectory(dir=user_dir, prefix=".finetune-") as work:
             work = Path(work)
-            config = TrainingConfig(
-                base.architecture, base.config, patch_size=base.patch_size,
-                spacing=base.spacing, orientation=base.orientation,
-                normalization=base.normalization, modality=base.modality,
-                batch_size=int(batch_size), epochs=1, steps_per_epoch=int(steps),
-                lr=float(lr), seed=int(seed), augment=augment, initial_weights=base_path)
+            # One epoch of ``steps`` steps on the base model's own grid and normalisation.
+            config = dataclasses.replace(
+                base_run, batch_size=int(batch_size), steps_per_epoch=int(steps),
+                lr=float(lr), seed=int(seed), augment=augment)
             run = train(
                 config, [case], classes=base.classes, out_dir=work / "run", device=device,
                 card_fields={"name": name, "training_data": _training_data(image, case, base),
@@ -235,12 +238,8 @@ def finetune(
             scores = evaluate_pair(result.labels.canonical(), case.label,
                                    classes=range(1, card.num_classes),
                                    class_names=card.class_names, case=image.name)
-            card = dataclasses.replace(
-                card, metrics=_metrics(scores, losses),
-                evaluated_on=(f"the image it was fine-tuned on ({image.name}), against the "
-                              f"labels it was fine-tuned with: how closely it fits its own "
-                              f"training data, not how it does on other scans (no held-out "
-                              f"data)."))
+            card = dataclasses.replace(card, metrics=_metrics(scores, losses),
+                                       evaluated_on=SELF_EVALUATED.format(image=image.name))
             staged = registry.save_model(module, card, work / "model")
             check_cancel(cancel)
             check_model_name(name)  # taken while training ran?
@@ -347,6 +346,14 @@ def training_case(image: Volume, labels: Volume | np.ndarray, card: ModelCard) -
         raise DimensionError("The labels hold only background (0); paint or correct at "
                              "least one class before fine-tuning.")
     return case
+
+
+def _base_run(base: ModelCard, base_path: Path) -> TrainingConfig:
+    """A one-epoch run from ``base``'s weights on its grid, normalisation and modality."""
+    return TrainingConfig(base.architecture, base.config, patch_size=base.patch_size,
+                          spacing=base.spacing, orientation=base.orientation,
+                          normalization=base.normalization, modality=base.modality, epochs=1,
+                          initial_weights=base_path)
 
 
 def _base_model(model: str | os.PathLike | registry.ModelEntry) -> tuple[Path, ModelCard]:
