@@ -14,7 +14,9 @@ once into the work folder), outputs written as the command writes them.
 
 The overhead is ``cohort 1 worker wall / serial wall - 1``; it is also given without the
 cluster's start-up (measured on its own right before: start a LocalCluster, wait for its
-workers, close it), which is what a longer cohort amortises. Throughput is cases per minute.
+workers, close it), and per case: the cases' own seconds on the worker (from their records,
+the first one including the model load, as the serial loop's includes it) against the serial
+loop's, which is what a longer cohort converges to. Throughput is cases per minute.
 Runs alternate serial, 1 worker, 2 workers ``--repeats`` times; figures are medians. Ends
 with ``FIGURE`` lines.
 
@@ -58,8 +60,9 @@ def make_cases(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def serial_loop(cases: list[Path], out: Path, options: list[str]) -> float:
-    """The same work as a plain loop in this process (one torch thread); wall seconds."""
+def serial_loop(cases: list[Path], out: Path, options: list[str]) -> tuple[float, float]:
+    """The same work as a plain loop in this process (one torch thread): wall seconds, twice
+    (its cases' own seconds are the whole loop, model load included)."""
     import torch
 
     from napari_medattn.cohort import Case, make_task
@@ -74,12 +77,17 @@ def serial_loop(cases: list[Path], out: Path, options: list[str]) -> float:
             case_dir = out / path.name.removesuffix(".nii.gz")
             case_dir.mkdir(parents=True)
             task.run_case(state, Case(case_dir.name, (path,)), case_dir)
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        return elapsed, elapsed
     finally:
         torch.set_num_threads(threads)
 
 
-def cohort_run(folder: Path, out: Path, options: list[str], workers: int) -> float:
+def cohort_run(folder: Path, out: Path, options: list[str], workers: int
+               ) -> tuple[float, float]:
+    """Wall seconds of the whole run, and the sum of the cases' own seconds on the workers
+    (each case's record: from the worker picking it up to its record written; the first
+    case of each worker includes the model load)."""
     from napari_medattn.cohort import run
 
     started = time.perf_counter()
@@ -89,7 +97,7 @@ def cohort_run(folder: Path, out: Path, options: list[str], workers: int) -> flo
     elapsed = time.perf_counter() - started
     if result.failed or result.ran != len(result.table):
         sys.exit(f"the cohort run failed: {result.table[['case', 'error']]}")
-    return elapsed
+    return elapsed, float(result.table["runtime_s"].sum())
 
 
 def cluster_startup(workers: int) -> float:
@@ -118,6 +126,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} at the start")
     times: dict[str, list[float]] = {"serial": [], "cohort_1w": [], "cohort_2w": [],
                                      "startup_1w": []}
+    case_seconds: dict[str, list[float]] = {"serial": [], "cohort_1w": [], "cohort_2w": []}
     for repeat in range(args.repeats):
         for name, function in (
                 ("serial", lambda o: serial_loop(cases, o, options)),
@@ -127,6 +136,9 @@ def main() -> None:
             out = workdir / f"out_{name}_{repeat}"
             shutil.rmtree(out, ignore_errors=True)
             seconds = function(out)
+            if isinstance(seconds, tuple):
+                seconds, cases_s = seconds
+                case_seconds[name].append(cases_s)
             times[name].append(seconds)
             print(f"repeat {repeat + 1}: {name:11s} {seconds:7.1f} s   "
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
@@ -135,6 +147,11 @@ def main() -> None:
                                                                  "cohort_2w")}
     overhead = median["cohort_1w"] / median["serial"] - 1
     steady = (median["cohort_1w"] - median["startup_1w"]) / median["serial"] - 1
+    per_case = {name: statistics.median(v) / args.cases for name, v in case_seconds.items()}
+    print(f"per case: serial {per_case['serial']:.2f} s, on the 1 worker "
+          f"{per_case['cohort_1w']:.2f} s, on each of 2 workers {per_case['cohort_2w']:.2f} s")
+    print(f"FIGURE cohort_1_worker_per_case_overhead "
+          f"{100 * (per_case['cohort_1w'] / per_case['serial'] - 1):.1f} %")
     print(f"FIGURE serial_loop_throughput {per_min['serial']:.2f} cases/min")
     print(f"FIGURE cohort_1_worker_throughput {per_min['cohort_1w']:.2f} cases/min")
     print(f"FIGURE cohort_2_workers_throughput {per_min['cohort_2w']:.2f} cases/min")
