@@ -71,7 +71,7 @@ def test_recovers_a_synthetic_smooth_field_on_mni152():
     moving = warp(fixed, truth, fixed)
     moving_labels = warp(fixed_labels, truth, fixed)
     result = register(fixed, moving, Settings(method="deformable", metric="ncc",
-                                              levels=(2, 1), deformable_iterations=(60, 30)))
+                                              levels=(2, 1), deformable_iterations=(40, 10)))
     inverse = exponentiate(-velocity, fixed.affine)
     brain = np.asarray(fixed_labels.data) > 0
     points = grid_points(fixed.affine, fixed.spatial_shape)[brain]
