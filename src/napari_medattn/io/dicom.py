@@ -21,9 +21,14 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.fileset import FileSet
 
 from napari_medattn.errors import MedAttnError, ReadError
+from napari_medattn.io.dicom_files import (
+    MEDIA_STORAGE_DIRECTORY,
+    dicomdir_files,
+    find_dicom_files,
+    is_dicomdir,
+)
 from napari_medattn.io.dicom_geometry import (
     ORIENTATION_TOLERANCE,
     POSITION_TOLERANCE_MM,
@@ -39,16 +44,14 @@ from napari_medattn.io.dicom_pixels import (
     stored_dtype,
     worker_count,
 )
+from napari_medattn.io.dicom_seg import SEG_SOP_CLASSES, read_seg
 from napari_medattn.io.nifti import is_nifti
 from napari_medattn.io.pet import suv_bw_factor
 from napari_medattn.io.volume import Volume
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, Float, DoubleFloat
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 # Elements larger than this are left on disk in the header pass (pixel data above all).
 DEFER_SIZE = 1024
-# File names without a DICM preamble are tried only with these suffixes.
-_DICOM_SUFFIXES = {"", ".dcm", ".dic", ".dicom", ".ima"}
 ASSUMED_GEOMETRY = ("has no patient position/orientation; it is shown on an assumed "
                     "axis-aligned grid")
 
@@ -76,6 +79,14 @@ class _File:
     planes: list[_Plane] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(frozen=True)
+class _SegFile:
+    """A DICOM-SEG met in the header pass: read as labels, never as an image series."""
+
+    path: Path
+    series: str  # the SeriesInstanceUID it references ("" when it names none)
+
+
 def read_dicom(path: str | os.PathLike) -> list[Volume]:
     """Read every image series in a DICOM file, folder or DICOMDIR.
 
@@ -88,7 +99,10 @@ def read_dicom(path: str | os.PathLike) -> list[Volume]:
     -------
     list of Volume
         One per series, ordered by series number, each named
-        ``"<SeriesDescription> <Modality> #<SeriesNumber>"``. Non-image objects (SR, RT
+        ``"<SeriesDescription> <Modality> #<SeriesNumber>"``, then one label map per
+        DICOM-SEG (:func:`~napari_medattn.io.dicom_seg.read_seg`: named, coloured
+        segments, on the grid of the series it references when that series is read
+        here too, else by its own frame positions). Non-image objects (SR, RT
         structure sets, ...) and unreadable files are listed in ``meta["skipped"]`` and in
         a warning on the first volume; a series that cannot be one regular volume is
         reported in the warnings of the others.
@@ -108,8 +122,8 @@ def read_dicom(path: str | os.PathLike) -> list[Volume]:
         if ignored:
             notes.append(f"{ignored} non-DICOM file(s) ignored")
         single = False
-    elif _is_dicomdir(path):
-        candidates, missing = _dicomdir_files(path)
+    elif is_dicomdir(path):
+        candidates, missing = dicomdir_files(path)
         if missing:
             notes.append(f"{missing} file(s) listed in the DICOMDIR are missing")
         single = False
@@ -123,8 +137,8 @@ def read_dicom(path: str | os.PathLike) -> list[Volume]:
             hint = " (it has NIfTI files: open those files themselves)"
         raise ReadError(f"{path} holds no DICOM files{hint}.")
 
-    files, skipped = _scan(candidates, single)
-    if not files:
+    files, segs, skipped = _scan(candidates, single)
+    if not files and not segs:
         if skipped:
             raise ReadError(f"{path.name} holds no images, only: {'; '.join(skipped)}.")
         raise ReadError(f"{path.name} holds no DICOM images.")
@@ -138,14 +152,20 @@ def read_dicom(path: str | os.PathLike) -> list[Volume]:
             volumes.append(_series_volume(uid, members, path))
         except MedAttnError as error:
             failures.append(error)
+    volumes.sort(key=lambda v: (v.meta.get("series_number") is None,
+                                v.meta.get("series_number") or 0, v.name))
+    scans = {volume.meta["series_uid"]: volume for volume in volumes}
+    for seg in segs:  # after the scans, so that napari draws the labels over them
+        try:
+            volumes.append(read_seg(seg.path, reference=scans.get(seg.series)))
+        except MedAttnError as error:
+            failures.append(error)
     if not volumes:
         if len(failures) == 1:
             raise failures[0]
         reasons = "; ".join(str(f).rstrip(".") for f in failures)
         raise ReadError(f"None of the {len(failures)} series in {path.name} could be read: "
                         f"{reasons}.")
-    volumes.sort(key=lambda v: (v.meta.get("series_number") is None,
-                                v.meta.get("series_number") or 0, v.name))
     _unique_names(volumes)
     skipped = skipped + notes
     not_loaded = [str(failure) for failure in failures]
@@ -159,66 +179,17 @@ def read_dicom(path: str | os.PathLike) -> list[Volume]:
     return volumes
 
 
-def find_dicom_files(folder: Path) -> tuple[list[tuple[Path, bool]], int]:
-    """DICOM candidates in a folder tree (with whether to force-parse), and the others."""
-    found, ignored = [], 0
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith(".") or name.upper() == "DICOMDIR":
-                continue
-            file = Path(root) / name
-            preamble = has_dicom_preamble(file)
-            if preamble or file.suffix.lower() in _DICOM_SUFFIXES:
-                found.append((file, not preamble))
-            else:
-                ignored += not is_nifti(file)  # read by the folder expansion
-    return found, ignored
-
-
-def has_dicom_preamble(path: Path) -> bool:
-    """Whether ``path`` carries the DICOM Part 10 'DICM' marker after its 128-byte preamble."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _is_dicomdir(path: Path) -> bool:
-    if path.name.upper() == "DICOMDIR":
-        return True
-    try:
-        meta = pydicom.filereader.read_file_meta_info(path)
-    except Exception:  # not DICOM at all: left to the file reader to report
-        return False
-    return str(meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY
-
-
-def _dicomdir_files(path: Path) -> tuple[list[tuple[Path, bool]], int]:
-    try:
-        file_set = FileSet(pydicom.dcmread(path))
-    except Exception as error:
-        raise ReadError(f"{path} is not a readable DICOMDIR ({first_line(error)}).") from None
-    found, missing = [], 0
-    for instance in file_set:
-        file = Path(instance.path)
-        if file.is_file():
-            found.append((file, False))
-        else:
-            missing += 1
-    return found, missing
-
-
-def _scan(candidates: list[tuple[Path, bool]], single: bool) -> tuple[list[_File], list[str]]:
-    """Header pass over all candidate files, in parallel."""
+def _scan(candidates: list[tuple[Path, bool]], single: bool
+          ) -> tuple[list[_File], list[_SegFile], list[str]]:
+    """Header pass over all candidate files, in parallel: image files, SEGs, notes."""
     with ThreadPoolExecutor(worker_count()) as pool:
         results = list(pool.map(lambda c: _scan_file(*c), candidates))
-    files, non_image, unreadable, not_dicom = [], defaultdict(int), [], 0
+    files, segs, non_image, unreadable, not_dicom = [], [], defaultdict(int), [], 0
     for (path, _), result in zip(candidates, results):
         if isinstance(result, _File):
             files.append(result)
+        elif isinstance(result, _SegFile):
+            segs.append(result)
         elif isinstance(result, tuple):
             non_image[result] += 1
         elif result is None:
@@ -236,11 +207,12 @@ def _scan(candidates: list[tuple[Path, bool]], single: bool) -> tuple[list[_File
         skipped.append(f"{len(unreadable)} unreadable file(s), e.g. {unreadable[0]}")
     if not_dicom:
         skipped.append(f"{not_dicom} non-DICOM file(s)")
-    return files, skipped
+    return files, segs, skipped
 
 
-def _scan_file(path: Path, force: bool) -> _File | tuple[str, str] | str | None:
-    """A :class:`_File`, ``(kind, SOP class)`` for a non-image, an error text, or None."""
+def _scan_file(path: Path, force: bool) -> _File | _SegFile | tuple[str, str] | str | None:
+    """A :class:`_File`, a :class:`_SegFile`, ``(kind, SOP class)`` for a non-image, an
+    error text, or None."""
     try:
         header = pydicom.dcmread(path, defer_size=DEFER_SIZE, force=force)
     except InvalidDicomError:
@@ -252,6 +224,10 @@ def _scan_file(path: Path, force: bool) -> _File | tuple[str, str] | str | None:
         return None  # parsed as something, but not a DICOM object
     if sop == MEDIA_STORAGE_DIRECTORY:
         return ("DICOMDIR", "Media Storage Directory")
+    if sop in SEG_SOP_CLASSES:
+        referenced = header.get("ReferencedSeriesSequence")
+        return _SegFile(path, str(referenced[0].get("SeriesInstanceUID", ""))
+                        if referenced else "")
     sop_name = getattr(header.get("SOPClassUID"), "name", sop) or "unknown SOP class"
     modality = str(header.get("Modality", "")) or "unknown-modality"
     pixel_tag = next((tag for tag in PIXEL_TAGS if tag in header), None)

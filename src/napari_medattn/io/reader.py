@@ -14,7 +14,6 @@ import numpy as np
 
 from napari_medattn.errors import MedAttnError, ReadError
 from napari_medattn.io.dicom import read_dicom
-from napari_medattn.io.dicom_seg import is_seg, read_seg
 from napari_medattn.io.folders import NIFTI, ReadJob, expand
 from napari_medattn.io.nifti import read_nifti
 from napari_medattn.io.volume import Volume
@@ -78,13 +77,13 @@ def read_job(job: ReadJob, *, modality: str | None = None) -> list[Volume]:
         raise job.error
     if job.kind == NIFTI:
         volumes = [read_nifti(job.path, modality=modality)]
-    elif job.path.is_file() and is_seg(job.path):
-        volumes = [read_seg(job.path)]  # segments with names and colours, on their own grid
     else:
+        # DICOM-SEGs come back as label maps (modality "SEG"), which the override leaves be.
         volumes = read_dicom(job.path)
         if modality is not None:
             for volume in volumes:
-                volume.modality = modality
+                if volume.modality != "SEG":
+                    volume.modality = modality
     for volume in volumes:
         note = nonfinite_warning(volume.data)
         if note:
