@@ -12,3 +12,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def nibabel_truth():
+    """The transform fixed -> moving (LPS mm) between nibabel's ``anatomical.nii`` and its
+    moved copy (both in the package's sample data): the copy has the original's voxels, so
+    it is ``A_moved inv(A_fixed)``; tests/registration checks it against nibabel's recipe."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from napari_medattn.io import read_volume
+    from napari_medattn.registration import LinearTransform
+
+    samples = Path(__file__).parents[1] / "src" / "napari_medattn" / "sample_data"
+    fixed = read_volume(samples / "nibabel_anatomical.nii.gz")
+    moved = read_volume(samples / "nibabel_anatomical_moved.nii.gz")
+    return LinearTransform(moved.affine @ np.linalg.inv(fixed.affine), "rigid")

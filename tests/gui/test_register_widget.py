@@ -11,7 +11,6 @@ import pytest
 import napari_medattn
 from napari_medattn.display.layers import volume_layer_data
 from napari_medattn.io import Volume, read_volume
-from napari_medattn.registration import LinearTransform
 from napari_medattn.registration.transforms import grid_points
 from napari_medattn.widgets.register import LPS_TO_WORLD, RegisterWidget
 
@@ -21,12 +20,6 @@ MOVED = SAMPLES / "nibabel_anatomical_moved.nii.gz"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def truth():
-    """nibabel's moved copy has the original's voxels: fixed -> moving is
-    A_moved inv(A_fixed) (LPS); tests/registration checks it against nibabel's recipe."""
-    return LinearTransform(read_volume(MOVED).affine @ np.linalg.inv(read_volume(FIXED).affine))
 
 
 def open_pair(viewer):
@@ -54,12 +47,13 @@ def make_widget(make_napari_viewer):
     return viewer, widget, fixed
 
 
-def tre(transform, fixed):
+def tre(transform, truth, fixed):
     points = grid_points(fixed.affine, fixed.spatial_shape).reshape(-1, 3)
-    return np.linalg.norm(transform(points) - truth()(points), axis=1).mean()
+    return np.linalg.norm(transform(points) - truth(points), axis=1).mean()
 
 
-def test_rigid_run_previews_live_and_recovers_the_motion(make_napari_viewer, qtbot, tmp_path):
+def test_rigid_run_previews_live_and_recovers_the_motion(make_napari_viewer, qtbot, tmp_path,
+                                                        nibabel_truth):
     viewer, widget, fixed = make_widget(make_napari_viewer)
     moving_layer = viewer.layers["moving"]
     placements = []
@@ -73,7 +67,7 @@ def test_rigid_run_previews_live_and_recovers_the_motion(make_napari_viewer, qtb
     assert job.outcome == "done"
     assert len(placements) >= 2  # live previews, then the result
     assert not np.allclose(placements[0], placements[-1])
-    assert tre(widget.transform, fixed) < 0.5
+    assert tre(widget.transform, nibabel_truth, fixed) < 0.5
     # A linear result is the moving layer's napari affine: no resampled layer.
     assert len(viewer.layers) == layers_before
     expected = LPS_TO_WORLD @ np.linalg.inv(widget.transform.matrix) @ \
@@ -157,7 +151,7 @@ def test_deformable_run_adds_the_warped_scan_and_det_j(make_napari_viewer, qtbot
     assert grid.name.startswith("deformation grid") and len(grid.data) > 5
 
 
-def test_landmarks_show_live_residuals_and_fit(make_napari_viewer, qtbot):
+def test_landmarks_show_live_residuals_and_fit(make_napari_viewer, qtbot, nibabel_truth):
     viewer, widget, fixed = make_widget(make_napari_viewer)
     widget.add_landmark_layers()
     fixed_points = viewer.layers["fixed landmarks"]
@@ -166,7 +160,7 @@ def test_landmarks_show_live_residuals_and_fit(make_napari_viewer, qtbot):
     rng = np.random.default_rng(1)
     lps = rng.uniform(-20, 20, (5, 3))
     world = lambda p: p @ LPS_TO_WORLD[:3, :3].T  # noqa: E731
-    for point, partner in zip(lps, truth()(lps)):
+    for point, partner in zip(lps, nibabel_truth(lps)):
         fixed_points.add(world(point))  # what a click in add mode does
         moving_points.add(world(partner))
     assert widget.residuals.rowCount() == 5
@@ -174,4 +168,4 @@ def test_landmarks_show_live_residuals_and_fit(make_napari_viewer, qtbot):
     widget.method.setCurrentText("landmarks")
     job = widget.run()
     qtbot.waitUntil(lambda: job.finished, timeout=30_000)
-    assert tre(widget.transform, fixed) < 1e-6
+    assert tre(widget.transform, nibabel_truth, fixed) < 1e-6
