@@ -19,12 +19,21 @@ from napari_medattn.inference.window_options import MemoryBudget, OutputRequest,
 CT = (300, 512, 512)
 PATCH = (96, 96, 96)
 MB = 1024**2
+NOTHING = OutputRequest()  # labels only
+
+
+def _estimate(batch_size: int, **options):
+    """The CT job's estimate with labels only, one input channel and five classes."""
+    return estimate_memory(CT, PATCH, in_channels=1, num_classes=5,
+                           windows=WindowOptions(batch_size=batch_size), outputs=NOTHING,
+                           **options)
 
 
 def test_estimate_adds_up_the_parts():
-    est = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=2,
-                          kept_probabilities=1, uncertainty=True, model_bytes=10 * MB,
-                          activation_bytes_per_voxel=100)
+    est = estimate_memory(CT, PATCH, in_channels=1, num_classes=5,
+                          windows=WindowOptions(batch_size=2),
+                          outputs=OutputRequest(keep_probabilities=(1,), uncertainty="entropy"),
+                          model_bytes=10 * MB, activation_bytes_per_voxel=100)
     voxels = math.prod(CT)
     planes = slab_planes(CT, PATCH, 0.5, 2)
     assert planes == 96 + 48  # a batch of 2 reaches at most one row (of 81 windows) further
@@ -37,47 +46,50 @@ def test_estimate_adds_up_the_parts():
     assert est.parts["network"] == ("RAM", network)
     assert est.ram_bytes == sum(size for _, size in est.parts.values()) and est.gpu_bytes == 0
     # Streaming holds a slab: far less than the whole volume of every class.
-    whole = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=2,
-                            uncertainty=True, stream=False)
+    whole = estimate_memory(CT, PATCH, in_channels=1, num_classes=5,
+                            windows=WindowOptions(batch_size=2, stream=False),
+                            outputs=OutputRequest(uncertainty="entropy"))
     assert whole.parts["stitching"][1] == (8 * voxels + chunk) * FLOAT_BYTES
     # 144 of 300 planes.
     assert est.parts["stitching"][1] < 0.52 * whole.parts["stitching"][1]
 
 
 def test_plan_keeps_a_job_that_fits():
-    plan = plan_inference(CT, PATCH, in_channels=1, num_classes=5, batch_size=4, on_gpu=False,
-                          free_ram=64 * 1024 * MB, free_gpu=None)
+    plan = plan_inference(CT, PATCH, in_channels=1, num_classes=5,
+                          windows=WindowOptions(batch_size=4), on_gpu=False,
+                          free_ram=64 * 1024 * MB, free_gpu=None, outputs=NOTHING)
     assert plan.batch_size == 4 and not plan.stitch_on_gpu and plan.notes == ()
 
 
 def test_plan_reduces_the_batch_to_fit_ram():
-    options = dict(in_channels=1, num_classes=5, on_gpu=False, free_gpu=None)
-    one = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=1)
-    two = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=2)
+    options = dict(in_channels=1, num_classes=5, on_gpu=False, free_gpu=None, outputs=NOTHING)
+    one = _estimate(batch_size=1)
+    two = _estimate(batch_size=2)
     free = (one.ram_bytes + two.ram_bytes) // 2
-    plan = plan_inference(CT, PATCH, batch_size=8, free_ram=free, **options)
+    plan = plan_inference(CT, PATCH, windows=WindowOptions(batch_size=8), free_ram=free,
+                          **options)
     assert plan.batch_size == 1 and plan.estimate.ram_bytes <= free
     assert "Batch reduced from 8 to 1" in plan.notes[0]
 
 
 def test_plan_moves_stitching_to_cpu_when_the_gpu_is_small():
-    on_gpu = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=1,
-                             on_gpu=True, stitch_on_gpu=True)
-    network_only = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=1,
-                                   on_gpu=True, stitch_on_gpu=False)
+    on_gpu = _estimate(batch_size=1, on_gpu=True, stitch_on_gpu=True)
+    network_only = _estimate(batch_size=1, on_gpu=True, stitch_on_gpu=False)
     free_gpu = (on_gpu.gpu_bytes + network_only.gpu_bytes) // 2
-    plan = plan_inference(CT, PATCH, in_channels=1, num_classes=5, batch_size=1, on_gpu=True,
-                          free_ram=64 * 1024 * MB, free_gpu=free_gpu)
+    plan = plan_inference(CT, PATCH, in_channels=1, num_classes=5,
+                          windows=WindowOptions(batch_size=1), on_gpu=True,
+                          free_ram=64 * 1024 * MB, free_gpu=free_gpu, outputs=NOTHING)
     assert not plan.stitch_on_gpu and plan.estimate.gpu_bytes <= free_gpu
     assert plan.notes == ("Blending moved to the CPU to fit in GPU memory.",)
 
 
 def test_plan_refuses_with_the_numbers():
     with pytest.raises(InsufficientMemoryError) as info:
-        plan_inference(CT, PATCH, in_channels=1, num_classes=5, batch_size=4, on_gpu=False,
-                       free_ram=512 * MB, free_gpu=None)
+        plan_inference(CT, PATCH, in_channels=1, num_classes=5,
+                       windows=WindowOptions(batch_size=4), on_gpu=False,
+                       free_ram=512 * MB, free_gpu=None, outputs=NOTHING)
     message = str(info.value)
-    one = estimate_memory(CT, PATCH, in_channels=1, num_classes=5, batch_size=1)
+    one = _estimate(batch_size=1)
     assert f"{one.ram_bytes / 1024**3:.2f} GB of RAM" in message
     assert "only 0.50 GB is free" in message and "stitching" in message
 
@@ -86,10 +98,10 @@ def test_engine_replans_and_refuses(volume3d, net3d):
     kwargs = dict(outputs=OutputRequest(keep_probabilities=(1,)), device="cpu")
     batch8 = WindowOptions(batch_size=8, skip_empty=False)
     reference = sliding_window_inference(volume3d, net3d, (12, 16, 10), windows=batch8, **kwargs)
-    one = estimate_memory((23, 30, 27), (12, 16, 10), in_channels=1, num_classes=2,
-                          batch_size=1, kept_probabilities=1)
-    two = estimate_memory((23, 30, 27), (12, 16, 10), in_channels=1, num_classes=2,
-                          batch_size=2, kept_probabilities=1)
+    one, two = (estimate_memory((23, 30, 27), (12, 16, 10), in_channels=1, num_classes=2,
+                                windows=WindowOptions(batch_size=batch),
+                                outputs=OutputRequest(keep_probabilities=(1,)))
+                for batch in (1, 2))
     between = MemoryBudget(free_ram=(one.ram_bytes + two.ram_bytes) // 2)
     replanned = sliding_window_inference(volume3d, net3d, (12, 16, 10), windows=batch8,
                                          memory=between, **kwargs)

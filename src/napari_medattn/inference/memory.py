@@ -13,8 +13,12 @@ import dataclasses
 import math
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from napari_medattn.errors import InsufficientMemoryError
+
+if TYPE_CHECKING:  # window_options imports this module's default activation size
+    from napari_medattn.inference.window_options import OutputRequest, WindowOptions
 
 FLOAT_BYTES = 4
 #: Peak activation memory of one input voxel of one window during a no-grad forward
@@ -80,13 +84,9 @@ def estimate_memory(
     *,
     in_channels: int,
     num_classes: int,
-    batch_size: int,
-    overlap: float = 0.5,
-    kept_probabilities: int = 0,
-    uncertainty: bool = False,
-    attention_maps: int = 0,
+    windows: WindowOptions,
+    outputs: OutputRequest,
     tta_members: int = 1,
-    stream: bool = True,
     on_gpu: bool = False,
     stitch_on_gpu: bool = False,
     model_bytes: int = 0,
@@ -100,20 +100,14 @@ def estimate_memory(
         Spatial size of the volume and of one window, in voxels.
     in_channels, num_classes : int
         Input channels and predicted classes.
-    batch_size : int
-        Windows per forward pass.
-    overlap : float
-        Fraction of a window shared with its neighbour, in [0, 1).
-    kept_probabilities : int
-        Number of classes whose probability map is returned for the whole volume.
-    uncertainty : bool
-        Whether an uncertainty map is returned (one more float map and buffer).
-    attention_maps : int
-        Number of attention maps returned (one float map and buffer each).
+    windows : WindowOptions
+        Its ``batch_size`` (windows per forward pass), ``overlap`` and ``stream`` (stitch
+        slab by slab, or the whole volume at once) count.
+    outputs : OutputRequest
+        What is returned for the whole volume: each kept probability, the uncertainty map
+        and each attention map is one float map (and, but for probabilities, one buffer).
     tta_members : int
         Forward passes per window (test-time augmentation).
-    stream : bool
-        Stitch slab by slab (True) or the whole volume at once.
     on_gpu, stitch_on_gpu : bool
         Whether the network and the blending buffers live on the GPU.
     model_bytes : int
@@ -121,11 +115,16 @@ def estimate_memory(
     activation_bytes_per_voxel : int
         Peak activation bytes per input voxel of one window in the forward pass.
     """
+    batch_size = windows.batch_size
+    keep = outputs.keep_probabilities
+    kept_probabilities = num_classes if keep == "all" else len(keep)
+    uncertainty = outputs.uncertainty is not None
+    attention_maps = len(outputs.attention_maps)
     voxels = math.prod(shape)
     window_voxels = math.prod(patch_size)
     rest = math.prod(shape[1:])
-    planes = slab_planes(shape, patch_size, overlap, batch_size) if stream else max(
-        shape[0], patch_size[0])
+    planes = (slab_planes(shape, patch_size, windows.overlap, batch_size) if windows.stream
+              else max(shape[0], patch_size[0]))
     # Per-class accumulators, the weight sum, the background weight of skipped windows,
     # and the variance accumulator; finalising holds one more chunk of class planes.
     buffer_maps = num_classes + 2 + (1 if uncertainty else 0) + attention_maps
@@ -167,7 +166,7 @@ def plan_inference(
     *,
     in_channels: int,
     num_classes: int,
-    batch_size: int,
+    windows: WindowOptions,
     on_gpu: bool,
     free_ram: int,
     free_gpu: int | None,
@@ -181,12 +180,14 @@ def plan_inference(
 
     Parameters
     ----------
+    windows : WindowOptions
+        As asked; the plan may reduce its ``batch_size``.
     free_ram : int
         Bytes of RAM available (see :func:`available_ram`).
     free_gpu : int or None
         Bytes free on the GPU (None when the job runs on the CPU).
     estimate_options
-        Passed to :func:`estimate_memory` (overlap, kept_probabilities, ...).
+        Passed to :func:`estimate_memory` (``outputs``, ``tta_members``, ...).
 
     Raises
     ------
@@ -194,14 +195,17 @@ def plan_inference(
         With the estimated and the free bytes, when no plan fits.
     """
     notes: list[str] = []
+    batch_size = windows.batch_size
     stitch_options = (True, False) if on_gpu else (False,)
     last = None
     for stitch_on_gpu in stitch_options:
         batch = batch_size
         while True:
             est = estimate_memory(shape, patch_size, in_channels=in_channels,
-                                  num_classes=num_classes, batch_size=batch, on_gpu=on_gpu,
-                                  stitch_on_gpu=stitch_on_gpu, **estimate_options)
+                                  num_classes=num_classes,
+                                  windows=dataclasses.replace(windows, batch_size=batch),
+                                  on_gpu=on_gpu, stitch_on_gpu=stitch_on_gpu,
+                                  **estimate_options)
             last = est
             gpu_ok = free_gpu is None or est.gpu_bytes <= free_gpu
             if est.ram_bytes <= free_ram and gpu_ok:

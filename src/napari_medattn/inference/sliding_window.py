@@ -319,21 +319,14 @@ class _Run:
 
     def plan(self, compute: torch.device, memory: MemoryBudget, num_classes: int | None):
         """The memory plan of this run on ``compute`` (see :func:`.plan_inference`)."""
-        keep = self.request.keep_probabilities
-        kept = (num_classes or 2) if keep == "all" else len(keep)
         model_bytes = (sum(p.numel() * p.element_size() for p in self.predictor.parameters())
                        if isinstance(self.predictor, nn.Module) else 0)
         return plan_inference(
             self.padded, self.patch, in_channels=self.x.shape[0],
-            num_classes=num_classes or 2, batch_size=self.options.batch_size,
-            on_gpu=compute.type != "cpu",
+            num_classes=num_classes or 2, windows=self.options, on_gpu=compute.type != "cpu",
             free_ram=available_ram() if memory.free_ram is None else memory.free_ram,
             free_gpu=free_gpu_memory(compute) if memory.free_gpu is None else memory.free_gpu,
-            overlap=self.options.overlap, kept_probabilities=kept,
-            uncertainty=self.request.uncertainty is not None,
-            attention_maps=len(self.request.attention_maps),
-            tta_members=len(self.members), stream=self.options.stream,
-            model_bytes=model_bytes,
+            outputs=self.request, tta_members=len(self.members), model_bytes=model_bytes,
             activation_bytes_per_voxel=memory.activation_bytes_per_voxel)
 
     def place(self, compute: torch.device, stitch: torch.device, use_autocast: bool,
