@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_finetune(args: argparse.Namespace) -> int:
     """Read the scan and labels, fine-tune, print where the model is; 0 on success."""
     # Heavy imports here keep ``medattn --help`` fast.
+    from napari_medattn.cli.common import ProgressBar
     from napari_medattn.io import read_volume
     from napari_medattn.training.finetune import check_model_name, finetune
 
@@ -53,9 +54,15 @@ def run_finetune(args: argparse.Namespace) -> int:
     image = read_volume(args.image, modality=args.modality)
     labels = read_volume(args.labels)
     given = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
-    result = finetune(image, labels, args.model, name=args.name, batch_size=args.batch_size,
-                      seed=args.seed, device=args.device, progress_bar=not args.no_progress,
-                      **given)
+    with ProgressBar(f"fine-tune {args.name}", unit="step") as bar:
+
+        def progress(info: dict) -> None:
+            if info["phase"] == "train" and not args.no_progress:
+                bar.update(info["step"], info["steps"])
+
+        result = finetune(image, labels, args.model, name=args.name,
+                          batch_size=args.batch_size, seed=args.seed, device=args.device,
+                          progress=progress, **given)
     losses = result.losses
     dice = ", ".join(f"{s.name} {s.dice:.3f}" for s in result.scores)
     print(f"Fine-tuned {args.model} into {result.entry.name}: loss {losses[0]:.4f} -> "

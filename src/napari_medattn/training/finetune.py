@@ -132,7 +132,6 @@ def finetune(
     augment: Mapping[str, Any] | None = None,
     progress: FinetuneProgress | None = None,
     cancel: CancelCheck | None = None,
-    progress_bar: bool = False,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``image`` and ``labels``; install it as a user model ``name``.
 
@@ -165,12 +164,10 @@ def finetune(
         (the model is meant to fit this image).
     progress : callable, optional
         Called with a dict per training step and per window batch of the final run
-        (see :data:`FinetuneProgress`).
+        (see :data:`FinetuneProgress`); the command line draws its progress bar from it.
     cancel : callable or threading.Event, optional
         Checked between steps and between windows; raises
         :class:`~napari_medattn.errors.Cancelled` and leaves no model behind.
-    progress_bar : bool
-        Show a tqdm bar of the training steps on stderr (the command line does).
 
     Returns
     -------
@@ -194,11 +191,7 @@ def finetune(
         When ``cancel`` fires; no model folder is left.
     """
     check_model_name(name)
-    for what, value in (("number of steps", steps), ("batch size", batch_size)):
-        if int(value) < 1:
-            raise DimensionError(f"The {what} must be at least 1, got {value}.")
-    if not float(lr) > 0:
-        raise DimensionError(f"The learning rate must be positive, got {lr}.")
+    _check_settings(steps, batch_size, lr)
     base_path, base = _base_model(model)
     base_run = _base_run(base, base_path)
     case = training_case(image, labels, base)
@@ -206,17 +199,7 @@ def finetune(
     user_dir = registry.user_model_dir()
     target = user_dir / name
     losses: list[float] = []
-
-    def on_step(info: dict[str, Any]) -> None:
-        losses.append(float(info["loss"]))
-        if progress is not None:
-            progress({"phase": "train", "step": info["step"], "steps": info["steps"],
-                      "loss": float(info["loss"])})
-
-    def on_windows(done: int, total: int) -> None:
-        if progress is not None:
-            progress({"phase": "segment", "done": done, "total": total})
-
+    on_step, on_windows = _relays(progress, losses)
     try:
         user_dir.mkdir(parents=True, exist_ok=True)
         # Hidden, inside the user folder: the final rename stays on one file system, and
@@ -231,7 +214,7 @@ def finetune(
                 config, [case], classes=base.classes, out_dir=work / "run", device=device,
                 card_fields={"name": name, "training_data": _training_data(image, case, base),
                              "license": base.license, "intended_use": base.intended_use},
-                progress=on_step, cancel=cancel, progress_bar=progress_bar)
+                progress=on_step, cancel=cancel, progress_bar=False)
             module, card = registry.load_model(run.last)
             result = segment(image, module, card, device=device, use_autocast=False,
                              progress=on_windows, cancel=cancel)
@@ -253,7 +236,34 @@ def finetune(
     return FinetuneResult(entry, result, losses, scores)
 
 
+def _relays(progress: FinetuneProgress | None, losses: list[float]
+            ) -> tuple[Callable[[dict[str, Any]], None], Callable[[int, int], None]]:
+    """The training loop's and the final run's progress callbacks: each step's loss is
+    kept in ``losses``, and both report to ``progress`` in :data:`FinetuneProgress` form."""
+
+    def on_step(info: dict[str, Any]) -> None:
+        losses.append(float(info["loss"]))
+        if progress is not None:
+            progress({"phase": "train", "step": info["step"], "steps": info["steps"],
+                      "loss": float(info["loss"])})
+
+    def on_windows(done: int, total: int) -> None:
+        if progress is not None:
+            progress({"phase": "segment", "done": done, "total": total})
+
+    return on_step, on_windows
+
+
 # ------------------------------------------------------------------------------ checks
+
+
+def _check_settings(steps: int, batch_size: int, lr: float) -> None:
+    """Raise DimensionError for non-positive steps, batch size or learning rate."""
+    for what, value in (("number of steps", steps), ("batch size", batch_size)):
+        if int(value) < 1:
+            raise DimensionError(f"The {what} must be at least 1, got {value}.")
+    if not float(lr) > 0:
+        raise DimensionError(f"The learning rate must be positive, got {lr}.")
 
 
 def check_model_name(name: str) -> str:
