@@ -232,7 +232,8 @@ def test_medformer_segmentation_and_classification_share_the_backbone():
 
 
 def test_presets_hold_the_published_sizes():
-    assert architectures() == ["dssa_unet", "medformer", "unet", "unetr"]
+    assert architectures() == ["dmaf_net", "dssa_unet", "early_fusion_unet", "medformer", "unet",
+                             "unetr"]
     assert presets("dssa_unet") == ["paper"]
     net = create("dssa_unet", preset="paper", spatial_dims=2, out_channels=4)
     assert net.config["widths"] == [96, 192, 384, 768]
