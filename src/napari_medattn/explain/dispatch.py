@@ -166,57 +166,10 @@ def explain(volume: Volume, model: nn.Module, card: ModelCard, method: str, *,
     region_grid = grid.region_on_grid(region) if region is not None else None
     runs_per_layer = (1 if method in ("gate", "cbam", "dssa") else len(layers))
     stages = runs_per_layer * (2 if faithfulness else 1) + (len(layers) if faithfulness else 0)
-    done_stages = 0
-
-    def stage_progress(done: int, total: int) -> None:
-        if progress is not None:
-            progress(done_stages * 100 + (100 * done) // max(total, 1), stages * 100)
-
-    def run(fn, image: np.ndarray, gradients: bool = True) -> np.ndarray:
-        nonlocal done_stages
-        out = window_maps(grid, model, card, fn, image=image, region=region_grid,
-                          device=device, gradients=gradients, progress=stage_progress,
-                          cancel=cancel)[0]
-        done_stages += 1
-        return out
-
-    def compute(image: np.ndarray) -> dict[str | None, tuple[np.ndarray, np.ndarray | None]]:
-        """Every requested layer's map on the model grid (and channel weights)."""
-        nonlocal done_stages
-        if method in ("gate", "cbam"):
-            names = {quantity_of(model, name, method): name for name in layers}
-            shifted = dataclasses.replace(grid, image=image)
-            maps = spatial_maps(shifted, model, card, list(names), device=device,
-                                progress=stage_progress, cancel=cancel)
-            done_stages += 1
-            return {names[n]: (maps[n], None) for n in names}
-        if method == "dssa":
-            routed = routing_maps(dataclasses.replace(grid, image=image), model, card, layers,
-                                  device=device, progress=stage_progress, cancel=cancel)
-            done_stages += 1
-            return {name: (routed[name], None) for name in layers}
-        result: dict[str | None, tuple[np.ndarray, np.ndarray | None]] = {}
-        for name in layers:
-            if method == "channels":
-                weights, vol = channel_map(dataclasses.replace(grid, image=image), model, card,
-                                           name, device=device, progress=stage_progress,
-                                           cancel=cancel)
-                done_stages += 1
-                result[name] = (vol, weights)
-            elif method in CAM_METHODS:
-                result[name] = (run(lambda b, r, n=name: gradient_cam(
-                    model, b, n, method, target_class=target, region=r)[:, None], image), None)
-            elif method == "rollout":
-                result[name] = (run(lambda b, r, n=name: rollout_map(model, b, n, r)[:, None],
-                                    image, gradients=False), None)
-            else:
-                result[name] = (run(lambda b, r: occlusion_map(
-                    model, b, target_class=target, region=r)[:, None], image,
-                    gradients=False), None)
-        return result
-
-    maps = compute(grid.image)
-    noisy = compute(noisy_image(grid.image)) if faithfulness else {}
+    runner = _Runner(grid, model, card, method, layers, target, region_grid, device,
+                     _StageProgress(stages, progress), cancel)
+    maps = runner.maps(grid.image)
+    noisy = runner.maps(noisy_image(grid.image)) if faithfulness else {}
     # Native maps and rollout do not depend on a class (rollout follows the region only).
     class_free = method in (*NATIVE_METHODS, "rollout")
     out = []
@@ -226,8 +179,8 @@ def explain(volume: Volume, model: nn.Module, card: ModelCard, method: str, *,
         if faithfulness:
             scores = faithfulness_of(grid, model, card, saliency, noisy[name][0],
                                      target_class=target, region=region_grid, device=device,
-                                     progress=stage_progress, cancel=cancel)
-            done_stages += 1
+                                     progress=runner.progress, cancel=cancel)
+            runner.progress.done_stages += 1
         label = " ".join(str(part) for part in (
             volume.name, card.name, method, name,
             None if class_free else card.class_names[target]) if part is not None)
@@ -237,6 +190,78 @@ def explain(volume: Volume, model: nn.Module, card: ModelCard, method: str, *,
     if progress is not None:
         progress(stages * 100, stages * 100)
     return out
+
+
+@dataclasses.dataclass
+class _StageProgress:
+    """``progress(done, total)`` of one stage (a pass over the windows) reported as a
+    share of all ``stages``, 100 units each."""
+
+    stages: int
+    progress: Callable[[int, int], None] | None
+    done_stages: int = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(self.done_stages * 100 + (100 * done) // max(total, 1),
+                          self.stages * 100)
+
+
+@dataclasses.dataclass
+class _Runner:
+    """One :func:`explain` request's passes over the windows, each one stage."""
+
+    grid: ModelGrid
+    model: nn.Module
+    card: ModelCard
+    method: str
+    layers: list[str | None]
+    target: int
+    region: np.ndarray | None
+    device: str
+    progress: _StageProgress
+    cancel: Callable[[], bool] | None
+
+    def window_map(self, fn, image: np.ndarray, gradients: bool = True) -> np.ndarray:
+        """``fn(batch, region)`` over the windows of ``image``, blended on the model grid."""
+        out = window_maps(self.grid, self.model, self.card, fn, image=image,
+                          region=self.region, device=self.device, gradients=gradients,
+                          progress=self.progress, cancel=self.cancel)[0]
+        self.progress.done_stages += 1
+        return out
+
+    def maps(self, image: np.ndarray) -> dict[str | None, tuple[np.ndarray, np.ndarray | None]]:
+        """Every requested layer's map on the model grid (and channel weights)."""
+        model, card, method, target = self.model, self.card, self.method, self.target
+        shifted = dataclasses.replace(self.grid, image=image)
+        options = {"device": self.device, "progress": self.progress, "cancel": self.cancel}
+        if method in ("gate", "cbam"):
+            names = {quantity_of(model, name, method): name for name in self.layers}
+            spatial = spatial_maps(shifted, model, card, list(names), **options)
+            self.progress.done_stages += 1
+            return {names[n]: (spatial[n], None) for n in names}
+        if method == "dssa":
+            routed = routing_maps(shifted, model, card, self.layers, **options)
+            self.progress.done_stages += 1
+            return {name: (routed[name], None) for name in self.layers}
+        result: dict[str | None, tuple[np.ndarray, np.ndarray | None]] = {}
+        for name in self.layers:
+            if method == "channels":
+                weights, vol = channel_map(shifted, model, card, name, **options)
+                self.progress.done_stages += 1
+                result[name] = (vol, weights)
+            elif method in CAM_METHODS:
+                result[name] = (self.window_map(lambda b, r, n=name: gradient_cam(
+                    model, b, n, method, target_class=target, region=r)[:, None], image), None)
+            elif method == "rollout":
+                result[name] = (self.window_map(
+                    lambda b, r, n=name: rollout_map(model, b, n, r)[:, None], image,
+                    gradients=False), None)
+            else:
+                result[name] = (self.window_map(lambda b, r: occlusion_map(
+                    model, b, target_class=target, region=r)[:, None], image,
+                    gradients=False), None)
+        return result
 
 
 def _display_scale(saliency: np.ndarray, method: str) -> np.ndarray:
