@@ -41,7 +41,7 @@ def browser(make_napari_viewer, orthanc, tmp_path, monkeypatch):
                                series_number=5, patient=PATIENT)
     store(Connection(url, username=user, password=password), files)
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1500, 900)
+    viewer.window.resize(1500, 900)
     widget = DicomBrowserWidget(viewer)
     viewer.window.add_dock_widget(widget, area="right", name="DICOM browser")
     widget.url.setText(url)
@@ -136,7 +136,7 @@ def test_save_labels_as_dicom_seg_through_the_writer_hook(tmp_path):
 
 
 def test_opening_a_seg_places_it_on_the_open_scan_it_references(make_napari_viewer,
-                                                                  tmp_path):
+                                                                  tmp_path, add_layer):
     from napari_medattn._napari_hooks import read_layers
 
     viewer = make_napari_viewer()
@@ -144,7 +144,7 @@ def test_opening_a_seg_places_it_on_the_open_scan_it_references(make_napari_view
     t1 = read_volume(os.path.join(data_path, "anatomical.nii"), modality="MR")
     write_dicom_series(folder, t1, series_description="T1", series_number=2, patient=PATIENT)
     (scan_data,) = read_layers(str(folder))
-    scan = viewer._add_layer_from_data(*scan_data)[0]
+    scan = add_layer(viewer, scan_data)
     geometry = scan.metadata[GEOMETRY_KEY]
     labels = np.zeros(geometry.spatial_shape, np.uint8)
     labels[3:6, 8:12, 9:11] = 1  # within a few slices: the SEG's own grid is smaller

@@ -28,11 +28,6 @@ from napari_medattn.widgets.radiology_view import viewer_camera
 from napari_medattn.widgets.three_planes import plane_models, set_three_planes
 
 
-def _add(viewer, layer_data):
-    for data, kwargs, kind in layer_data:
-        viewer._add_layer_from_data(data, kwargs, kind)
-
-
 def _shot(viewer, qtbot, name=None, tmp_path=None):
     qtbot.wait(50)
     image = viewer.screenshot(canvas_only=True, flash=False)
@@ -44,10 +39,11 @@ def _shot(viewer, qtbot, name=None, tmp_path=None):
 
 
 @pytest.fixture
-def pet_ct(make_napari_viewer, qtbot):
+def pet_ct(make_napari_viewer, qtbot, add_layer):
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1300, 900)
-    _add(viewer, sample_synthetic_pet_ct())
+    viewer.window.resize(1300, 900)
+    for layer_data in sample_synthetic_pet_ct():
+        add_layer(viewer, layer_data)
     widget = FuseWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.base.setCurrentText("synthetic_ct_head")
@@ -142,10 +138,10 @@ def test_pet_placed_without_resampling_fade_and_cursor_values(pet_ct, qtbot, tmp
                                -shift[:3, 3][::-1])
 
 
-def test_modes_and_oblique_overlay_resampled(make_napari_viewer, qtbot, tmp_path):
+def test_modes_and_oblique_overlay_resampled(make_napari_viewer, qtbot, tmp_path, add_layer):
     viewer = make_napari_viewer(show=True)
-    _add(viewer, sample_nibabel_anatomical())
-    _add(viewer, sample_nibabel_anatomical_moved())
+    for layer_data in (*sample_nibabel_anatomical(), *sample_nibabel_anatomical_moved()):
+        add_layer(viewer, layer_data)
     widget = FuseWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.base.setCurrentText("nibabel_anatomical")
