@@ -209,6 +209,19 @@ class VolumeOutput:
         return self.record.write(self.path(PROVENANCE, ".json"))
 
 
+def prepared_batch(command: str, prepare: Callable[[argparse.Namespace], tuple[
+        Callable[[VolumeOutput], list[str]], dict]]) -> Callable[[argparse.Namespace], int]:
+    """The ``func`` of a subcommand whose ``prepare(args)`` loads and checks once and returns
+    ``(one_volume, parameters)``; it runs :func:`run_over_inputs` with them (a cohort run
+    calls the same ``prepare`` once per worker)."""
+
+    def run(args: argparse.Namespace) -> int:
+        one_volume, parameters = prepare(args)
+        return run_over_inputs(command, args, one_volume, parameters=parameters)
+
+    return run
+
+
 def run_over_inputs(command: str, args: argparse.Namespace,
                     one_volume: Callable[[VolumeOutput], list[str]], *,
                     parameters: dict[str, Any] | None = None) -> int:

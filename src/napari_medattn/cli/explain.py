@@ -23,7 +23,7 @@ from napari_medattn.cli.common import (
     add_model,
     class_indices,
     load_model_argument,
-    run_over_inputs,
+    prepared_batch,
 )
 from napari_medattn.errors import ModelError
 
@@ -67,13 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also compute deletion and insertion areas, stability and the "
                              "verdict for each map (about 6x slower: the map again on a noisy "
                              "image and nine forward passes per window)")
-    parser.set_defaults(func=run_explain)
-
-
-def run_explain(args: argparse.Namespace) -> int:
-    """Explain every input; 0 when all succeeded, 1 when any input failed."""
-    one_volume, parameters = prepare_explain(args)
-    return run_over_inputs("explain", args, one_volume, parameters=parameters)
+    parser.set_defaults(func=prepared_batch("explain", prepare_explain))
 
 
 def prepare_explain(args: argparse.Namespace) -> tuple[Callable[[VolumeOutput], list[str]],

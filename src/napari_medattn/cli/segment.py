@@ -35,7 +35,7 @@ from napari_medattn.cli.common import (
     add_model,
     class_indices,
     load_model_argument,
-    run_over_inputs,
+    prepared_batch,
     safe_name,
 )
 from napari_medattn.errors import ModelError
@@ -97,13 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=("nifti", "dicom-seg"), default="nifti",
                         help="label map as NIfTI, or as a DICOM-SEG (<name>_labels.dcm) "
                              "referencing a DICOM source series (default: nifti)")
-    parser.set_defaults(func=run_segment)
-
-
-def run_segment(args: argparse.Namespace) -> int:
-    """Segment every input; 0 when all succeeded, 1 when any input failed."""
-    one_volume, parameters = prepare_segment(args)
-    return run_over_inputs("segment", args, one_volume, parameters=parameters)
+    parser.set_defaults(func=prepared_batch("segment", prepare_segment))
 
 
 def prepare_segment(args: argparse.Namespace) -> tuple[Callable[[VolumeOutput], list[str]],
