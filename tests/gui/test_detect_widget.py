@@ -21,7 +21,9 @@ from napari_medattn.io import Volume
 from napari_medattn.models import create, registry
 from napari_medattn.models.card import ModelCard
 from napari_medattn.widgets import detect as detect_module
+from napari_medattn.detection.detector import DEFAULT_DETECTOR
 from napari_medattn.widgets.detect import DetectWidget
+from napari_medattn.widgets.parts import JobControls, ModelPicker
 
 #: Lesions in LPS mm and their peak intensity (the second is fainter: a lower score).
 LESIONS_MM = [np.array([10.0, -12.0, 20.0]), np.array([-25.0, 15.0, -8.0])]
@@ -123,7 +125,8 @@ def test_run_draws_boxes_fills_the_table_and_jumps_to_a_lesion(setup, qtbot, tmp
 def test_lesions_from_a_labels_layer(setup, qtbot, add_layer):
     viewer, scan, widget = setup
     assert not widget.from_labels_button.isEnabled()  # no Labels layer yet
-    widget.model.select("dssa-unet-brain-tissue")    # a segmenter: Run is off ...
+    assert not widget.model.select("dssa-unet-brain-tissue")  # segmenters are not listed
+    widget.model.add(registry.find_model("dssa-unet-brain-tissue").path)  # opened: Run is off
     qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=30_000)
     assert not widget.run_button.isEnabled()
     volume = phantom()
@@ -147,3 +150,21 @@ def test_screenshot(setup, qtbot, tmp_path):
     folder = Path(os.environ.get("MEDATTN_SCREENSHOT_DIR", tmp_path))
     shot = viewer.screenshot(str(folder / "detect_widget.png"), canvas_only=False, flash=False)
     assert shot.shape[0] > 400
+
+
+def test_model_pickers_list_only_the_models_of_their_task(qtbot, model_folder, monkeypatch):
+    monkeypatch.setenv(registry.ENV_MODEL_PATH, str(model_folder))
+    monkeypatch.setattr(registry, "user_model_dir", lambda: model_folder / "no-user-models")
+    jobs = JobControls(lambda: None, lambda: True)
+    qtbot.addWidget(jobs)
+    pickers = {"segmentation": ModelPicker(jobs, tooltip="", load=False),
+               "detection": ModelPicker(jobs, tooltip="", load=False, task="detection",
+                                        default=DEFAULT_DETECTOR)}
+    for task, picker in pickers.items():
+        qtbot.addWidget(picker)
+        picker.refresh()
+        listed = {picker.itemText(row) for row in range(picker.count())}
+        assert listed == {e.name for e in registry.list_models() if e.card.task == task}
+    assert MODEL in {pickers["detection"].itemText(r) for r in range(pickers["detection"].count())}
+    assert pickers["detection"].currentText() == DEFAULT_DETECTOR
+    assert pickers["segmentation"].currentText() == registry.DEFAULT_MODEL

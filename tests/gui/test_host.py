@@ -115,7 +115,9 @@ def test_freeze_startup_objects_freezes_once_and_not_when_off(monkeypatch):
         assert frozen > 0
         later = [[] for _ in range(1000)]
         assert not host.freeze_startup_objects()  # already done: no second freeze
-        assert gc.get_freeze_count() == frozen
+        # No second freeze: the permanent generation does not grow (it may shrink, as
+        # frozen objects that other threads drop are freed).
+        assert gc.get_freeze_count() <= frozen
         assert alive and later
     finally:
         gc.unfreeze()

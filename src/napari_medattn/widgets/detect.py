@@ -76,7 +76,8 @@ class DetectWidget(JobWidget):
         self._scan_name = ""
         self._colours: dict[int, str] = {}
         self.image = QComboBox()
-        self.model = ModelPicker(self.jobs, tooltip=TOOLTIPS["model"])
+        self.model = ModelPicker(self.jobs, tooltip=TOOLTIPS["model"], task="detection",
+                                 default=DEFAULT_DETECTOR)
         self.device = device_choice()
         self.threshold = QSlider(Qt.Orientation.Horizontal)
         self.threshold.setRange(0, 100)
@@ -122,7 +123,6 @@ class DetectWidget(JobWidget):
         on_layers_changed(napari_viewer, self._refresh)
         self._refresh()
         self.model.refresh()
-        self.model.select(DEFAULT_DETECTOR)
 
     # -- choices ------------------------------------------------------------------
     def _refresh(self, event: Any = None) -> None:

@@ -363,6 +363,11 @@ class ModelPicker(QComboBox):
         False: only list the models (the widget works from the listed entry).
     open_button : bool
         Offer "Open model..." to add a model folder (:meth:`add`).
+    task : str
+        List only the models whose card has this task (``"segmentation"``,
+        ``"detection"``); a folder the user opens is listed whatever its task.
+    default : str
+        The model chosen when the list is first filled.
 
     Attributes
     ----------
@@ -378,8 +383,11 @@ class ModelPicker(QComboBox):
 
     def __init__(self, jobs: JobControls, *, tooltip: str,
                  describe: Callable[[torch.nn.Module, ModelCard], Any] | None = None,
-                 load: bool = True, open_button: bool = False) -> None:
+                 load: bool = True, open_button: bool = False, task: str = "segmentation",
+                 default: str = DEFAULT_MODEL) -> None:
         super().__init__()
+        self._task = task
+        self._default = default
         self.loaded: CachedModel | None = None
         self.details: Any = None
         self._jobs = jobs
@@ -417,9 +425,9 @@ class ModelPicker(QComboBox):
         entries = list_models(problems)
         for problem in problems:
             show_info(problem)
-        self._entries = {**{e.name: e for e in entries},
+        self._entries = {**{e.name: e for e in entries if e.card.task == self._task},
                          **{k: v for k, v in self._entries.items() if isinstance(v, Path)}}
-        set_models(self, self._entries, fallback=DEFAULT_MODEL)
+        set_models(self, self._entries, fallback=self._default)
         self._chosen()
 
     def add(self, path: str | Path) -> str:
