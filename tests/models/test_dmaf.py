@@ -155,3 +155,15 @@ def test_bad_inputs(nets):
         create("dmaf_net", modalities=["t1", "T1"])
     with pytest.raises(ModelError, match="heads"):
         create("dmaf_net", channels=[9, 18], head_dim=4)
+
+
+def test_without_masking_missing_modalities_get_weight(one_torch_thread):
+    """The ablation: zero-filled missing modalities are attended to (weight > 0)."""
+    torch.manual_seed(3)
+    net = create("dmaf_net", channels=[8, 16], masking=False).eval()
+    assert net.config["masking"] is False
+    x = torch.randn(1, 4, 8, 8, 8)
+    with torch.no_grad(), capture_attention(net) as maps:
+        net(x, _mask((0, 2)))
+    w = maps["fusion.0.weights"].value[0]
+    assert torch.all(w > 0) and w.sum() == pytest.approx(1.0, abs=1e-5)

@@ -67,6 +67,9 @@ class DMAFBlock(nn.Module):
         Attention heads; must divide ``channels``.
     mlp_ratio : float
         Hidden width of the transformer layer's MLP, relative to ``channels``.
+    masking : bool
+        Mask missing modalities out of the attention (DMAF's adaptive masking). False is
+        the ablation: a missing modality is a zero feature map that still gets weight.
 
     Notes
     -----
@@ -76,8 +79,9 @@ class DMAFBlock(nn.Module):
     """
 
     def __init__(self, spatial_dims: int, channels: int, n_modalities: int,
-                 num_heads: int = 4, mlp_ratio: float = 2.0) -> None:
+                 num_heads: int = 4, mlp_ratio: float = 2.0, masking: bool = True) -> None:
         super().__init__()
+        self.masking = bool(masking)
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.channels = channels
         self.n_modalities = n_modalities
@@ -119,14 +123,16 @@ class DMAFBlock(nn.Module):
         b, m, c = features.shape[:3]
         grid = tuple(features.shape[3:])
         mask = presence_mask(present, b, m, features.device)
-        # Zero the missing modalities' features: masking already gives them zero weight,
-        # and zeroing also keeps a NaN or inf in a missing input from reaching the sum.
+        # Zero the missing modalities' features: masking gives them zero weight anyway, but
+        # zeroing keeps a NaN or inf in a missing input from reaching the sum, and is what
+        # the ablation without masking attends to (zero-filled modalities, as early fusion).
         features = torch.where(mask.reshape(b, m, 1, *([1] * len(grid))), features,
                                torch.zeros((), dtype=features.dtype, device=features.device))
         n = features[0, 0, 0].numel()
         tokens = features.reshape(b, m, c, n).permute(0, 3, 1, 2).reshape(b * n, m, c)
         tokens = tokens + self.modality_embedding
-        key_mask = mask.repeat_interleave(n, dim=0)  # (B*N, M)
+        attended = mask if self.masking else torch.ones_like(mask)
+        key_mask = attended.repeat_interleave(n, dim=0)  # (B*N, M)
         attn_mask = key_mask[:, None, None, :]      # broadcast over heads and queries
 
         q, k, v = self.qkv(self.norm1(tokens)).chunk(3, dim=-1)

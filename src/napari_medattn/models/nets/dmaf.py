@@ -83,6 +83,8 @@ class DMAFNet(_MultimodalNet):
         Feature channels per stage (each encoder's and the decoder's); at least 2 stages.
     head_dim : int
         Channels per attention head in the fusion blocks.
+    masking : bool
+        Mask missing modalities out of the fusion attention; False is the ablation.
 
     Notes
     -----
@@ -95,14 +97,15 @@ class DMAFNet(_MultimodalNet):
 
     def __init__(self, spatial_dims: int = 3, modalities: Sequence[str] = BRATS_MODALITIES,
                  out_channels: int = 4, channels: Sequence[int] = (8, 16, 32, 64),
-                 head_dim: int = 8) -> None:
+                 head_dim: int = 8, masking: bool = True) -> None:
         super().__init__()
         modalities = check_modalities(modalities)
         spatial_dims, _, out_channels = check_io(spatial_dims, len(modalities), out_channels)
         channels = positive_ints(channels, "channels", min_length=2)
         head_dim = positive_int(head_dim, "head_dim")
         self._store_config(spatial_dims=spatial_dims, modalities=modalities,
-                           out_channels=out_channels, channels=channels, head_dim=head_dim)
+                           out_channels=out_channels, channels=channels, head_dim=head_dim,
+                           masking=bool(masking))
         self.spatial_dims = spatial_dims
         self.modalities = modalities
         self.divisor = 2 ** (len(channels) - 1)
@@ -114,7 +117,8 @@ class DMAFNet(_MultimodalNet):
                 previous = width
             self.encoders.append(stages)
         self.fusion = nn.ModuleList(
-            DMAFBlock(spatial_dims, width, len(modalities), heads_for(width, head_dim))
+            DMAFBlock(spatial_dims, width, len(modalities), heads_for(width, head_dim),
+                      masking=masking)
             for width in channels)
         self.up = nn.ModuleList(UpConv(spatial_dims, channels[s + 1], channels[s])
                                 for s in range(len(channels) - 1))
