@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_medattn.inference.preprocess import robust_zscore
 from napari_medattn.io.atomic import write_text_atomically
 from napari_medattn.metrics.segmentation import evaluate_pair
 from napari_medattn.models import create
@@ -46,7 +47,6 @@ from napari_medattn.training.multimodal_synthesis import (
     classes_to_labels,
     draw_presence,
     labels_to_classes,
-    normalise_intensity,
     region_masks,
     synthetic_multimodal_case,
 )
@@ -60,7 +60,10 @@ def make_cases(seeds, crop):
     cases = []
     for seed in seeds:
         case = synthetic_multimodal_case(int(seed), crop=(crop,) * 3)
-        x = np.stack([normalise_intensity(case.images[m].data) for m in MODALITIES])
+        # The head (non-zero voxels) is the foreground: the crops hold little background
+        # for Otsu's threshold to find.
+        x = np.stack([robust_zscore(case.images[m].data, mask=case.images[m].data != 0)
+                      for m in MODALITIES])
         cases.append({"x": torch.from_numpy(x), "labels": case.labels.data,
                       "target": torch.from_numpy(labels_to_classes(case.labels.data)),
                       "spacing": case.labels.spacing})

@@ -33,7 +33,8 @@ def _toy_cases(n: int) -> list[dict]:
         labels[c[0] - 4:c[0] + 4, c[1] - 4:c[1] + 4, c[2] - 4:c[2] + 4] = 2
         labels[c[0] - 2:c[0] + 2, c[1] - 2:c[1] + 2, c[2] - 2:c[2] + 2] = 4
         labels[c[0], c[1], c[2]] = 1
-        x = np.stack([labels.astype(np.float32) * s + rng.normal(0, 0.1, labels.shape) for s in (1, 2, -1, 3)])
+        x = np.stack([labels.astype(np.float32) * s + rng.normal(0, 0.1, labels.shape)
+                      for s in (1, 2, -1, 3)])
         cases.append({"x": torch.from_numpy(x.astype(np.float32)), "labels": labels,
                       "target": torch.from_numpy(np.searchsorted([0, 1, 2, 4], labels)),
                       "spacing": np.array([2.0, 2.0, 2.0])})

@@ -5,9 +5,10 @@ The anatomy, the tumour and the contrasts come from
 this module turns them into what a BraTS model sees: the labels in BraTS's convention
 (:data:`BRATS_LABELS`: 1 necrotic / non-enhancing core, 2 oedema, 4 enhancing tumour), the
 modality names of BraTS files (``t1``, ``t1ce``, ``t2``, ``flair``), the evaluated regions
-(whole tumour, tumour core, enhancing tumour), a crop around the tumour for small training
-volumes, and per-modality intensity normalisation. Missing modalities are drawn with
-imbalanced rates (:func:`draw_presence`), as DMAF-Net trains.
+(whole tumour, tumour core, enhancing tumour) and a crop around the tumour for small
+training volumes. Normalise the images as at inference
+(:func:`napari_medattn.inference.preprocess.robust_zscore`). Missing modalities are drawn
+with imbalanced rates (:func:`draw_presence`), as DMAF-Net trains.
 
 Provenance: MNI152 2009 from nilearn's bundled files (no download); every random step is
 seeded, so a seed names a case.
@@ -30,8 +31,8 @@ from napari_medattn.training.synthesis import (
 )
 
 __all__ = ["BRATS_LABELS", "BRATS_MODALITIES", "REGIONS", "MultimodalCase", "brats_labels",
-           "region_masks", "labels_to_classes", "classes_to_labels", "normalise_intensity",
-           "synthetic_multimodal_case", "draw_presence", "crop_around"]
+           "region_masks", "labels_to_classes", "classes_to_labels", "synthetic_multimodal_case",
+           "draw_presence", "crop_around"]
 
 #: BraTS label values and their names.
 BRATS_LABELS: dict[int, str] = {1: "necrotic core", 2: "oedema", 4: "enhancing tumour"}
@@ -91,20 +92,6 @@ def labels_to_classes(labels: np.ndarray) -> np.ndarray:
 def classes_to_labels(classes: np.ndarray) -> np.ndarray:
     """Class indices (0..3) back to BraTS labels (0, 1, 2, 4), uint8."""
     return np.asarray(CLASS_LABELS, dtype=np.uint8)[np.asarray(classes)]
-
-
-def normalise_intensity(image: np.ndarray) -> np.ndarray:
-    """Z-score inside the head (non-zero voxels), zero outside, as BraTS pipelines do.
-
-    Returns float32; an image with no non-zero voxel comes back as zeros.
-    """
-    image = np.asarray(image, dtype=np.float32)
-    inside = image != 0
-    out = np.zeros_like(image)
-    if inside.any():
-        values = image[inside]
-        out[inside] = (values - values.mean()) / max(float(values.std()), 1e-6)
-    return out
 
 
 def crop_around(volume: Volume, centre_index: Sequence[int], size: Sequence[int]) -> Volume:
