@@ -366,8 +366,8 @@ class ModelPicker(QComboBox):
     task : str
         List only the models whose card has this task (``"segmentation"``,
         ``"detection"``); a folder the user opens is listed whatever its task.
-    default : str
-        The model chosen when the list is first filled.
+    default : str, optional
+        The model chosen when the list is first filled (the registry's default model).
 
     Attributes
     ----------
@@ -384,7 +384,7 @@ class ModelPicker(QComboBox):
     def __init__(self, jobs: JobControls, *, tooltip: str,
                  describe: Callable[[torch.nn.Module, ModelCard], Any] | None = None,
                  load: bool = True, open_button: bool = False, task: str = "segmentation",
-                 default: str = DEFAULT_MODEL) -> None:
+                 default: str | None = None) -> None:
         super().__init__()
         self._task = task
         self._default = default
@@ -427,7 +427,7 @@ class ModelPicker(QComboBox):
             show_info(problem)
         self._entries = {**{e.name: e for e in entries if e.card.task == self._task},
                          **{k: v for k, v in self._entries.items() if isinstance(v, Path)}}
-        set_models(self, self._entries, fallback=self._default)
+        set_models(self, self._entries, fallback=self._default or DEFAULT_MODEL)
         self._chosen()
 
     def add(self, path: str | Path) -> str:
