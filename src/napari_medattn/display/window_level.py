@@ -23,11 +23,11 @@ class Preset(NamedTuple):
 
 
 _SLICER = "3D Slicer CT presets"
-_COMMON = "common clinical settings listed in the project literature notes"
+_COMMON = "common clinical settings"
 
 #: CT window presets (HU). Brain, lung, abdomen and bone are 3D Slicer's presets; subdural,
-#: stroke, mediastinum and liver are the other widely used settings named in the project's
-#: literature notes (/work/shared/LITERATURE.md, "Clinical window/level presets").
+#: stroke, mediastinum and liver are other widely used clinical settings (each preset's
+#: ``source`` says which).
 CT_PRESETS: dict[str, Preset] = {
     "brain": Preset(100.0, 50.0, _SLICER),
     "subdural": Preset(200.0, 75.0, _COMMON),
