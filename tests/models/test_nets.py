@@ -305,7 +305,7 @@ def test_count_flops_restores_the_training_mode_and_rejects_bad_shapes():
 
 
 @pytest.mark.parametrize(("name", "config", "message"), [
-    ("vnet", {}, "valid choices are dssa_unet, medformer, unet, unetr"),
+    ("vnet", {}, "valid choices are dmaf_net, dssa_unet, early_fusion_unet, medformer, unet, unetr"),
     ("unet", {"attention": "sparse"}, "valid choices are 'none', 'se'"),
     ("unet", {"width": 3}, "valid options are spatial_dims"),
     ("unet", {"spatial_dims": 4}, "valid choices are 2, 3"),
