@@ -104,6 +104,11 @@ DIGEST_KEY = "medattn_labels_digest"
 #: "model": <name>, "output": <what it shows>, "top": <largest magnitude>,
 #: "signed": <bool>}``.
 INSPECT_KEY = "medattn_inspector"
+#: ``layer.metadata`` key the Register widget sets on the moving layer when a run ends:
+#: ``{"fixed": <fixed layer unique_id>, "transform": <fixed mm -> moving mm transform>,
+#: "method": <name>}``. Fuse offers it as the overlay's transform, so a registration
+#: reaches the fusion view without a file.
+TRANSFORM_KEY = "medattn_registration"
 
 # ---------------------------------------------------------------------------- styling
 #: Opacity of result labels over the scan, and of heat maps (blended additively).
