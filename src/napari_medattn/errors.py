@@ -41,3 +41,7 @@ class RegistrationError(MedAttnError):
 
 class ClusterError(MedAttnError):
     """A Dask cluster for a cohort run could not be reached or cannot run the task."""
+
+
+class PacsError(MedAttnError):
+    """A DICOMweb server could not be reached, timed out, or refused the request."""

@@ -11,13 +11,12 @@ import torch
 from nibabel.testing import data_path
 
 from napari_medattn.cli import main
-from napari_medattn.errors import Cancelled
+from napari_medattn.errors import Cancelled, PacsError
 from napari_medattn.inference import segment
 from napari_medattn.io import read_volume, write_dicom_series
 from napari_medattn.io.dicom_seg import read_seg, write_seg
 from napari_medattn.pacs import (
     Connection,
-    PacsError,
     clear_cache,
     retrieve_series,
     search_series,

@@ -84,7 +84,8 @@ def _add_cache(parser: argparse.ArgumentParser) -> None:
 
 def connection_from(args: argparse.Namespace):
     """The :class:`~napari_medattn.pacs.Connection` the options describe."""
-    from napari_medattn.pacs import Connection, PacsError
+    from napari_medattn.errors import PacsError
+    from napari_medattn.pacs import Connection
 
     password = token = None
     if args.token:

@@ -5,16 +5,16 @@ in text, logs, errors or provenance); :func:`search_studies` and :func:`search_s
 query by patient, date and modality (QIDO-RS); :func:`retrieve_series` brings a series
 into the user's cache folder with resume and makes it visible only when complete
 (WADO-RS); :func:`store` sends SEG/SR files back (STOW-RS); :func:`clear_cache` empties the
-cache. Server faults (down, timeout, 401, 403) raise :class:`PacsError` with one sentence.
+cache. Server faults (down, timeout, 401, 403) raise
+:class:`~napari_medattn.errors.PacsError` with one sentence.
 """
 
 from napari_medattn.pacs.cache import cache_root, clear_cache, retrieve_series
-from napari_medattn.pacs.client import Connection, PacsError, store
+from napari_medattn.pacs.client import Connection, store
 from napari_medattn.pacs.query import search_series, search_studies
 
 __all__ = [
     "Connection",
-    "PacsError",
     "cache_root",
     "clear_cache",
     "retrieve_series",

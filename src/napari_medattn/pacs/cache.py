@@ -21,9 +21,9 @@ from pathlib import Path
 import platformdirs
 import pydicom
 
-from napari_medattn.errors import Cancelled
+from napari_medattn.errors import Cancelled, PacsError
 from napari_medattn.io.dicom_pixels import first_line
-from napari_medattn.pacs.client import Connection, PacsError, server_faults
+from napari_medattn.pacs.client import Connection, server_faults
 
 PARTIAL_SUFFIX = ".partial"
 #: Environment variable that moves the cache (tests, shared machines).

@@ -18,16 +18,12 @@ import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
 
-from napari_medattn.errors import MedAttnError, ReadError
+from napari_medattn.errors import PacsError, ReadError
 
 #: Seconds to wait for the server to answer (connect, then each read).
 DEFAULT_TIMEOUT_S = 20.0
 #: Back-off (ms) before the one retry of a failed request.
 RETRY_WAIT_MS = 250
-
-
-class PacsError(MedAttnError):
-    """A DICOMweb server could not be reached, timed out, or refused the request."""
 
 
 @dataclasses.dataclass(frozen=True)

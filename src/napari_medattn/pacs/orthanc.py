@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from napari_medattn.pacs.client import PacsError
+from napari_medattn.errors import PacsError
 
 PLUGIN_FOLDERS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 STARTUP_TIMEOUT_S = 20.0

@@ -6,7 +6,8 @@ import re
 
 import pydicom
 
-from napari_medattn.pacs.client import Connection, PacsError, server_faults
+from napari_medattn.errors import PacsError
+from napari_medattn.pacs.client import Connection, server_faults
 
 _DATE = re.compile(r"^(\d{8})?(-(\d{8})?)?$")
 #: Attributes asked for on top of the defaults, so the result rows are complete.
