@@ -17,7 +17,7 @@ from typing import Any
 from napari_medattn.errors import ModelError
 
 CARD_VERSION = 1
-TASKS = ("segmentation", "detection")
+TASKS = ("segmentation", "detection", "classification")
 MODALITIES = ("CT", "MR", "PT", "OT")
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _ORIENTATION = re.compile(r"^[LR][PA][SI]$|^[LR][SI][PA]$|^[PA][LR][SI]$|^[PA][SI][LR]$|"
@@ -42,7 +42,9 @@ class ModelCard:
     name : str
         Unique short name, e.g. ``"unet-ct-organs"``.
     task : str
-        ``"segmentation"``, or ``"detection"`` (a detector, see :mod:`napari_medattn.detection`).
+        ``"segmentation"``, ``"detection"`` (a detector, see :mod:`napari_medattn.detection`)
+        or ``"classification"`` (one probability per scan, see
+        :mod:`napari_medattn.classification`).
     architecture : str
         Name for :func:`napari_medattn.models.create`.
     config : dict
