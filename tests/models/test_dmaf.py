@@ -1,4 +1,4 @@
-"""DMAF-Net-style multimodal net and the early-fusion baseline: every modality subset,
+"""DMAF-Net-style multimodal net, the region-aware late-fusion and early-fusion baselines: every modality subset,
 no influence of a missing modality, captured per-modality weights."""
 
 import itertools
@@ -10,6 +10,7 @@ import torch
 from napari_medattn.errors import DimensionError, ModelError
 from napari_medattn.models import capture_attention, create
 from napari_medattn.models.blocks.dmaf import DMAFBlock
+from napari_medattn.models.blocks.region_fusion import RegionFusionBlock
 from napari_medattn.models.card import ModelCard
 from napari_medattn.models.registry import load_model, save_model
 
@@ -28,7 +29,9 @@ def nets():
     dmaf = create("dmaf_net", modalities=MODALITIES, out_channels=4, channels=[8, 16, 16, 32])
     early = create("early_fusion_unet", modalities=MODALITIES, out_channels=4,
                    channels=[8, 16, 16, 32])
-    return {"dmaf": dmaf.eval(), "early": early.eval()}
+    region = create("region_fusion_net", modalities=MODALITIES, out_channels=4,
+                    channels=[8, 16, 16, 32])
+    return {"dmaf": dmaf.eval(), "early": early.eval(), "region": region.eval()}
 
 
 def test_fifteen_subsets(one_torch_thread, nets):
@@ -42,7 +45,7 @@ def test_fifteen_subsets(one_torch_thread, nets):
             assert torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("kind", ["dmaf", "early"])
+@pytest.mark.parametrize("kind", ["dmaf", "early", "region"])
 def test_missing_modality_has_no_influence(one_torch_thread, nets, kind):
     net = nets[kind]
     torch.manual_seed(1)
@@ -167,3 +170,32 @@ def test_without_masking_missing_modalities_get_weight(one_torch_thread):
         net(x, _mask((0, 2)))
     w = maps["fusion.0.weights"].value[0]
     assert torch.all(w > 0) and w.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_region_fusion_block_by_hand(one_torch_thread):
+    """Reference: the fused feature of one voxel recomputed from the block's 1x1 convs."""
+    torch.manual_seed(4)
+    block = RegionFusionBlock(3, 6, 3, n_regions=2).eval()
+    feats = torch.randn(1, 3, 6, 1, 1, 1)
+    present = torch.tensor([True, False, True])
+    with torch.no_grad(), capture_attention(block) as maps:
+        out = block(feats, present)
+        f = feats[0, :, :, 0, 0, 0] * present[:, None]           # (M, C), missing zeroed
+        lin = lambda conv, v: conv.weight[:, :, 0, 0, 0] @ v + conv.bias  # noqa: E731
+        regions = lin(block.region_logits, f[present].mean(0)).softmax(0)  # (K,)
+        logits = lin(block.weight_logits, f.reshape(-1)).reshape(2, 3)
+        logits[:, ~present] = -torch.inf
+        contribution = (regions[:, None] * logits.softmax(1)).sum(0)   # (M,)
+        expected = lin(block.proj, (contribution[:, None] * f).sum(0))
+    torch.testing.assert_close(out[0, :, 0, 0, 0], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(maps["weights"].value[0], contribution, rtol=1e-5, atol=1e-6)
+    assert maps["weights"].value[0, 1] == 0
+    assert maps["regions"].value.shape == (1, 2, 1, 1, 1)
+
+
+def test_region_fusion_net_records_weights_per_stage(one_torch_thread, nets):
+    with torch.no_grad(), capture_attention(nets["region"]) as maps:
+        nets["region"](torch.randn(SHAPE), _mask((1, 3)))
+    for s in range(4):
+        w = maps[f"fusion.{s}.weights"].value[0]
+        assert w[0] == 0 and w[2] == 0 and w.sum() == pytest.approx(1.0, abs=1e-5)

@@ -232,8 +232,8 @@ def test_medformer_segmentation_and_classification_share_the_backbone():
 
 
 def test_presets_hold_the_published_sizes():
-    assert architectures() == ["dmaf_net", "dssa_unet", "early_fusion_unet", "medformer", "unet",
-                             "unetr"]
+    assert architectures() == ["dmaf_net", "dssa_unet", "early_fusion_unet", "medformer",
+                             "region_fusion_net", "unet", "unetr"]
     assert presets("dssa_unet") == ["paper"]
     net = create("dssa_unet", preset="paper", spatial_dims=2, out_channels=4)
     assert net.config["widths"] == [96, 192, 384, 768]
@@ -305,7 +305,8 @@ def test_count_flops_restores_the_training_mode_and_rejects_bad_shapes():
 
 
 @pytest.mark.parametrize(("name", "config", "message"), [
-    ("vnet", {}, "valid choices are dmaf_net, dssa_unet, early_fusion_unet, medformer, unet, unetr"),
+    ("vnet", {}, "valid choices are dmaf_net, dssa_unet, early_fusion_unet, medformer, "
+                 "region_fusion_net, unet, unetr"),
     ("unet", {"attention": "sparse"}, "valid choices are 'none', 'se'"),
     ("unet", {"width": 3}, "valid options are spatial_dims"),
     ("unet", {"spatial_dims": 4}, "valid choices are 2, 3"),

@@ -21,6 +21,7 @@ from napari_medattn.models.blocks.eca import EfficientChannelAttention, eca_kern
 from napari_medattn.models.blocks.gate import AttentionGate
 from napari_medattn.models.blocks.global_attention import MultiHeadSelfAttention, TransformerBlock
 from napari_medattn.models.blocks.nonlocal_block import NonLocalBlock
+from napari_medattn.models.blocks.region_fusion import RegionFusionBlock
 from napari_medattn.models.blocks.scse import SpatialChannelSE
 from napari_medattn.models.blocks.se import SqueezeExcitation
 from napari_medattn.models.blocks.sk import SelectiveKernel
@@ -36,6 +37,7 @@ __all__ = [
     "EfficientChannelAttention",
     "MultiHeadSelfAttention",
     "NonLocalBlock",
+    "RegionFusionBlock",
     "SelectiveKernel",
     "SpatialChannelSE",
     "SqueezeExcitation",

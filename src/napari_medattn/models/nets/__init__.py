@@ -4,7 +4,9 @@
 >>> same = create(net.architecture, **json.loads(json.dumps(net.config)))
 
 Architectures: ``unet`` (the U-Net family; ``attention`` picks the ablation), ``dssa_unet``,
-``medformer``, ``unetr``, and the multimodal ``dmaf_net`` and ``early_fusion_unet``.
+``medformer``, ``unetr``, and the multimodal ``dmaf_net``, ``region_fusion_net`` and
+``early_fusion_unet``; the registration nets ``transmorph`` and ``voxelmorph`` (a pair in,
+a velocity field out).
 ``preset`` names a published size (``"paper"``); explicit arguments override it and the
 resulting config stores every value, not the preset name.
 """
@@ -17,17 +19,21 @@ from typing import Any
 from torch import nn
 
 from napari_medattn.errors import MedAttnError, ModelError
-from napari_medattn.models.nets.dmaf import DMAFNet, EarlyFusionUNet
+from napari_medattn.models.nets.dmaf import DMAFNet, EarlyFusionUNet, RegionFusionNet
 from napari_medattn.models.nets.dssa_unet import DSSAUNet
 from napari_medattn.models.nets.medformer import MedFormer
+from napari_medattn.models.nets.transmorph import TransMorph
 from napari_medattn.models.nets.unet import UNET_ATTENTIONS, UNet
 from napari_medattn.models.nets.unetr import UNETR
+from napari_medattn.models.nets.voxelmorph import VoxelMorph
 
 __all__ = ["create", "architectures", "presets", "UNet", "DSSAUNet", "MedFormer", "UNETR",
-           "UNET_ATTENTIONS", "DMAFNet", "EarlyFusionUNet"]
+           "UNET_ATTENTIONS", "DMAFNet", "EarlyFusionUNet", "RegionFusionNet",
+           "TransMorph", "VoxelMorph"]
 
 _ARCHITECTURES: dict[str, type[nn.Module]] = {
-    cls.architecture: cls for cls in (UNet, DSSAUNet, MedFormer, UNETR, DMAFNet, EarlyFusionUNet)
+    cls.architecture: cls for cls in (UNet, DSSAUNet, MedFormer, UNETR, DMAFNet, EarlyFusionUNet,
+                                      RegionFusionNet, TransMorph, VoxelMorph)
 }
 
 
