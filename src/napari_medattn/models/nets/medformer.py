@@ -37,7 +37,7 @@ from napari_medattn.models.nets._config import (
 from napari_medattn.models.nets._layers import ConvStem, PatchMerging, resize_linear
 from napari_medattn.models.nets.unet import dssa_stage_kwargs
 
-__all__ = ["DSSAPyramid", "MedFormer", "FPNHead", "dssa_stage"]
+__all__ = ["ClassificationHead", "DSSAPyramid", "MedFormer", "FPNHead", "dssa_stage"]
 
 
 def check_dssa_arguments(n_stages: int, widths: Any, depths: Any, topk: Any, n_win: Any,
@@ -154,6 +154,30 @@ class FPNHead(nn.Module):
         return self.fuse(torch.cat(levels, dim=1))
 
 
+class ClassificationHead(nn.Module):
+    """One logit per class from the last stage: layer norm, global average pooling over the
+    grid, dropout and a linear layer.
+
+    Parameters
+    ----------
+    in_width : int
+        Channels of the last stage.
+    out_channels : int
+        Classes (logits).
+    dropout : float
+        Dropout rate on the pooled features, in [0, 1) (0: none).
+    """
+
+    def __init__(self, in_width: int, out_channels: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = ChannelsLayerNorm(in_width)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_width, out_channels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(self.norm(features).flatten(2).mean(dim=2)))
+
+
 class MedFormer(ConfiguredNet, nn.Module):
     """MedFormer in 2D or 3D: DSSA pyramid backbone with a classification or FPN head.
 
@@ -166,7 +190,7 @@ class MedFormer(ConfiguredNet, nn.Module):
     out_channels : int
         Classes (logits).
     task : str
-        ``"classification"``: layer norm, global average pool and a linear layer, output
+        ``"classification"``: :class:`ClassificationHead` on the last stage, output
         ``(B, out_channels)``. ``"segmentation"``: an FPN over the four stages fused at 1/4,
         a 1x1 classifier and linear upsampling to the input size, output
         ``(B, out_channels, *input_grid)``.
@@ -188,6 +212,8 @@ class MedFormer(ConfiguredNet, nn.Module):
         Largest stochastic-depth rate.
     fpn_channels : int, optional
         FPN width; default ``widths[0]``.
+    head_dropout : float
+        Dropout rate of the classification head (unused for segmentation).
 
     Notes
     -----
@@ -205,7 +231,8 @@ class MedFormer(ConfiguredNet, nn.Module):
                  depths: Sequence[int] = (1, 1, 2, 1),
                  topk: Sequence[int | None] = (1, 4, 16, None), n_win: int | Sequence[int] = 7,
                  head_dim: int = 32, mlp_ratio: float = 3.0, token_keep: float = 1 / 8,
-                 drop_path: float = 0.0, fpn_channels: int | None = None) -> None:
+                 drop_path: float = 0.0, fpn_channels: int | None = None,
+                 head_dropout: float = 0.0) -> None:
         super().__init__()
         spatial_dims, in_channels, out_channels = check_io(spatial_dims, in_channels,
                                                            out_channels)
@@ -214,15 +241,19 @@ class MedFormer(ConfiguredNet, nn.Module):
                                     token_keep, drop_path)
         fpn = args["widths"][0] if fpn_channels is None else positive_int(fpn_channels,
                                                                           "fpn_channels")
+        head_dropout = unit_interval(head_dropout, "head_dropout")
+        # Only a classifier's config names its head's dropout: segmentation configs (and the
+        # cards holding them) stay as they were.
+        head = {"head_dropout": head_dropout} if task == "classification" else {}
         self._store_config(spatial_dims=spatial_dims, in_channels=in_channels,
-                           out_channels=out_channels, task=task, **args, fpn_channels=fpn_channels)
+                           out_channels=out_channels, task=task, **args, fpn_channels=fpn_channels,
+                           **head)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.task = task
         self.backbone = DSSAPyramid(spatial_dims, in_channels, **args)
         if task == "classification":
-            self.norm = ChannelsLayerNorm(args["widths"][-1])
-            self.head = nn.Linear(args["widths"][-1], out_channels)
+            self.head = ClassificationHead(args["widths"][-1], out_channels, head_dropout)
         else:
             self.fpn = FPNHead(spatial_dims, args["widths"], fpn)
             self.head = conv_nd(spatial_dims)(fpn, out_channels, 1)
@@ -231,7 +262,7 @@ class MedFormer(ConfiguredNet, nn.Module):
         check_input(x, self.spatial_dims, self.in_channels)
         if self.task == "classification":
             _, features = self.backbone.forward_features(x)
-            return self.head(self.norm(features[-1]).flatten(2).mean(dim=2))
+            return self.head(features[-1])
         size = x.shape[2:]
         x, _ = pad_to_multiple(x, 32)
         _, features = self.backbone.forward_features(x)
