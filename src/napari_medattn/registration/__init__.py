@@ -11,10 +11,11 @@ Modules: :mod:`.transforms` (linear, displacement and velocity fields, compositi
 inverse), :mod:`.landmarks` (least-squares fits from paired points, TRE), :mod:`.engine`
 (the classical multi-resolution optimiser in torch), :mod:`.apply` (warping volumes and
 label maps through the one resampler), :mod:`.itk_files` (ITK transform files and
-displacement-field NIfTI). Quality measures are in :mod:`napari_medattn.metrics.registration`.
+displacement-field NIfTI), :mod:`.defaults` (settings by modality pair). Quality measures are in :mod:`napari_medattn.metrics.registration`.
 """
 
 from napari_medattn.registration.apply import grid_lines, warp
+from napari_medattn.registration.defaults import contrast_of, defaults_for
 from napari_medattn.registration.engine import METHODS, Result, Settings, Snapshot, register
 from napari_medattn.registration.itk_files import read_transform, write_transform
 from napari_medattn.registration.landmarks import fit_landmarks, landmark_errors
@@ -37,6 +38,8 @@ __all__ = [
     "Snapshot",
     "bake",
     "compose",
+    "contrast_of",
+    "defaults_for",
     "exponentiate",
     "fit_landmarks",
     "grid_lines",
