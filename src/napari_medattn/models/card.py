@@ -17,7 +17,7 @@ from typing import Any
 from napari_medattn.errors import ModelError
 
 CARD_VERSION = 1
-TASKS = ("segmentation", "detection", "classification")
+TASKS = ("segmentation", "detection", "classification", "registration")
 MODALITIES = ("CT", "MR", "PT", "OT")
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _ORIENTATION = re.compile(r"^[LR][PA][SI]$|^[LR][SI][PA]$|^[PA][LR][SI]$|^[PA][SI][LR]$|"
@@ -43,8 +43,10 @@ class ModelCard:
         Unique short name, e.g. ``"unet-ct-organs"``.
     task : str
         ``"segmentation"``, ``"detection"`` (a detector, see :mod:`napari_medattn.detection`)
-        or ``"classification"`` (one probability per scan, see
-        :mod:`napari_medattn.classification`).
+        ``"classification"`` (one probability per scan, see
+        :mod:`napari_medattn.classification`) or ``"registration"`` (a pair in, a velocity
+        field out, see :mod:`napari_medattn.registration.learned`; ``classes`` then names
+        the labels its training loss aligned, ``in_channels`` is 2: fixed and moving).
     architecture : str
         Name for :func:`napari_medattn.models.create`.
     config : dict
