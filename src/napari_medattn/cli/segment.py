@@ -5,8 +5,9 @@ or DICOMDIR; the NIfTI files and DICOM series of a folder) the model runs throug
 :func:`napari_medattn.inference.segment` and the results are written into ``--out`` on the
 source's exact grid:
 
-* ``<name>_labels.nii.gz``: class index per voxel (``<name>_labels.dcm``, a DICOM-SEG
-  referencing the source series, with ``--format dicom-seg``);
+* ``<name>_labels.nii.gz``: class index per voxel (with ``--format dicom-seg``:
+  ``<name>_labels.dcm``, a DICOM-SEG referencing the source series, and
+  ``<name>_measurements.dcm``, its TID 1500 SR of per-class volumes and lesions);
 * ``<name>_probability_<class>_<class name>.nii.gz`` per class asked for with
   ``--probabilities``; ``<name>_uncertainty.nii.gz``; ``<name>_attention_<map>.nii.gz``;
 * ``<name>_provenance.json``: the one provenance record
@@ -96,7 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="remove connected pieces of a class smaller than this volume")
     parser.add_argument("--format", choices=("nifti", "dicom-seg"), default="nifti",
                         help="label map as NIfTI, or as a DICOM-SEG (<name>_labels.dcm) "
-                             "referencing a DICOM source series (default: nifti)")
+                             "referencing a DICOM source series plus a DICOM SR "
+                             "(<name>_measurements.dcm: per-class volumes, each lesion's "
+                             "volume, longest axial diameter and centre, each referencing "
+                             "its segment or the images) (default: nifti)")
     parser.set_defaults(func=prepared_batch("segment", prepare_segment))
 
 
@@ -167,16 +171,21 @@ def segment_volume(item: VolumeOutput, module, card, options: dict, *,
     """
     from napari_medattn.cli.common import ProgressBar
     from napari_medattn.inference import segment
+    from napari_medattn.io.dicom_seg import require_dicom_source
 
+    if label_format == "dicom-seg":  # refused before the model runs
+        require_dicom_source(item.volume)
     with ProgressBar(item.volume.name) as bar:
         result = segment(item.volume, module, card, progress=bar.update, **options)
     if label_format == "dicom-seg":
-        from napari_medattn.io.dicom_seg import write_seg
+        from napari_medattn.io.dicom_sr import write_seg_with_report
 
-        labels = write_seg(item.path("labels", ".dcm"), result.labels, classes=card.classes,
-                           algorithm={"name": card.name, "version": result.provenance[
-                               "package_version"], "weights_sha256": card.weights_sha256})
-        item.record.outputs["labels"] = labels.name
+        labels, report = write_seg_with_report(
+            item.path("labels", ".dcm"), item.path("measurements", ".dcm"), result.labels,
+            classes=card.classes, algorithm={
+                "name": card.name, "version": result.provenance["package_version"],
+                "weights_sha256": card.weights_sha256})
+        item.record.outputs.update(labels=labels.name, measurements=report.name)
     else:
         labels = item.write_nifti("labels", result.labels)
     for c, probability in result.probabilities.items():

@@ -60,10 +60,7 @@ def source_instances(volume: Volume) -> list[Dataset]:
     WriteError
         The volume does not come from DICOM files that still exist.
     """
-    files = volume.meta.get("source_files")
-    if volume.meta.get("format") != "dicom" or not files:
-        raise WriteError(f"{volume.name} does not come from a DICOM series; a DICOM-SEG "
-                         f"must reference its source images (save it as NIfTI instead).")
+    files = require_dicom_source(volume)
     try:
         headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     except (OSError, pydicom.errors.InvalidDicomError) as error:
@@ -78,6 +75,17 @@ def source_instances(volume: Volume) -> list[Dataset]:
         raise WriteError(f"The images of {volume.name} do not share one frame of reference; "
                          f"a DICOM-SEG cannot place its frames in them.")
     return headers
+
+
+def require_dicom_source(volume: Volume, what: str = "a DICOM-SEG") -> list[str]:
+    """The DICOM files ``volume`` was read from; :class:`WriteError` (naming ``what`` is to
+    be written) when it does not come from a DICOM series. Reads nothing, so commands
+    check it before any work."""
+    files = volume.meta.get("source_files")
+    if volume.meta.get("format") != "dicom" or not files:
+        raise WriteError(f"{volume.name} does not come from a DICOM series; {what} must "
+                         f"reference its source images (write NIfTI instead).")
+    return list(files)
 
 
 def segment_codes(name: str) -> tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]:
@@ -181,8 +189,25 @@ def planes_for_instances(labels: Volume, instances: Sequence[Dataset]) -> np.nda
     return planes
 
 
-def write_seg(
-    path: str | os.PathLike,
+def write_seg(path: str | os.PathLike, labels: Volume, **options) -> Path:
+    """Write :func:`seg_dataset` of a label map to a new ``.dcm`` file, atomically.
+
+    ``options`` are those of :func:`seg_dataset`; ``path`` must not be a source image
+    (:class:`WriteError`). Returns ``path``.
+    """
+    refuse_source_path(path, labels)
+    return save_dataset(path, seg_dataset(labels, **options))
+
+
+def refuse_source_path(path: str | os.PathLike, volume: Volume) -> None:
+    """Raise :class:`WriteError` when ``path`` is one of ``volume``'s source files."""
+    if str(Path(path).resolve()) in {str(Path(f).resolve())
+                                     for f in volume.meta.get("source_files", ())}:
+        raise WriteError(f"{Path(path).name} is one of the source images; a derived DICOM "
+                         f"object goes to a new file.")
+
+
+def seg_dataset(
     labels: Volume,
     *,
     classes: Sequence | None = None,
@@ -190,13 +215,11 @@ def write_seg(
     source: Sequence[Dataset] | None = None,
     series_description: str = "Segmentation",
     series_number: int = 300,
-) -> Path:
-    """Write a label map drawn on a DICOM series as a binary DICOM-SEG, atomically.
+) -> hd.seg.Segmentation:
+    """A label map drawn on a DICOM series as a binary DICOM-SEG (in memory).
 
     Parameters
     ----------
-    path : str or PathLike
-        New ``.dcm`` file (written to a temporary name, then renamed).
     labels : Volume
         3D integer label map on the grid of its source series (any array order, e.g. the
         canonical view of a napari layer); 0 is background.
@@ -216,12 +239,12 @@ def write_seg(
 
     Returns
     -------
-    Path
+    highdicom.seg.Segmentation
 
     Raises
     ------
     WriteError
-        No DICOM source, or the file cannot be written.
+        No DICOM source.
     DimensionError
         Not a 3D map of non-negative integers, or no label at all.
     GeometryError
@@ -236,10 +259,6 @@ def write_seg(
     if n_labels == 0:
         raise DimensionError(f"{labels.name} is empty: a DICOM-SEG needs at least one "
                              f"labelled voxel.")
-    if str(Path(path).resolve()) in {str(Path(f).resolve())
-                                     for f in labels.meta.get("source_files", ())}:
-        raise WriteError(f"{Path(path).name} is one of the source images; a DICOM-SEG goes "
-                         f"to a new file.")
     instances = with_type2_attributes(list(source) if source is not None else source_instances(labels))
     planes = planes_for_instances(labels, instances)
     named = _classes(labels, classes, n_labels)
@@ -264,7 +283,7 @@ def write_seg(
             tracking_uid=hd.UID(), tracking_id=f"{name} segment {number}"[:64],
             display_color=hd.color.CIELabColor.from_rgb(*rgb)))
     model_name = str((algorithm or {}).get("name", "manual"))[:64]
-    seg = hd.seg.Segmentation(
+    return hd.seg.Segmentation(
         source_images=instances, pixel_array=planes, segmentation_type="BINARY",
         segment_descriptions=descriptions, series_instance_uid=hd.UID(),
         series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
@@ -272,7 +291,6 @@ def write_seg(
         software_versions=napari_medattn.__version__, device_serial_number="none",
         series_description=series_description[:64],
         content_description=f"Labels by {model_name}"[:64], content_label="SEGMENTATION")
-    return save_dataset(path, seg)
 
 
 #: Patient/study attributes a SEG must carry (Type 2: present, possibly empty) that some
