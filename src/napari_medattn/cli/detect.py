@@ -5,6 +5,13 @@ does for the widget, and every box at or above ``--threshold`` is written as a r
 ``<scan>_detections.csv`` (centre in LPS mm, size in mm, score, class) and in full in
 ``<scan>_detections.json`` (with the box axes), beside the provenance record. A scan
 without any box is a result: its CSV holds only the header and the command says so.
+
+Where detections carry instance masks, ``--format nifti`` (the default) writes them as
+``<scan>_detections_masks.nii.gz`` (label ``n``: the ``n``-th detection with a mask). With
+``--format dicom-seg`` on a DICOM scan, a TID 1500 SR ``<scan>_detections_sr.dcm`` holds
+each box (edge lengths, score; placed by its centre on the nearest image, or by its
+segment) and the masks go to a DICOM-SEG ``<scan>_detections_seg.dcm`` the SR references
+(:func:`napari_medattn.io.dicom_sr.write_detection_report`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tta", action="store_true",
                         help="average over the 8 flips of the axes (8x slower)")
     add_device(parser, precision=True)
+    parser.add_argument("--format", choices=("nifti", "dicom-seg"), default="nifti",
+                        help="besides CSV and JSON: instance masks as NIfTI, or (DICOM scans "
+                             "only) a DICOM SR <name>_detections_sr.dcm with each box's "
+                             "centre, edge lengths and score, and the masks as a DICOM-SEG "
+                             "<name>_detections_seg.dcm it references (default: nifti)")
     parser.set_defaults(func=run_detect)
 
 
@@ -44,14 +56,20 @@ def run_detect(args: argparse.Namespace) -> int:
     return run_over_inputs("detect", args, one_volume, parameters=parameters)
 
 
-def prepare_detect(args: argparse.Namespace):
+def prepare_detect(args: argparse.Namespace, *, memory=None):
     """Load the detector and check the options once: ``(one_volume, parameters)``, the
     function that detects on one volume and the parameters its record starts with (a
-    cohort run calls it once per worker and ``one_volume`` once per case)."""
+    cohort run calls it once per worker, with the worker's ``memory``, a
+    :class:`~napari_medattn.inference.window_options.MemoryBudget`, and ``one_volume``
+    once per case)."""
     from napari_medattn.cli.common import ProgressBar, load_model_argument
     from napari_medattn.detection.detector import DEFAULT_DETECTOR, check_detector, detect
     from napari_medattn.detection.export import write_detections_csv, write_detections_json
+    import napari_medattn
     from napari_medattn.errors import DimensionError
+    from napari_medattn.io.dicom_seg import require_dicom_source
+    from napari_medattn.io.dicom_sr import detection_masks, write_detection_report
+    from napari_medattn.inference.window_options import MemoryBudget
 
     if not 0.0 <= args.threshold <= 1.0:
         raise DimensionError(f"--threshold must be between 0 and 1, not {args.threshold}.")
@@ -59,10 +77,12 @@ def prepare_detect(args: argparse.Namespace):
     check_detector(card)
 
     def one_volume(item: VolumeOutput) -> list[str]:
+        if args.format == "dicom-seg":  # refused before the detector runs
+            require_dicom_source(item.volume, "a DICOM SR of detections")
         with ProgressBar(item.volume.name) as bar:
             result = detect(item.volume, model, card, device=args.device, tta=args.tta,
                             min_score=args.threshold, use_autocast=AUTOCAST[args.autocast],
-                            progress=bar.update)
+                            memory=memory or MemoryBudget(), progress=bar.update)
         facts = result.provenance
         record = item.record
         record.set_model(card)
@@ -78,7 +98,21 @@ def prepare_detect(args: argparse.Namespace):
         count = len(result.detections)
         first = (f"{count} lesion box(es) scoring {args.threshold:g} or more: {csv_path}"
                  if count else f"no lesion scored {args.threshold:g} or more: {csv_path}")
-        return [first, str(json_path)]
+        return [first, str(json_path), *write_formatted(item, result.detections, card)]
+
+    def write_formatted(item: VolumeOutput, detections: list, card) -> list[str]:
+        """The masks (NIfTI) or the SR and SEG (DICOM) of ``--format``; their paths."""
+        if args.format == "nifti":
+            masks = detection_masks(item.volume, detections)
+            return [] if masks is None else [str(item.write_nifti("detections_masks", masks))]
+        written = write_detection_report(
+            item.path("detections_sr", ".dcm"), item.path("detections_seg", ".dcm"),
+            item.volume, detections,
+            algorithm={"name": card.name, "version": napari_medattn.__version__})
+        for path in written:
+            item.record.outputs[path.name[len(item.path("").name):-len(".dcm")]] = path.name
+        return [str(path) for path in written]
 
     return one_volume, {"model": args.model, "threshold": args.threshold, "tta": args.tta,
-                        "device": args.device, "autocast": args.autocast}
+                        "device": args.device, "autocast": args.autocast,
+                        "format": args.format}

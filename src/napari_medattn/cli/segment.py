@@ -104,14 +104,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=prepared_batch("segment", prepare_segment))
 
 
-def prepare_segment(args: argparse.Namespace) -> tuple[Callable[[VolumeOutput], list[str]],
-                                                        dict]:
+def prepare_segment(args: argparse.Namespace, *, memory=None
+                    ) -> tuple[Callable[[VolumeOutput], list[str]], dict]:
     """Load the model and check the options once: ``(one_volume, parameters)``, the
     function that segments one volume and the parameters its record starts with (a cohort
-    run calls it once per worker and ``one_volume`` once per case)."""
+    run calls it once per worker, with the worker's ``memory``, a
+    :class:`~napari_medattn.inference.window_options.MemoryBudget`, and ``one_volume``
+    once per case)."""
     # Imported here so that ``medattn --help`` does not pay for torch.
     from napari_medattn.inference.sliding_window import attention_map_names
-    from napari_medattn.inference.window_options import OutputRequest, WindowOptions
+    from napari_medattn.inference.window_options import (
+        MemoryBudget,
+        OutputRequest,
+        WindowOptions,
+    )
 
     config = _parse_config(args.config)
     if args.model is None and (args.architecture or config or args.patch_size):
@@ -140,6 +146,7 @@ def prepare_segment(args: argparse.Namespace) -> tuple[Callable[[VolumeOutput], 
         "crop_to_body": args.crop_to_body,
         "min_component_mm3": args.min_component_mm3,
         "use_autocast": AUTOCAST[args.autocast],
+        "memory": memory or MemoryBudget(),
     }
 
     def one_volume(item: VolumeOutput) -> list[str]:

@@ -45,8 +45,7 @@ from napari_medattn.inference.sliding_window import (
     check_cancel,
     sliding_window_inference,
 )
-from napari_medattn.inference.window_options import OutputRequest, WindowOptions
-from napari_medattn.inference.window_options import OutputRequest, WindowOptions
+from napari_medattn.inference.window_options import MemoryBudget, OutputRequest, WindowOptions
 from napari_medattn.io.volume import Volume, require_3d
 from napari_medattn.models.card import ModelCard
 
@@ -180,7 +179,8 @@ def check_detector(card: ModelCard) -> int:
 def detect(volume: Volume, model: nn.Module, card: ModelCard, *, device: str = "auto",
            tta: bool = False, min_score: float = 0.05, nms_iou: float = 0.1,
            max_detections: int = 100, overlap: float = 0.25, batch_size: int = 2,
-           use_autocast: bool = True, progress: ProgressCallback | None = None,
+           use_autocast: bool = True, memory: MemoryBudget = MemoryBudget(),
+           progress: ProgressCallback | None = None,
            cancel: CancelCheck | None = None) -> DetectionResult:
     """Detect lesions in a scan with a detector and its card; boxes in patient mm.
 
@@ -197,7 +197,7 @@ def detect(volume: Volume, model: nn.Module, card: ModelCard, *, device: str = "
         The detector network (see :func:`napari_medattn.models.registry.load_model`).
     card : ModelCard
         Its card (task ``"detection"``).
-    device, overlap, batch_size, use_autocast, progress, cancel
+    device, overlap, batch_size, use_autocast, memory, progress, cancel
         As for :func:`~napari_medattn.inference.sliding_window.sliding_window_inference`.
     tta : bool
         Average the maps over the 8 flips of the three axes.
@@ -229,7 +229,8 @@ def detect(volume: Volume, model: nn.Module, card: ModelCard, *, device: str = "
     result = sliding_window_inference(
         values, DetectionMaps(model, n_classes), card.patch_size,
         windows=WindowOptions(overlap=overlap, batch_size=batch_size, activation="none"),
-        outputs=OutputRequest(keep_probabilities="all", tta=tta), foreground=foreground,
+        outputs=OutputRequest(keep_probabilities="all", tta=tta), memory=memory,
+        foreground=foreground,
         num_classes=1 + n_classes + 3, device=device, use_autocast=use_autocast,
         progress=progress, cancel=cancel)
     maps = result.probabilities

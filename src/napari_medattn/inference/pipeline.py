@@ -44,7 +44,7 @@ from napari_medattn.inference.sliding_window import (
     check_cancel,
     sliding_window_inference,
 )
-from napari_medattn.inference.window_options import OutputRequest, WindowOptions
+from napari_medattn.inference.window_options import MemoryBudget, OutputRequest, WindowOptions
 from napari_medattn.io.volume import Volume
 from napari_medattn.models.card import ModelCard
 
@@ -106,6 +106,7 @@ def segment(
     device: str | torch.device = "auto",
     outputs: OutputRequest = OutputRequest(),
     windows: WindowOptions = WindowOptions(),
+    memory: MemoryBudget = MemoryBudget(),
     crop_to_body: bool = False,
     min_component_mm3: float | None = None,
     use_autocast: bool = True,
@@ -126,6 +127,9 @@ def segment(
         As for :func:`~napari_medattn.inference.sliding_window.sliding_window_inference`
         (``outputs``: probabilities, test-time flips, uncertainty, attention maps;
         ``windows``: overlap, batch size, skipping of empty windows, ...).
+    memory : MemoryBudget
+        The memory the window batch is planned against (default: the free RAM and GPU
+        memory measured at the start; a cohort worker passes its share of its limit).
     crop_to_body : bool
         Run only inside the bounding box of the body (voxels above
         :func:`~napari_medattn.inference.preprocess.body_threshold`, plus a margin of 4
@@ -162,7 +166,7 @@ def segment(
                                                 crop_to_body, cancel)
     check_cancel(cancel)
     result = sliding_window_inference(
-        model_input, model, card.patch_size, windows=windows, outputs=outputs,
+        model_input, model, card.patch_size, windows=windows, outputs=outputs, memory=memory,
         foreground=foreground, num_classes=card.num_classes, device=device,
         use_autocast=use_autocast, progress=progress, cancel=cancel)
     notes += result.notes
