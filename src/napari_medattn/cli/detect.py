@@ -62,14 +62,14 @@ def prepare_detect(args: argparse.Namespace, *, memory=None):
     cohort run calls it once per worker, with the worker's ``memory``, a
     :class:`~napari_medattn.inference.window_options.MemoryBudget`, and ``one_volume``
     once per case)."""
+    import napari_medattn
     from napari_medattn.cli.common import ProgressBar, load_model_argument
     from napari_medattn.detection.detector import DEFAULT_DETECTOR, check_detector, detect
     from napari_medattn.detection.export import write_detections_csv, write_detections_json
-    import napari_medattn
     from napari_medattn.errors import DimensionError
+    from napari_medattn.inference.window_options import MemoryBudget
     from napari_medattn.io.dicom_seg import require_dicom_source
     from napari_medattn.io.dicom_sr import detection_masks, write_detection_report
-    from napari_medattn.inference.window_options import MemoryBudget
 
     if not 0.0 <= args.threshold <= 1.0:
         raise DimensionError(f"--threshold must be between 0 and 1, not {args.threshold}.")
@@ -98,19 +98,21 @@ def prepare_detect(args: argparse.Namespace, *, memory=None):
         count = len(result.detections)
         first = (f"{count} lesion box(es) scoring {args.threshold:g} or more: {csv_path}"
                  if count else f"no lesion scored {args.threshold:g} or more: {csv_path}")
-        return [first, str(json_path), *write_formatted(item, result.detections, card)]
+        return [first, str(json_path), *write_formatted(item, result.detections)]
 
-    def write_formatted(item: VolumeOutput, detections: list, card) -> list[str]:
+    def write_formatted(item: VolumeOutput, detections: list) -> list[str]:
         """The masks (NIfTI) or the SR and SEG (DICOM) of ``--format``; their paths."""
         if args.format == "nifti":
             masks = detection_masks(item.volume, detections)
             return [] if masks is None else [str(item.write_nifti("detections_masks", masks))]
+        paths = {kind: item.path(kind, ".dcm") for kind in ("detections_seg", "detections_sr")}
         written = write_detection_report(
-            item.path("detections_sr", ".dcm"), item.path("detections_seg", ".dcm"),
-            item.volume, detections,
+            paths["detections_sr"], paths["detections_seg"], item.volume, detections,
             algorithm={"name": card.name, "version": napari_medattn.__version__})
-        for path in written:
-            item.record.outputs[path.name[len(item.path("").name):-len(".dcm")]] = path.name
+        if not written:
+            item.record.notes.append("No DICOM SR written: there is no detection to report.")
+        item.record.outputs.update({kind: path.name for kind, path in paths.items()
+                                    if path in written})
         return [str(path) for path in written]
 
     return one_volume, {"model": args.model, "threshold": args.threshold, "tta": args.tta,

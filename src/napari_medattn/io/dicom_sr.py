@@ -231,18 +231,28 @@ def write_seg_with_report(seg_path: str | os.PathLike, sr_path: str | os.PathLik
 
 def detections_seg(image: Volume, detections: Sequence, *, algorithm: dict | None = None
                    ) -> hd.seg.Segmentation | None:
-    """The instance masks of the detections that carry one, as a DICOM-SEG on the scan.
-
-    Segment ``n`` is the ``n``-th detection with a mask (in the order given), typed by its
-    class. Each mask is brought onto the scan's grid through the one resampler (nearest
-    neighbour; exact for masks cut from that grid, as
-    :func:`~napari_medattn.detection.lesions.lesions_from_labels` makes them); where masks
-    overlap, the later detection keeps the voxel.
+    """The instance masks of the detections that carry one, as a DICOM-SEG on the scan:
+    segment ``n`` is label ``n`` of :func:`detection_masks`, typed by its class.
 
     Returns
     -------
     highdicom.seg.Segmentation or None
         None when no detection carries a mask.
+    """
+    labels = detection_masks(image, detections)
+    if labels is None:
+        return None
+    return seg_dataset(labels, algorithm=algorithm, series_description="Detections")
+
+
+def detection_masks(image: Volume, detections: Sequence) -> Volume | None:
+    """The masks of the detections that carry one as a label map on the scan's grid.
+
+    Label ``n`` is the ``n``-th detection with a mask (``meta["classes"]`` names it by its
+    class). Each mask is brought onto the grid through the one resampler (nearest
+    neighbour; exact for masks cut from that grid, as
+    :func:`~napari_medattn.detection.lesions.lesions_from_labels` makes them); where
+    masks overlap, the later detection keeps the voxel. None when no detection has a mask.
     """
     from napari_medattn.inference.resample import resample_to_grid
 
@@ -257,10 +267,10 @@ def detections_seg(image: Volume, detections: Sequence, *, algorithm: dict | Non
                                          "SEG", {}), image.affine, image.spatial_shape,
                                   order=0)
         labels[np.asarray(placed.data) > 0.5] = number
-    classes = [("background", "#000000")] + [(d.class_name, "") for d in masked]
-    return seg_dataset(volume_like(image, labels, modality="SEG", name="detections"),
-                       classes=classes, algorithm=algorithm,
-                       series_description="Detections")
+    volume = volume_like(image, labels, modality="SEG", name=f"{image.name} detections")
+    volume.meta["classes"] = [("background", "#000000")] + [(d.class_name, "")
+                                                           for d in masked]
+    return volume
 
 
 def detection_report(image: Volume, detections: Sequence, *, seg: Dataset | None = None,
