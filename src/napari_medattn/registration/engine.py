@@ -170,7 +170,8 @@ class Level:
 
 
 def register(fixed: Volume, moving: Volume, settings: Settings | None = None, *,
-             initial: LinearTransform | None = None, fixed_mask: Volume | None = None,
+             initial: LinearTransform | None = None,
+             initial_velocity: np.ndarray | None = None, fixed_mask: Volume | None = None,
              progress: Callable[[int, int], None] | None = None,
              cancel: Callable[[], bool] | None = None,
              callback: Callable[[Snapshot], None] | None = None) -> Result:
@@ -185,6 +186,14 @@ def register(fixed: Volume, moving: Volume, settings: Settings | None = None, *,
         Method, metric, pyramid and optimiser settings (defaults: rigid, MSE).
     initial : LinearTransform, optional
         Starting transform (e.g. from landmarks); replaces ``settings.initialise``.
+    initial_velocity : (3, a0, a1, a2) ndarray, optional
+        Deformable runs only: a stationary velocity (mm, components LPS x, y, z) on the
+        fixed scan's grid to start from, e.g. a network's output ("learned + refine").
+        It was found after the linear transform ``initial``, which is therefore required
+        and kept as the linear part (the linear stage is skipped); the optimiser adds a
+        smooth correction to it and regularises their sum. A start that is already close
+        wants small steps (``learning_rate`` about 0.05 instead of 0.25): Adam's first
+        steps are about ``learning_rate`` voxels whatever the gradient.
     fixed_mask : Volume, optional
         Label map on the fixed grid; only voxels > 0 count in the metric.
     progress : callable, optional
@@ -214,6 +223,8 @@ def register(fixed: Volume, moving: Volume, settings: Settings | None = None, *,
     fixed_data = _checked(fixed, "fixed")
     moving_data = _checked(moving, "moving")
     mask = _checked_mask(fixed_mask, fixed) if fixed_mask is not None else None
+    start_velocity = (_checked_velocity(initial_velocity, fixed, settings, initial)
+                      if initial_velocity is not None else None)
     fixed_levels = pyramid(_normalise(fixed_data), fixed.affine, settings.levels)
     moving_levels = pyramid(_normalise(moving_data), moving.affine, settings.levels)
     mask_levels = _mask_pyramid(mask, fixed.affine, fixed_levels) if mask is not None else None
@@ -224,18 +235,21 @@ def register(fixed: Volume, moving: Volume, settings: Settings | None = None, *,
     run = optimise.Run(fixed_levels, moving_levels, mask_levels, settings, progress, cancel,
                        callback)
     run.check_overlap(initial)
-    kind = "affine" if settings.method == "deformable" else settings.method
-    # The affine stage before a deformable one uses Mattes MI on sampled points when
-    # the deformable metric is local NCC (which needs every voxel): it is many times
-    # cheaper and as accurate for a global fit.
-    linear_metric = "mi" if settings.method == "deformable" and settings.metric == "ncc" \
-        else settings.metric
-    linear, _, loss_after = run.linear_stage(initial, kind, linear_metric)
     loss_before = run.evaluate(initial)
+    if start_velocity is not None:
+        linear, loss_after = initial, loss_before
+    else:
+        kind = "affine" if settings.method == "deformable" else settings.method
+        # The affine stage before a deformable one uses Mattes MI on sampled points when
+        # the deformable metric is local NCC (which needs every voxel): it is many times
+        # cheaper and as accurate for a global fit.
+        linear_metric = "mi" if settings.method == "deformable" and settings.metric == "ncc" \
+            else settings.metric
+        linear, _, loss_after = run.linear_stage(initial, kind, linear_metric)
     field = velocity = None
     transform = linear
     if settings.method == "deformable":
-        velocity, field, loss_after = run.deformable_stage(linear)
+        velocity, field, loss_after = run.deformable_stage(linear, start_velocity)
         transform = compose(field, linear)
     return Result(transform, linear, field, velocity, loss_before, loss_after, run.history,
                   time.perf_counter() - start)
@@ -253,6 +267,23 @@ def _checked(volume: Volume, role: str) -> np.ndarray:
         raise DimensionError(f"The {role} scan has NaN or infinite voxels; replace them "
                              f"(e.g. by 0) before registering.")
     return data
+
+
+def _checked_velocity(velocity: np.ndarray, fixed: Volume, settings: Settings,
+                      initial: LinearTransform | None) -> tuple[np.ndarray, np.ndarray]:
+    """The starting velocity and its grid (the fixed scan's), checked."""
+    if settings.method != "deformable":
+        raise GeometryError("A starting velocity needs the deformable method.")
+    if initial is None:
+        raise GeometryError("A starting velocity needs the linear transform it was found "
+                            "after (pass it as initial).")
+    velocity = np.asarray(velocity, dtype=np.float32)
+    if velocity.shape != (3, *fixed.spatial_shape):
+        raise GeometryError(f"The starting velocity must be (3, *fixed grid) = "
+                            f"{(3, *fixed.spatial_shape)}, got {velocity.shape}.")
+    if not np.isfinite(velocity).all():
+        raise DimensionError("The starting velocity has NaN or infinite values.")
+    return velocity, fixed.affine
 
 
 def _checked_mask(mask: Volume, fixed: Volume) -> np.ndarray:

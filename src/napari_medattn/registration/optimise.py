@@ -197,14 +197,22 @@ class Run:
 
     # -- deformable stage ----------------------------------------------------------------
 
-    def deformable_stage(self, linear: LinearTransform
+    def deformable_stage(self, linear: LinearTransform,
+                         start: tuple[np.ndarray, np.ndarray] | None = None
                          ) -> tuple[np.ndarray, DisplacementField, float]:
         """Optimise a stationary velocity field on the fixed pyramid after ``linear``;
         returns the velocity, its exponential on the finest control grid and the final
-        metric."""
+        metric.
+
+        ``start`` is an optional starting velocity ``(field (3, ...) mm, grid affine)``:
+        the optimised velocity is then that field (resampled to each level's control
+        grid, held fixed) plus a smooth correction that starts at zero."""
         settings = self.settings
         matrix = self._tensor(linear.matrix)
         param = previous = None
+        if start is not None:
+            base_field = self._tensor(start[0])
+            base_to_normalised = self._tensor(mm_to_normalised(start[1], start[0].shape[1:]))
         for index, iterations in enumerate(settings.deformable_iterations):
             level = self._level(index, subsample=False)
             points = level[0]
@@ -213,17 +221,19 @@ class Run:
             to_control = self._tensor(mm_to_normalised(control_affine, control_shape))
             spacing = np.linalg.norm(control_affine[:3, :3], axis=0)
             if param is None:
-                start = torch.zeros((3, *control_shape), device=self.device)
+                initial = torch.zeros((3, *control_shape), device=self.device)
             else:
-                start = sample(param.detach(), previous, control, padding="border")
-            param = start.requires_grad_(True)
+                initial = sample(param.detach(), previous, control, padding="border")
+            param = initial.requires_grad_(True)
             previous = to_control
+            base = (sample(base_field, base_to_normalised, control, padding="border")
+                    if start is not None else torch.zeros_like(param))
             optimizer = torch.optim.Adam([param], lr=settings.learning_rate * float(spacing.min()))
             sigma = settings.smoothing_mm / spacing
             best, stale = np.inf, 0
             for _ in range(iterations):
                 optimizer.zero_grad()
-                velocity = gaussian_smooth(param, sigma)
+                velocity = base + gaussian_smooth(param, sigma)
                 u = exponentiate(velocity, control, to_control, settings.steps)
                 dense = sample(u, to_control, points, padding="border")
                 moved = (points + dense.permute(1, 2, 3, 0)) @ matrix[:3, :3].T + matrix[:3, 3]
@@ -240,7 +250,7 @@ class Run:
                 if stale >= PATIENCE:
                     break
         with torch.no_grad():
-            velocity = gaussian_smooth(param, sigma)
+            velocity = base + gaussian_smooth(param, sigma)
             u = exponentiate(velocity, control, to_control, settings.steps)
         field = DisplacementField(u.cpu().numpy(), control_affine)
         extent = float(np.linalg.norm(spacing * np.asarray(control_shape)))
