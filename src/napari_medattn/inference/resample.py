@@ -9,13 +9,21 @@ dtype are kept), intensities and probabilities trilinear interpolation. The targ
 resampling there and back (:func:`resample_to_grid` onto the source grid) returns the
 source geometry bit for bit.
 
-Grids whose axes are parallel (the mapping between indices is a diagonal scaling plus a
-shift: resampling to another voxel size and back, as inference does) with the default
-border mode go through a separable path: nearest neighbour is one index lookup per axis,
-linear interpolation one two-tap pass per axis. It computes the same source coordinates
-as scipy's ``zoom_shift`` (``(j + offset / zoom) * zoom``, clamped to the volume), so
-labels are identical and intensities equal up to float32 rounding (tested against the
-general path), at a fraction of the time on CT-sized volumes.
+Two paths, chosen from the index mapping, both compiled loops run over slabs of output
+planes on all the threads torch is allowed (:mod:`.resample_kernels`): grids whose axes
+are parallel in any order and direction (the mapping is a permuted diagonal scaling plus
+a shift: resampling to another voxel size and back, as inference does; a RAS NIfTI onto
+an LPS CT) go through a separable path, one lookup (nearest) or one two-tap pass
+(linear) per axis on a strided view of the source; other (oblique) grids through a
+trilinear loop. The separable path computes the source coordinates as scipy's
+``zoom_shift`` does (``(j + offset / zoom) * zoom``), the oblique one as scipy's general
+``affine_transform``, so labels and border decisions are scipy's and intensities equal
+scipy's and SimpleITK's up to float32 rounding (both tested).
+
+Values outside the source follow ``mode``: ``"nearest"`` repeats the border voxel;
+``"constant"`` gives ``cval`` beyond the outermost voxel centres (scipy's rule, which
+registration uses); ``"itk"`` gives ``cval`` from half a voxel past them on and repeats
+the border voxel within that half voxel (ITK's resampler, which fusion matches).
 
 Registration results need two more ways in, here so that there is still one resampler:
 :func:`sample_points` (values at arbitrary mm points) and :func:`resample_through`
@@ -25,6 +33,10 @@ Registration results need two more ways in, here so that there is still one resa
 
 from __future__ import annotations
 
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy import ndimage
 
@@ -33,6 +45,8 @@ from napari_medattn.io.volume import Volume
 
 NEAREST = 0
 LINEAR = 1
+#: Ways to treat target voxels outside the source (see the module's text).
+MODES = ("nearest", "constant", "itk")
 
 
 def spacing_grid(affine: np.ndarray, shape: tuple[int, ...],
@@ -86,89 +100,182 @@ def resample_to_grid(volume: Volume, affine: np.ndarray, shape: tuple[int, ...],
         Target spatial shape.
     order : int
         0 (nearest: labels, dtype kept) or 1 (linear: intensities, float32 output).
-    mode : str
-        Values outside the source: ``"nearest"`` (repeat the border) or ``"constant"``
-        (``cval``).
+    mode : {"nearest", "constant", "itk"}
+        Values outside the source: repeat the border, ``cval`` beyond the outermost voxel
+        centres (scipy), or ``cval`` beyond half a voxel past them (ITK's resampler).
     cval : float
-        Fill value for ``mode="constant"``, in the volume's units.
+        Fill value for ``mode="constant"`` and ``"itk"``, in the volume's units.
 
     Returns
     -------
     Volume
         ``affine`` exactly, the source modality and meta.
     """
-    if order not in (NEAREST, LINEAR):
-        raise GeometryError(f"Resampling order must be 0 (nearest) or 1 (linear), got {order}.")
+    _check(order, mode)
     affine = np.asarray(affine, dtype=np.float64)
     shape = tuple(int(s) for s in shape)
     mapping = np.linalg.solve(volume.affine, affine)  # target index -> source index
     data = np.asarray(volume.data)
+    if not data.dtype.isnative:  # big-endian NIfTI data: the compiled loops read native
+        data = data.astype(data.dtype.newbyteorder("="))
     out_dtype = data.dtype if order == NEAREST else np.float32
-    linear = mapping[:3, :3]
-    # An axis-aligned mapping goes through scipy's faster separable path.
-    matrix = np.diag(linear) if np.allclose(linear, np.diag(np.diag(linear)), rtol=0,
-                                             atol=1e-12) else linear
+    axes = parallel_axes(mapping)
     frames = data[None] if data.ndim == 3 else data
     out = np.empty((frames.shape[0], *shape), dtype=out_dtype)
     for f, frame in enumerate(frames):
-        if matrix.ndim == 1 and mode == "nearest":
-            _separable_resample(frame, matrix, mapping[:3, 3], shape, order, out[f])
-            continue
-        if order == LINEAR and frame.dtype != np.float32:
-            frame = frame.astype(np.float32)
-        ndimage.affine_transform(frame, matrix, offset=mapping[:3, 3], output_shape=shape,
-                                 output=out[f], order=order, mode=mode, cval=cval,
-                                 prefilter=False)
+        if axes is None:
+            _oblique_resample(frame, mapping, order, mode, cval, out[f])
+        else:
+            view = frame.transpose(axes)
+            zoom = mapping[axes, [0, 1, 2]]
+            _separable_resample(view, zoom, mapping[axes, 3], order, mode, cval, out[f])
     result = out[0] if data.ndim == 3 else out
     return Volume(data=result, affine=affine.copy(), modality=volume.modality,
                   meta=dict(volume.meta))
 
 
-def _source_coordinates(zoom: float, offset: float, size: int, length: int) -> np.ndarray:
-    """Source coordinate of each of ``size`` target indices along one axis, clamped to
-    ``[0, length - 1]`` (border mode "nearest"), computed as scipy's ``zoom_shift`` does."""
-    coordinates = (np.arange(size, dtype=np.float64) + offset / zoom) * zoom
-    return np.clip(coordinates, 0.0, length - 1.0)
+def parallel_axes(mapping: np.ndarray) -> tuple[int, int, int] | None:
+    """The source axis along each target axis when the grids are parallel, else None.
 
+    Parameters
+    ----------
+    mapping : (4, 4) ndarray
+        Target index -> source index.
 
-def _separable_resample(frame: np.ndarray, zoom: np.ndarray, offset: np.ndarray,
-                        shape: tuple[int, ...], order: int, out: np.ndarray) -> None:
-    """Resample ``frame`` axis by axis into ``out`` for a diagonal index mapping.
-
-    Target index ``j`` reads source coordinate ``zoom * j + offset`` on each axis. Nearest
-    neighbour takes ``floor(c + 0.5)`` (an index lookup per axis; values and dtype kept);
-    linear blends the two neighbours ``floor(c)`` and ``floor(c) + 1`` with weights
-    ``1 - t`` and ``t``, in float32. The first pass reads the source dtype directly (no
-    float copy of a full CT).
+    Returns
+    -------
+    tuple of int or None
+        ``axes[d]`` is the source axis that target axis ``d`` runs along (in either
+        direction); None when some target axis is oblique to the source's.
     """
-    coordinates = [_source_coordinates(float(z), float(o), n, length)
-                   for z, o, n, length in zip(zoom, offset, shape, frame.shape)]
-    # Work in the array's memory order (NIfTI data is Fortran-ordered, reoriented views
-    # are flipped): gathers along a contiguous axis are many times faster.
-    memory_order = sorted(range(3), key=lambda a: -abs(frame.strides[a]))
-    array = frame.transpose(memory_order)
-    # Shrinking axes first, and among equal ones the contiguous (last) axis first: each
-    # pass then copies as little as possible.
-    passes = sorted(range(3), key=lambda p: (shape[memory_order[p]] / array.shape[p], -p))
-    for position in passes:
-        axis = memory_order[position]
-        c = coordinates[axis]
+    linear = np.asarray(mapping, dtype=np.float64)[:3, :3]
+    axes = np.argmax(np.abs(linear), axis=0)
+    if sorted(axes.tolist()) != [0, 1, 2]:
+        return None
+    off_axis = np.ones((3, 3), bool)
+    off_axis[axes, np.arange(3)] = False
+    # Exactly zero: a mapping off by rounding is oblique for scipy too, and the two
+    # paths must agree on what they call parallel.
+    if np.any(linear[off_axis] != 0.0):
+        return None
+    return tuple(int(a) for a in axes)
+
+
+def _check(order: int, mode: str) -> None:
+    if order not in (NEAREST, LINEAR):
+        raise GeometryError(f"Resampling order must be 0 (nearest) or 1 (linear), got {order}.")
+    if mode not in MODES:
+        raise GeometryError(f"The border mode must be one of {', '.join(MODES)}, got {mode!r}.")
+
+
+def _border(mode: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per source axis, the coordinates below ``low`` or above ``high`` that are outside."""
+    n = np.asarray(shape, dtype=np.float64)
+    if mode == "nearest":
+        return np.full(3, -np.inf), np.full(3, np.inf)
+    if mode == "constant":
+        return np.zeros(3), n - 1.0
+    # ITK: inside is [-0.5, n - 0.5), half-open; the largest double below n - 0.5 makes
+    # the upper bound inclusive like the others.
+    return np.full(3, -0.5), np.nextafter(n - 0.5, -np.inf)
+
+
+def _threads() -> int:
+    """Threads for the loops: torch's setting where torch is loaded (the widgets' Job
+    helper lowers it to leave the GUI a core), else the CPUs this process may use."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return max(1, int(torch.get_num_threads()))
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+
+
+def _in_slabs(run, planes: int) -> None:
+    """Call ``run(start, stop)`` over slabs of output planes, on a thread pool."""
+    threads = min(_threads(), planes)
+    if threads <= 1:
+        run(0, planes)
+        return
+    # A few slabs per thread evens out slabs that cost more (more of them inside).
+    bounds = np.linspace(0, planes, min(planes, 4 * threads) + 1).round().astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        jobs = [pool.submit(run, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])
+                if b > a]
+        for job in jobs:
+            job.result()
+
+
+def _oblique_resample(frame: np.ndarray, mapping: np.ndarray, order: int, mode: str,
+                      cval: float, out: np.ndarray) -> None:
+    """Resample ``frame`` into ``out`` through a general index mapping (compiled loop).
+
+    The source is copied once (float32 for linear) with its axes ordered like the
+    target's nearest ones, so that a row of output voxels walks along the source's
+    contiguous axis and its neighbours stay in cache.
+    """
+    from napari_medattn.inference import resample_kernels as kernels
+
+    axes = np.argmax(np.abs(mapping[:3, :3]), axis=0)
+    if sorted(axes.tolist()) != [0, 1, 2]:
+        axes = np.arange(3)
+    dtype = np.float32 if order == LINEAR else frame.dtype
+    source = np.ascontiguousarray(frame.transpose(axes), dtype=dtype)
+    matrix = np.ascontiguousarray(mapping[axes, :3])
+    offset = np.ascontiguousarray(mapping[axes, 3])
+    low, high = _border(mode, source.shape)
+    if order == LINEAR:
+        flat, fill = source.ravel(), np.float32(cval)
+
+        def run(start: int, stop: int) -> None:
+            kernels.affine_linear(flat, *source.shape, matrix, offset, low, high, fill,
+                                  start, stop, out[start:stop])
+    else:
+        fill = out.dtype.type(cval)
+
+        def run(start: int, stop: int) -> None:
+            kernels.affine_nearest(source, matrix, offset, low, high, fill, start, stop,
+                                   out[start:stop])
+    _in_slabs(run, out.shape[0])
+
+
+def _separable_resample(view: np.ndarray, zoom: np.ndarray, offset: np.ndarray, order: int,
+                        mode: str, cval: float, out: np.ndarray) -> None:
+    """Resample ``view`` into ``out`` for a diagonal index mapping (compiled loops).
+
+    ``view`` is the source with its axes along the target's (any strides, any direction);
+    target index ``j`` reads source coordinate ``zoom * j + offset`` on each axis. Nearest
+    neighbour takes ``floor(c + 0.5)`` (values and dtype kept); linear blends
+    ``floor(c)`` and ``floor(c) + 1`` with weights ``1 - t`` and ``t``, in float32,
+    reading the source dtype directly (no float copy of a full CT).
+    """
+    from napari_medattn.inference import resample_kernels as kernels
+
+    low, high = _border(mode, view.shape)
+    tables, outside = [], []
+    for d in range(3):
+        size, length = out.shape[d], view.shape[d]
+        # scipy's zoom_shift arithmetic, so both agree on every border decision.
+        c = (np.arange(size, dtype=np.float64) + offset[d] / zoom[d]) * zoom[d]
+        outside.append(np.flatnonzero((c < low[d]) | (c > high[d])))
+        c = np.clip(c, 0.0, length - 1.0)
         if order == NEAREST:
-            array = np.take(array, np.floor(c + 0.5).astype(np.intp), axis=position)
-            continue
-        lower = np.floor(c).astype(np.intp)
-        upper = np.minimum(lower + 1, frame.shape[axis] - 1)
-        weight_shape = [1, 1, 1]
-        weight_shape[position] = -1
-        t = (c - lower).astype(np.float32).reshape(weight_shape)
-        low = np.take(array, lower, axis=position).astype(np.float32, copy=False)
-        high = np.take(array, upper, axis=position).astype(np.float32, copy=False)
-        # low + t * (high - low), in place on the gathered copies.
-        np.subtract(high, low, out=high)
-        np.multiply(high, t, out=high)
-        np.add(low, high, out=low)
-        array = low
-    out[...] = array.transpose(np.argsort(memory_order))
+            tables.append([np.minimum(np.floor(c + 0.5), length - 1).astype(np.intp)])
+        else:
+            lower = np.floor(c).astype(np.intp)
+            tables.append([lower, np.minimum(lower + 1, length - 1),
+                           (c - lower).astype(np.float32)])
+    kernel = kernels.separable_nearest if order == NEAREST else kernels.separable_linear
+    arguments = [array for table in tables for array in table]
+
+    def run(start: int, stop: int) -> None:
+        kernel(view, *arguments, start, stop, out[start:stop])
+
+    _in_slabs(run, out.shape[0])
+    for d, index in enumerate(outside):
+        if index.size:
+            where = [slice(None)] * 3
+            where[d] = index
+            out[tuple(where)] = cval
 
 
 def resample_to_spacing(volume: Volume, spacing: tuple[float, ...], *,
@@ -190,19 +297,17 @@ def sample_points(volume: Volume, points: np.ndarray, *, order: int = LINEAR,
         LPS positions in mm.
     order : int
         0 (nearest: labels, dtype kept) or 1 (linear, float32 output).
-    mode : str
-        Values outside the source: ``"constant"`` (``cval``, as ITK's resampler) or
-        ``"nearest"`` (repeat the border).
+    mode : {"constant", "nearest", "itk"}
+        Values outside the source, as for :func:`resample_to_grid`.
     cval : float
-        Fill value for ``mode="constant"``, in the volume's units.
+        Fill value for ``mode="constant"`` and ``"itk"``, in the volume's units.
 
     Returns
     -------
     ndarray
         Shape ``points.shape[:-1]``, with the frames first for a 4D volume.
     """
-    if order not in (NEAREST, LINEAR):
-        raise GeometryError(f"Resampling order must be 0 (nearest) or 1 (linear), got {order}.")
+    _check(order, mode)
     points = np.asarray(points, dtype=np.float64)
     if points.shape[-1:] != (3,):
         raise GeometryError(f"Points must have 3 coordinates in mm, got shape {points.shape}.")
@@ -215,8 +320,13 @@ def sample_points(volume: Volume, points: np.ndarray, *, order: int = LINEAR,
     for f, frame in enumerate(frames):
         if order == LINEAR and frame.dtype != np.float32:
             frame = frame.astype(np.float32)
-        ndimage.map_coordinates(frame, index, output=out[f], order=order, mode=mode,
-                                cval=cval, prefilter=False)
+        ndimage.map_coordinates(frame, index, output=out[f], order=order,
+                                mode="nearest" if mode == "itk" else mode, cval=cval,
+                                prefilter=False)
+    if mode == "itk":
+        low, high = _border(mode, frames.shape[1:])
+        outside = np.any((index < low[:, None]) | (index > high[:, None]), axis=0)
+        out[:, outside] = cval
     out = out.reshape((frames.shape[0], *points.shape[:-1]))
     return out[0] if data.ndim == 3 else out
 
