@@ -1,5 +1,8 @@
 """Fixtures any test folder may use."""
 
+import shutil
+import subprocess
+
 import pytest
 import torch
 
@@ -30,3 +33,19 @@ def nibabel_truth():
     fixed = read_volume(samples / "nibabel_anatomical.nii.gz")
     moved = read_volume(samples / "nibabel_anatomical_moved.nii.gz")
     return LinearTransform(moved.affine @ np.linalg.inv(fixed.affine), "rigid")
+
+
+def dciodvfy_report(path) -> tuple[list[str], list[str]]:
+    """(errors, warnings) that dicom3tools' dciodvfy reports for a DICOM file."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed; CI installs it")
+    run = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True,
+                         timeout=120)
+    lines = (run.stdout + run.stderr).splitlines()
+    return ([line for line in lines if line.startswith("Error")],
+            [line for line in lines if line.startswith("Warning")])
+
+
+@pytest.fixture
+def dciodvfy():
+    return dciodvfy_report

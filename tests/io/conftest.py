@@ -1,31 +1,14 @@
-"""Fixtures for the DICOM-SEG/SR/parametric-map tests: the dciodvfy validator and a
-DICOM MR series written from a real scan in a non-canonical (sagittal) file order."""
+"""Fixtures for the DICOM-SEG/SR/parametric-map tests: a DICOM MR series written from a
+real scan in a non-canonical (sagittal) file order (the dciodvfy validator is in
+tests/conftest.py, for the CLI tests too)."""
 
 import os
-import shutil
-import subprocess
 
 import pytest
 from nibabel.testing import data_path
 
 from napari_medattn.io import read_volume
 from napari_medattn.io.dicom_write import write_dicom_series
-
-
-def dciodvfy_report(path) -> tuple[list[str], list[str]]:
-    """(errors, warnings) that dicom3tools' dciodvfy reports for a DICOM file."""
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed; CI installs it")
-    run = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True,
-                         timeout=120)
-    lines = (run.stdout + run.stderr).splitlines()
-    return ([line for line in lines if line.startswith("Error")],
-            [line for line in lines if line.startswith("Warning")])
-
-
-@pytest.fixture
-def dciodvfy():
-    return dciodvfy_report
 
 
 @pytest.fixture(scope="module")

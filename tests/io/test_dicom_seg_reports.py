@@ -1,5 +1,8 @@
 """SR measurement reports (TID 1500) and parametric maps on a SEG's scan: closed-form
-volumes and diameters, values read back by highdicom and by our reader, and dciodvfy."""
+volumes and diameters, values read back by highdicom and by our reader, and dciodvfy;
+detection reports with masks (as a SEG) and without."""
+
+import dataclasses
 
 import highdicom as hd
 import numpy as np
@@ -8,10 +11,10 @@ import pytest
 
 from napari_medattn.detection.lesions import lesions_from_labels
 from napari_medattn.errors import DimensionError, WriteError
-from napari_medattn.io import read, volume_like
+from napari_medattn.io import Volume, read, volume_like
 from napari_medattn.io.dicom_pmap import write_derived_series, write_parametric_map
-from napari_medattn.io.dicom_seg import write_seg
-from napari_medattn.io.dicom_sr import write_measurement_report
+from napari_medattn.io.dicom_seg import read_seg, write_seg
+from napari_medattn.io.dicom_sr import write_detection_report, write_measurement_report
 
 CLASSES = [("background", "#000000"), ("liver", "#aa3311"), ("lesion", "#ffe119")]
 
@@ -126,3 +129,42 @@ def test_maps_refuse_bad_values(seg_and_labels, tmp_path):
         write_parametric_map(tmp_path / "pm.dcm", volume_like(canonical, data * 0,
                                                               modality="OT"), "colour")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_detection_report_with_and_without_masks(seg_and_labels, tmp_path, dciodvfy):
+    _, drawn, canonical = seg_and_labels
+    pieces = lesions_from_labels(drawn, with_masks=True)  # liver box, two lesion boxes
+    detections = [dataclasses.replace(pieces[0], score=0.9),
+                  dataclasses.replace(pieces[1], mask=None, score=0.6),
+                  dataclasses.replace(pieces[2], score=0.3)]
+    sr_path, seg_path = tmp_path / "sr.dcm", tmp_path / "seg.dcm"
+    written = write_detection_report(sr_path, seg_path, canonical, detections,
+                                     algorithm={"name": "detector", "version": "1"})
+    assert written == [seg_path, sr_path]
+    for path in written:
+        assert dciodvfy(path)[0] == []
+    # The masked detections are segments 1 and 2, voxel for voxel the pieces they came from.
+    masks = read_seg(seg_path, reference=canonical)
+    expected = np.zeros(canonical.spatial_shape, np.uint8)
+    expected[drawn.data == 1] = 1
+    expected[14:15, 30:34, 10:13] = 2
+    np.testing.assert_array_equal(masks.data, expected)
+    groups = hd.sr.srread(sr_path).content.get_volumetric_roi_measurement_groups()
+    assert [g.referenced_segment.referenced_segment_numbers if g.referenced_segment else None
+            for g in groups] == [[1], None, [2]]
+    seg_uid = pydicom.dcmread(seg_path, stop_before_pixels=True).SOPInstanceUID
+    assert groups[0].referenced_segment.referenced_sop_instance_uid == seg_uid
+    spacing = np.abs(canonical.spacing)
+    values = {m.name.meaning: m.value for m in groups[1].get_measurements()}
+    # The unmasked 2 x 3 x 5 voxel lesion: its box edges in mm, longest first, and score.
+    assert [values["Major Axis"], values["Minor Axis"], values["Perpendicular Axis"]] == \
+        pytest.approx(sorted(np.array([2, 3, 5]) * spacing, reverse=True))
+    assert values["Score"] == pytest.approx(0.6)
+    np.testing.assert_allclose(np.asarray(groups[1].roi.graphic_data).ravel(),
+                               pieces[1].centre_mm, atol=1e-4)
+    assert write_detection_report(tmp_path / "a.dcm", tmp_path / "b.dcm", canonical, []) == []
+    with pytest.raises(WriteError, match="does not come from a DICOM series"):
+        write_detection_report(tmp_path / "a.dcm", tmp_path / "b.dcm",
+                               Volume(drawn.data, canonical.affine, "MR", {"name": "nifti"}),
+                               detections)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.dcm", "sr.dcm"]

@@ -29,6 +29,7 @@ from napari_medattn.io.dicom_seg import (
     seg_dataset,
     segment_codes,
     source_instances,
+    with_type2_attributes,
 )
 from napari_medattn.io.nifti import volume_like
 from napari_medattn.io.volume import Volume, require_3d
@@ -84,7 +85,8 @@ def measurement_report(
     """
     from napari_medattn.metrics.statistics import class_statistics
 
-    instances = source_instances(image if image is not None else labels)
+    instances = with_type2_attributes(
+        source_instances(image if image is not None else labels))
     numbers = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
     rows = [r for r in class_statistics(labels) if r["voxels"] > 0]
     unknown = sorted({r["label"] for r in rows} - set(numbers))
@@ -265,7 +267,7 @@ def detection_masks(image: Volume, detections: Sequence) -> Volume | None:
         mask = detection.mask
         placed = resample_to_grid(Volume(np.asarray(mask.data, np.float32), mask.affine,
                                          "SEG", {}), image.affine, image.spatial_shape,
-                                  order=0)
+                                  order=0, mode="constant", cval=0.0)
         labels[np.asarray(placed.data) > 0.5] = number
     volume = volume_like(image, labels, modality="SEG", name=f"{image.name} detections")
     volume.meta["classes"] = [("background", "#000000")] + [(d.class_name, "")
@@ -302,7 +304,7 @@ def detection_report(image: Volume, detections: Sequence, *, seg: Dataset | None
     WriteError
         The scan does not come from DICOM, or masks are given without their SEG.
     """
-    instances = source_instances(image)
+    instances = with_type2_attributes(source_instances(image))
     if seg is None and any(d.mask is not None for d in detections):
         raise WriteError("Detections with masks need their SEG (detections_seg) to be "
                          "referenced by the report.")
