@@ -1,38 +1,49 @@
-"""Train DMAF-Net-style fusion and the early-fusion baseline under one protocol on synthetic
-BraTS-like cases, and measure Dice (WT/TC/ET) and HD95 on every one of the 15 modality
-subsets of held-out cases.
+"""Train DMAF-Net-style fusion and the two baselines (region-aware late fusion, early fusion)
+under one protocol, measure Dice (WT/TC/ET) and HD95 on every one of the 15 modality subsets
+of held-out cases, and ship the best DMAF weights.
 
-    python scripts/train_multimodal.py --train-cases 8 --test-cases 3 --crop 24 \
-        --max-steps 80 --minutes 4 --threads 1 --out docs/multimodal
+One run trains the chosen models for one or more seeds and writes per-case rows::
 
-Protocol (both models): the same training cases, the same draws of missing modalities
+    nice -n 10 python scripts/train_multimodal.py run --seeds 0 1 2 \
+        --models dmaf region early --steps 400 --runs /tmp/dmaf/runs
+
+``summarise`` turns every run's rows into the tables (mean +- SD over seeds) in
+``docs/multimodal/`` and between the table markers of ``docs/multimodal.md``, and with
+``--ship`` saves the DMAF seed with the best mean WT Dice on the validation cases as a
+model folder with its card::
+
+    python scripts/train_multimodal.py summarise --runs /tmp/dmaf/runs \
+        --ship src/napari_medattn/weights/dmaf-brain-tumour
+
+Data (``--data``): synthetic BraTS-like cases
+(:func:`~napari_medattn.training.multimodal_synthesis.synthetic_multimodal_case`, whole 2 mm
+heads) or a BraTS-layout folder (:mod:`napari_medattn.training.brats`, resampled to 2 mm).
+Every image is normalised exactly as inference does (the card's ``zscore`` over the whole
+head). Training draws random ``--crop`` cubes (two in three centred near the tumour, the
+rest anywhere in the head, so the model also sees tumour-free brain) and flips. Held-out
+test and validation cases are seeds never drawn in training (new deformations and
+tumours), scored on an ``--eval-crop`` cube around the tumour.
+
+Protocol (every model): the same cases, the same draws of crops and missing modalities
 (imbalanced rates ``--missing-rates``, at least one present), the same optimiser, learning
-rate and number of steps (``--max-steps``; ``--minutes`` caps each model's wall time).
-DMAF adds its training options: relation and prototype distillation from a full-modality
-teacher -- here the same network run on all four modalities without gradient
-(self-distillation: no separately trained teacher fits in a short CPU run) -- and the
-per-modality training monitor. Held-out cases use seeds never
-drawn in training (new anatomy deformations and tumours).
-
-Writes ``multimodal_subsets.csv`` (one row per model, subset and case) and
-``multimodal_table.md`` (means per subset and over the 15 subsets) into ``--out``, and ends
-with ``FIGURE`` lines. Weights are not written: a run this short is not a model to ship.
+rate and number of steps. DMAF adds its training options: relation and prototype
+distillation from a full-modality teacher -- the same network run on all four modalities
+without gradient (self-distillation: no separately trained teacher fits in a short CPU
+run) -- and the per-modality training monitor. The ablation variants (``dmaf-no-masking``,
+``dmaf-no-relation``, ``dmaf-no-prototype``, ``dmaf-no-monitoring``) each remove one.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import itertools
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from napari_medattn.inference.preprocess import robust_zscore
-from napari_medattn.io.atomic import write_text_atomically
 from napari_medattn.metrics.segmentation import evaluate_pair
 from napari_medattn.models import create
 from napari_medattn.training.losses import dice_ce_loss
@@ -41,78 +52,85 @@ from napari_medattn.training.multimodal import (
     prototype_distillation,
     relation_distillation,
 )
+from napari_medattn.training.multimodal_cases import (
+    MODALITIES,
+    SPACING_MM,
+    case_arrays,
+    random_crop,
+    tumour_crop,
+)
 from napari_medattn.training.multimodal_synthesis import (
-    BRATS_MODALITIES,
     REGIONS,
     classes_to_labels,
     draw_presence,
-    labels_to_classes,
     region_masks,
-    synthetic_multimodal_case,
 )
+from napari_medattn.training.multimodal_table import summarise_runs
 
-MODALITIES = tuple(BRATS_MODALITIES)
 SUBSETS = [s for r in range(1, 5) for s in itertools.combinations(range(4), r)]
 TEST_SEED_OFFSET = 900_000  # held-out seeds: never used for training cases
+VAL_SEED_OFFSET = 800_000
+#: Variant name -> (architecture kind, DMAF options switched off).
+VARIANTS = {
+    "dmaf": ("dmaf", ()), "region": ("region", ()), "early": ("early", ()),
+    "dmaf-no-masking": ("dmaf", ("masking",)), "dmaf-no-relation": ("dmaf", ("relation",)),
+    "dmaf-no-prototype": ("dmaf", ("prototype",)),
+    "dmaf-no-monitoring": ("dmaf", ("monitoring",)),
+}
+CHANNELS = {"dmaf": [8, 16, 32], "region": [8, 16, 32], "early": [16, 32, 64]}
 
 
-def make_cases(seeds, crop):
-    cases = []
-    for seed in seeds:
-        case = synthetic_multimodal_case(int(seed), crop=(crop,) * 3)
-        # The head (non-zero voxels) is the foreground: the crops hold little background
-        # for Otsu's threshold to find.
-        x = np.stack([robust_zscore(case.images[m].data, mask=case.images[m].data != 0)
-                      for m in MODALITIES])
-        cases.append({"x": torch.from_numpy(x), "labels": case.labels.data,
-                      "target": torch.from_numpy(labels_to_classes(case.labels.data)),
-                      "spacing": case.labels.spacing})
-    return cases
-
-
-def build(kind: str, seed: int, masking: bool = True) -> torch.nn.Module:
+def build(variant: str, seed: int) -> torch.nn.Module:
+    """The network of ``variant``, initialised from ``seed``."""
+    kind, off = VARIANTS[variant]
     torch.manual_seed(seed)
+    common = {"modalities": MODALITIES, "out_channels": 4, "channels": CHANNELS[kind]}
     if kind == "dmaf":
-        return create("dmaf_net", modalities=MODALITIES, out_channels=4, channels=[8, 16, 32],
-                      masking=masking)
-    return create("early_fusion_unet", modalities=MODALITIES, out_channels=4,
-                  channels=[16, 32, 64])
+        return create("dmaf_net", masking="masking" not in off, **common)
+    return create("region_fusion_net" if kind == "region" else "early_fusion_unet", **common)
 
 
-def train(model, kind, cases, args) -> dict:
-    """Train for ``args.minutes`` (or ``args.max_steps``); returns steps and last losses."""
-    rng = np.random.default_rng(args.seed)  # same case and subset draws for every model
+def _batch(cases, rng, args):
+    picks = rng.integers(len(cases), size=args.batch)
+    crops = [random_crop(cases[i], args.crop, rng) for i in picks]
+    x = torch.stack([torch.from_numpy(c[0]) for c in crops])
+    target = torch.stack([torch.from_numpy(c[1]) for c in crops])
+    present = torch.from_numpy(np.stack([draw_presence(rng, args.missing_rates)
+                                         for _ in picks]))
+    flips = [a + 2 for a in range(3) if rng.random() < 0.5]
+    if flips:
+        x, target = x.flip(flips), target.flip([a - 1 for a in flips])
+    return x, target, present
+
+
+def train(model, variant: str, cases: list[dict], args, seed: int) -> dict:
+    """``args.steps`` steps of Adam; returns steps, last losses and monitor weights."""
+    kind, off = VARIANTS[variant]
+    rng = np.random.default_rng(seed)  # same crop and subset draws for every model
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
     monitor = ModalityMonitor(len(MODALITIES))
-    distil = kind == "dmaf" and not args.no_distillation
-    monitoring = kind == "dmaf" and not args.no_monitoring
-    deadline = time.monotonic() + 60 * args.minutes
-    step, losses = 0, []
+    relation = kind == "dmaf" and "relation" not in off
+    prototype = kind == "dmaf" and "prototype" not in off
+    monitoring = kind == "dmaf" and "monitoring" not in off and (relation or prototype)
+    losses = []
     model.train()
-    while time.monotonic() < deadline and step < args.max_steps:
-        picks = rng.integers(len(cases), size=args.batch)
-        x = torch.stack([cases[i]["x"] for i in picks])
-        target = torch.stack([cases[i]["target"] for i in picks])
-        present = torch.from_numpy(np.stack([draw_presence(rng, args.missing_rates)
-                                             for _ in picks]))
-        flips = [a + 2 for a in range(3) if rng.random() < 0.5]
-        if flips:
-            x, target = x.flip(flips), target.flip([a - 1 for a in flips])
+    for _ in range(args.steps):
+        x, target, present = _batch(cases, rng, args)
         logits, features = model.forward_features(x, present)
         per_case = torch.stack([dice_ce_loss(logits[i:i + 1], target[i:i + 1])
-                                for i in range(len(picks))])
-        if distil:
+                                for i in range(len(x))])
+        if relation or prototype:
             with torch.no_grad():
                 _, teacher = model.forward_features(x, None)
-            gaps = torch.stack([
-                relation_distillation(features[i:i + 1], teacher[i:i + 1], target[i:i + 1], 4)
-                + prototype_distillation(features[i:i + 1], teacher[i:i + 1],
-                                         target[i:i + 1], 4)
-                for i in range(len(picks))])
+            gaps = torch.zeros(len(x))
+            for i in range(len(x)):
+                s, t, y = features[i:i + 1], teacher[i:i + 1], target[i:i + 1]
+                gap = relation_distillation(s, t, y, 4) if relation else 0.0
+                gaps[i] = gap + (prototype_distillation(s, t, y, 4) if prototype else 0.0)
             per_case = per_case + args.distillation_weight * gaps
             if monitoring:
                 monitor.update(gaps, present)
-        weights = monitor.case_weights(present) if monitoring else torch.ones(len(picks))
+        weights = monitor.case_weights(present) if monitoring else torch.ones(len(x))
         loss = (weights * per_case).mean()
         optimiser.zero_grad()
         loss.backward()
@@ -120,23 +138,24 @@ def train(model, kind, cases, args) -> dict:
             monitor.scale_gradients(model.encoders)
         optimiser.step()
         losses.append(float(loss.detach()))
-        step += 1
-    return {"steps": step, "final_loss": float(np.mean(losses[-10:])) if losses else float("nan"),
+    return {"steps": len(losses),
+            "final_loss": float(np.mean(losses[-20:])) if losses else float("nan"),
             "modality_weights": monitor.weights().tolist()}
 
 
-def evaluate(model, kind, cases) -> list[dict]:
+def evaluate(model, variant: str, cases: list[dict], seed: int = 0) -> list[dict]:
+    """Dice and HD95 (mm) of WT, TC and ET for every case and each of the 15 subsets."""
     rows = []
     model.eval()
     for c, case in enumerate(cases):
         for subset in SUBSETS:
             present = torch.tensor([m in subset for m in range(4)])
             with torch.no_grad():
-                logits = model(case["x"][None], present)
+                logits = model(torch.from_numpy(case["x"])[None], present)
             labels = classes_to_labels(logits.argmax(1)[0].numpy())
             pred, ref = region_masks(labels), region_masks(case["labels"])
-            row = {"model": kind, "subset": "+".join(MODALITIES[m] for m in subset),
-                   "case": c}
+            row = {"model": variant, "seed": seed,
+                   "subset": "+".join(MODALITIES[m] for m in subset), "case": c}
             for region in REGIONS:
                 score = evaluate_pair(pred[region], ref[region], spacing=case["spacing"],
                                       classes=[1])[0]
@@ -146,80 +165,96 @@ def evaluate(model, kind, cases) -> list[dict]:
     return rows
 
 
-def tables(rows: list[dict], runs: dict) -> tuple[str, str]:
-    fields = list(rows[0])
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    lines = ["| subset | " + " | ".join(f"{k} {r}" for k in runs for r in REGIONS) + " |",
-             "| --- |" + " --- |" * (len(runs) * len(REGIONS))]
-    means = {}
-    for subset in ["+".join(MODALITIES[m] for m in s) for s in SUBSETS]:
-        cells = []
-        for kind in runs:
-            for region in REGIONS:
-                values = [r[f"dice_{region}"] for r in rows
-                          if r["model"] == kind and r["subset"] == subset]
-                means.setdefault((kind, region), []).append(np.mean(values))
-                cells.append(f"{100 * np.mean(values):.1f}")
-        lines.append(f"| {subset} | " + " | ".join(cells) + " |")
-    lines.append("| **mean of 15** | " + " | ".join(
-        f"**{100 * np.mean(means[(k, r)]):.1f}**" for k in runs for r in REGIONS) + " |")
-    return text.getvalue(), "\n".join(lines) + "\n"
+def load_or_make_cases(args) -> tuple[list[dict], list[dict], list[dict]]:
+    """Training cases (whole heads), validation and test cases (tumour crops), cached."""
+    cache = args.runs / "cases.npz"
+    if cache.exists():
+        stored = np.load(cache, allow_pickle=True)
+        return tuple(list(stored[k]) for k in ("train", "val", "test"))  # type: ignore
+    started = time.monotonic()
+    n_train, n_val, n_test = args.train_cases, args.val_cases, args.test_cases
+    if args.data == "synthetic":  # seeds: held-out ones are never drawn in training
+        val_ids = range(VAL_SEED_OFFSET, VAL_SEED_OFFSET + n_val)
+        test_ids = range(TEST_SEED_OFFSET, TEST_SEED_OFFSET + n_test)
+    else:  # a BraTS folder: the first cases train, the next validate, the last test
+        val_ids = range(n_train, n_train + n_val)
+        test_ids = range(n_train + n_val, n_train + n_val + n_test)
+    train_cases = case_arrays(range(n_train), data=args.data)
+    held = {"val": [tumour_crop(c, args.eval_crop) for c in case_arrays(val_ids, args.data)],
+            "test": [tumour_crop(c, args.eval_crop) for c in case_arrays(test_ids, args.data)]}
+    args.runs.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, train=np.array(train_cases, dtype=object),
+             val=np.array(held["val"], dtype=object), test=np.array(held["test"], dtype=object))
+    print(f"data: {len(train_cases)} training, {args.val_cases} validation, "
+          f"{args.test_cases} test cases in {time.monotonic() - started:.0f} s", flush=True)
+    return train_cases, held["val"], held["test"]
+
+
+def run(args) -> int:
+    torch.set_num_threads(args.threads)
+    train_cases, val_cases, test_cases = load_or_make_cases(args)
+    for seed in args.seeds:
+        for variant in args.models:
+            model = build(variant, seed)
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            facts = train(model, variant, train_cases, args, seed)
+            facts.update(cpu_s=time.process_time() - cpu0, wall_s=time.monotonic() - wall0,
+                         parameters=sum(p.numel() for p in model.parameters()),
+                         config=model.config, architecture=model.architecture,
+                         protocol={k: v for k, v in vars(args).items()
+                                   if k in ("steps", "batch", "lr", "crop", "eval_crop",
+                                            "missing_rates", "distillation_weight",
+                                            "train_cases", "data")})
+            facts["protocol"]["data"] = str(facts["protocol"]["data"])
+            stem = args.runs / f"{variant}_seed{seed}"
+            facts["test"] = evaluate(model, variant, test_cases, seed)
+            facts["val"] = evaluate(model, variant, val_cases, seed)
+            stem.with_suffix(".json").write_text(json.dumps(facts, default=float))
+            if VARIANTS[variant] == ("dmaf", ()):
+                from safetensors.torch import save_file
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                          str(stem.with_suffix(".safetensors")))
+            wt = np.mean([r["dice_WT"] for r in facts["test"]])
+            print(f"{variant} seed {seed}: {facts['steps']} steps, {facts['cpu_s']:.0f} "
+                  f"CPU-s, loss {facts['final_loss']:.3f}, test mean WT {100 * wt:.1f}",
+                  flush=True)
+    return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-cases", type=int, default=8)
-    parser.add_argument("--test-cases", type=int, default=3)
-    parser.add_argument("--crop", type=int, default=32, help="cube edge in 2 mm voxels")
-    parser.add_argument("--minutes", type=float, default=2.5, help="training budget per model")
-    parser.add_argument("--max-steps", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--missing-rates", type=float, nargs=4, default=(0.3, 0.6, 0.2, 0.5),
-                        help="probability that t1, t1ce, t2, flair are missing in a draw")
-    parser.add_argument("--distillation-weight", type=float, default=0.1)
-    parser.add_argument("--no-distillation", action="store_true")
-    parser.add_argument("--no-monitoring", action="store_true")
-    parser.add_argument("--no-masking", action="store_true",
-                        help="ablation: DMAF attends to zero-filled missing modalities")
-    parser.add_argument("--seed", type=int, default=0)
+    commands = parser.add_subparsers(dest="command", required=True)
+    go = commands.add_parser("run", help="train and evaluate models for some seeds")
+    go.add_argument("--models", nargs="+", choices=list(VARIANTS),
+                    default=["dmaf", "region", "early"])
+    go.add_argument("--seeds", type=int, nargs="+", default=[0])
+    go.add_argument("--data", default="synthetic",
+                    help="'synthetic' or a BraTS-layout folder")
+    go.add_argument("--train-cases", type=int, default=12)
+    go.add_argument("--val-cases", type=int, default=2)
+    go.add_argument("--test-cases", type=int, default=4)
+    go.add_argument("--crop", type=int, default=24, help="training cube edge in 2 mm voxels")
+    go.add_argument("--eval-crop", type=int, default=40,
+                    help="held-out cube edge around the tumour, 2 mm voxels")
+    go.add_argument("--steps", type=int, default=400)
+    go.add_argument("--batch", type=int, default=2)
+    go.add_argument("--lr", type=float, default=2e-3)
+    go.add_argument("--missing-rates", type=float, nargs=4, default=(0.3, 0.6, 0.2, 0.5),
+                    help="probability that t1, t1ce, t2, flair are missing in a draw")
+    go.add_argument("--distillation-weight", type=float, default=0.1)
     # One thread: on a shared 2-core machine two OpenMP threads spin against other jobs and
     # ran DMAF several times slower (22 s per step against about 2 s).
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("docs/multimodal"))
+    go.add_argument("--threads", type=int, default=1)
+    go.add_argument("--runs", type=Path, default=Path("/tmp/multimodal_runs"))
+    table = commands.add_parser("summarise", help="tables from the runs; ship the best DMAF")
+    table.add_argument("--runs", type=Path, default=Path("/tmp/multimodal_runs"))
+    table.add_argument("--out", type=Path, default=Path("docs/multimodal"))
+    table.add_argument("--page", type=Path, default=Path("docs/multimodal.md"))
+    table.add_argument("--ship", type=Path, help="model folder for the best DMAF seed")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    start = time.monotonic()
-    train_cases = make_cases(range(args.seed * 1000, args.seed * 1000 + args.train_cases),
-                             args.crop)
-    test_cases = make_cases(range(TEST_SEED_OFFSET, TEST_SEED_OFFSET + args.test_cases),
-                            args.crop)
-    print(f"data: {len(train_cases)} training, {len(test_cases)} held-out cases "
-          f"in {time.monotonic() - start:.0f} s", flush=True)
-    rows, runs = [], {}
-    for kind in ("dmaf", "early"):
-        model = build(kind, args.seed, masking=not args.no_masking)
-        t0 = time.monotonic()
-        runs[kind] = train(model, kind, train_cases, args)
-        runs[kind]["seconds"] = time.monotonic() - t0
-        runs[kind]["parameters"] = sum(p.numel() for p in model.parameters())
-        print(kind, runs[kind], flush=True)
-        rows += evaluate(model, kind, test_cases)
-    csv_text, table = tables(rows, runs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(args.out / "multimodal_subsets.csv", csv_text)
-    write_text_atomically(args.out / "multimodal_table.md", table)
-    print(table)
-    for kind in runs:
-        for region in REGIONS:
-            mean = np.mean([r[f"dice_{region}"] for r in rows if r["model"] == kind])
-            print(f"FIGURE {kind}_mean15_dice_{region} {100 * mean:.1f} %")
-        print(f"FIGURE {kind}_train_steps {runs[kind]['steps']} steps")
-    print(f"FIGURE wall_time {time.monotonic() - start:.0f} s")
-    return 0
+    if args.command == "run":
+        return run(args)
+    return summarise_runs(args.runs, args.out, args.page, args.ship, SPACING_MM)
 
 
 if __name__ == "__main__":
