@@ -146,7 +146,8 @@ def test_ctrl_c_stops_cleanly_and_the_same_run_resumes(client, tmp_path):
         if len(seen) == 2:
             raise KeyboardInterrupt
 
-    with pytest.raises(Cancelled, match=r"Stopped after 2 of 8 cases.*resumes"):
+    with pytest.raises(Cancelled, match=r"^Stopped with \d of 8 cases finished; they are "
+                                        r"kept, and the same command runs the rest\.$"):
         run(cases, ProbeTask(tmp_path, delay_s=0.3), tmp_path / "out", client=client,
             progress=False, on_case=interrupt)
     wait_idle(client)

@@ -65,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--rerun-changed", action="store_true",
                      help="DIR holds this cohort made with other parameters: redo every "
                           "case with the new ones (without it such a folder is refused)")
+    run.add_argument("--memory-limit", default="auto", metavar="BYTES",
+                     help="memory limit of each local worker, e.g. 4GB (default: auto, the "
+                          "machine's RAM shared among the workers); a worker is restarted "
+                          "past 95 %% of it, and each case plans its window batch within it")
     run.add_argument("--dashboard", default=":8787", metavar="ADDRESS",
                      help="where the local cluster's dashboard listens (default: :8787; "
                           "another port if taken)")
@@ -90,11 +94,17 @@ def _help(parser: argparse.ArgumentParser) -> int:
 def run_cohort(args: argparse.Namespace) -> int:
     """Run the cohort; 0 when every case is done, 1 when any failed."""
     from napari_medattn.cohort import run
+    from napari_medattn.errors import Cancelled
 
-    result = run(args.manifest, args.task, args.out, task_options=args.task_options,
-                 scheduler=args.scheduler, workers=args.workers,
-                 rerun_changed=args.rerun_changed, torch_threads=args.torch_threads,
-                 cluster_options={"dashboard_address": args.dashboard})
+    try:
+        result = run(args.manifest, args.task, args.out, task_options=args.task_options,
+                     scheduler=args.scheduler, workers=args.workers,
+                     rerun_changed=args.rerun_changed, torch_threads=args.torch_threads,
+                     cluster_options={"dashboard_address": args.dashboard,
+                                      "memory_limit": args.memory_limit})
+    except KeyboardInterrupt:  # before the cases ran, or while the table was written
+        raise Cancelled("Stopped; the cases finished so far are kept, and the same command "
+                        "runs the rest.") from None
     failed = result.table[result.table["status"] != "done"]
     for case, error in zip(failed["case"], failed["error"]):
         print(f"medattn cohort: {case}: {error}", file=sys.stderr)

@@ -5,7 +5,8 @@ processes made for the run (:func:`local_cluster`); on an existing Dask schedule
 (dask-jobqueue on Slurm/PBS, Kubernetes, a cloud) whose workers see the same files; or on the
 caller's client. The task object goes to each worker once, through :class:`TaskPlugin`,
 which loads the model the first time a case needs it and keeps it; torch gets the worker's
-share of the host's cores (one thread per Dask thread on a host the workers fill).
+share of the host's cores (one thread per Dask thread on a host the workers fill), and the
+task's memory planner gets the worker's share of its memory limit (:func:`memory_share`).
 
 The calling process is left as it was: a LocalCluster's nannies write ``OMP_NUM_THREADS=1``
 (and MKL/OpenBLAS/malloc settings) into the *parent's* environment before spawning workers
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from napari_medattn.cohort.records import (
     CRASH,
     FAILED,
     INPUT_ERROR,
+    MEMORY,
     first_line,
     inputs_sha256,
     is_settled,
@@ -39,7 +43,7 @@ from napari_medattn.cohort.records import (
     write_record,
 )
 from napari_medattn.cohort.tasks import CohortTask
-from napari_medattn.errors import ClusterError, MedAttnError
+from napari_medattn.errors import ClusterError, InsufficientMemoryError, MedAttnError
 
 #: Worker environment that stops numeric libraries from each starting one thread per core.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -75,11 +79,16 @@ class TaskPlugin:
         self.threads_per_host = threads_per_host
         self.requested_threads = torch_threads
         self.torch_threads = torch_threads or 1
+        self.memory_limit: int | None = None
+        self.worker_threads = 1
+        self.memory_bytes: int | None = None
         self.loads = 0
         self._state: Any = None
         self._lock = threading.Lock()
 
     def setup(self, worker: Any) -> None:
+        self.memory_limit = worker.memory_manager.memory_limit  # bytes; None: no limit
+        self.worker_threads = worker.state.nthreads
         if self.requested_threads:
             return
         host = worker.address.rsplit(":", 1)[0]
@@ -87,10 +96,22 @@ class TaskPlugin:
         self.torch_threads = max(1, len(os.sched_getaffinity(0)) // max(1, busy))
 
     def state(self) -> Any:
-        """The task's loaded state (the model), loaded by the first case that asks."""
+        """The task's loaded state (the model), loaded by the first case that asks, with
+        the memory budget of one case on this worker (measured before the model loads:
+        the planner counts the model's bytes itself)."""
+        import dask
+        import psutil
+
+        from napari_medattn.inference.memory import available_ram
+        from napari_medattn.inference.window_options import MemoryBudget
+
         with self._lock:
             if self.loads == 0:
-                self._state = self.task.load()
+                self.memory_bytes = memory_share(
+                    self.memory_limit, self.worker_threads, psutil.Process().memory_info().rss,
+                    available_ram(), dask.config.get("distributed.worker.memory.terminate"))
+                self._state = self.task.load(None if self.memory_bytes is None else
+                                             MemoryBudget(free_ram=self.memory_bytes))
                 self.loads += 1
             return self._state
 
@@ -99,6 +120,40 @@ class TaskPlugin:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _lock=threading.Lock(), _state=None, loads=0)
+
+
+def memory_share(memory_limit: int | None, threads: int, process_bytes: int, free_ram: int,
+                 terminate: float | bool | None = 0.95) -> int | None:
+    """Bytes one case on a worker may plan to hold at its peak.
+
+    Dask's nanny restarts a worker whose process passes ``terminate`` (a fraction, 0.95 by
+    default) of its memory limit, so a case may use what the limit leaves above the
+    process's present size, shared among the worker's threads (each runs a case), and no
+    more than the host's free RAM.
+
+    Parameters
+    ----------
+    memory_limit : int or None
+        The worker's memory limit in bytes (None or 0: no limit).
+    threads : int
+        The worker's threads.
+    process_bytes : int
+        The worker process's resident size now, in bytes.
+    free_ram : int
+        The host's available RAM, in bytes.
+    terminate : float, False or None
+        Dask's ``distributed.worker.memory.terminate`` (False: never restarted, the whole
+        limit counts).
+
+    Returns
+    -------
+    int or None
+        None without a limit (the planner then plans against the free RAM it measures).
+    """
+    if not memory_limit:
+        return None
+    ceiling = int(memory_limit * (terminate or 1.0))
+    return min(free_ram, max(0, ceiling - process_bytes) // max(1, threads))
 
 
 def run_case_on_worker(plugin_name: str, case: Case, case_dir: str, parameters_sha: str,
@@ -111,7 +166,6 @@ def run_case_on_worker(plugin_name: str, case: Case, case_dir: str, parameters_s
     finished task whose result died with its worker before the client fetched it, and a
     case must be done once.
     """
-    import torch
     from distributed import get_worker
 
     folder = Path(case_dir)
@@ -121,13 +175,22 @@ def run_case_on_worker(plugin_name: str, case: Case, case_dir: str, parameters_s
     if is_settled(earlier, inputs_sha, parameters_sha):
         return earlier
     plugin = get_worker().plugins[plugin_name]
+    # The record's clock starts here, so a worker's first case counts its imports and
+    # model load (``load_s``), as a plain loop's time would.
+    record = new_record(plugin.task, case, parameters_sha, inputs_sha, stats)
+    import torch
+
     if torch.get_num_threads() != plugin.torch_threads:
         torch.set_num_threads(plugin.torch_threads)
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(folder)
-    record = new_record(plugin.task, case, parameters_sha, inputs_sha, stats)
+    loads, started = plugin.loads, time.perf_counter()
     try:
-        output = plugin.task.run_case(plugin.state(), case, folder)
+        state = plugin.state()
+        record.details["load_s"] = time.perf_counter() - started if plugin.loads > loads else 0.0
+        output = plugin.task.run_case(state, case, folder)
+    except InsufficientMemoryError as error:  # may fit on a bigger worker: retried
+        set_status(record, FAILED, str(error), MEMORY)
     except MedAttnError as error:
         set_status(record, FAILED, str(error), INPUT_ERROR)
     except Exception as error:  # noqa: BLE001 - a crash of one case is that case's error
@@ -137,7 +200,7 @@ def run_case_on_worker(plugin_name: str, case: Case, case_dir: str, parameters_s
         record.notes.extend(output.notes)
         record.model = output.model
         record.details["figures"] = output.figures
-    record.details["worker"] = get_worker().address
+    record.details.update(worker=get_worker().address, memory_budget_bytes=plugin.memory_bytes)
     return write_record(record, folder)
 
 
@@ -184,7 +247,8 @@ def connect(client: Any, scheduler: str | None, workers: int | None, task: Cohor
 @contextlib.contextmanager
 def local_cluster(workers: int | None = None, *, resources: dict | None = None,
                   allowed_failures: int = ALLOWED_FAILURES,
-                  dashboard_address: str = ":8787") -> Iterator[Any]:
+                  dashboard_address: str = ":8787",
+                  memory_limit: str | int = "auto") -> Iterator[Any]:
     """A LocalCluster of single-threaded worker processes that leaves this process's
     environment as it found it (see the module docstring).
 
@@ -194,13 +258,25 @@ def local_cluster(workers: int | None = None, *, resources: dict | None = None,
         Worker processes (default: the usable cores).
     resources : dict, optional
         Resources each worker offers (``{"GPU": 1}`` for a GPU task).
+    memory_limit : str or int
+        Each worker's memory limit (bytes, or ``"4GB"``); ``"auto"``: the machine's RAM
+        shared among the workers. The worker is restarted past 95 % of it, and each case
+        plans its memory within it (:func:`memory_share`).
     """
     import dask
     from distributed import LocalCluster
 
+    from dask.utils import parse_bytes
+
     count = workers or len(os.sched_getaffinity(0))
     if count < 1:
         raise ClusterError(f"A cohort needs at least one worker, not {count}.")
+    if memory_limit != "auto":
+        try:
+            memory_limit = parse_bytes(memory_limit)
+        except (ValueError, TypeError):
+            raise ClusterError(f"The memory limit {memory_limit!r} is not a size such as "
+                               f"4GB or 4000000000.") from None
     saved = dict(os.environ)
     worker_env = {name: "1" for name in THREAD_VARIABLES}
     settings = {"distributed.nanny.pre-spawn-environ": {},
@@ -218,6 +294,8 @@ def local_cluster(workers: int | None = None, *, resources: dict | None = None,
         with dask.config.set(settings):
             cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
                                    env=worker_env, resources=resources or None,
+                                   preload=[__name__],  # dask_setup below, in each worker
+                                   memory_limit=memory_limit,
                                    dashboard_address=dashboard_address,
                                    silence_logs=40)  # logging.ERROR: no restart chatter
         _restore_environment(saved)
@@ -225,6 +303,14 @@ def local_cluster(workers: int | None = None, *, resources: dict | None = None,
             yield cluster
     finally:
         _restore_environment(saved)
+
+
+def dask_setup(worker: Any) -> None:
+    """Start of each worker process of :func:`local_cluster` (a Dask preload): it ignores
+    Ctrl-C. A terminal sends Ctrl-C to the workers too; the calling process stops the run
+    and closes the cluster, so a worker has nothing to do on it but print a traceback."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _restore_environment(saved: dict[str, str]) -> None:

@@ -10,8 +10,8 @@ Layout::
 A case record is the package's one provenance record (:mod:`napari_medattn.io.provenance`,
 command ``cohort <task>``) whose ``details`` hold the case id, ``status`` (:data:`DONE` or
 :data:`FAILED`), ``error`` (one sentence), ``error_kind`` (:data:`INPUT_ERROR`: bad input,
-not retried until the input changes; :data:`CRASH` and :data:`KILLED`: retried by the next
-run), the task's ``figures``, ``parameters_sha256``, ``inputs_sha256`` and ``input_stats``.
+not retried until the input changes; :data:`CRASH`, :data:`KILLED` and :data:`MEMORY`:
+retried by the next run), ``memory_budget_bytes`` (what the case planned against), the task's ``figures``, ``parameters_sha256``, ``inputs_sha256`` and ``input_stats``.
 
 Input hashes are SHA-256 of the files' bytes; a rerun re-reads a file only when its size
 or modification time differ from the record's (as make and rsync decide), so a rerun over a
@@ -34,8 +34,9 @@ CASES_DIR = "cases"
 CASE_RECORD = "case.json"
 #: Case statuses in the records and the results table.
 DONE, FAILED, NOT_RUN = "done", "failed", "not run"
-#: Error kinds: bad input is not retried until the input changes; the others are.
-INPUT_ERROR, CRASH, KILLED = "input", "crash", "killed"
+#: Error kinds: bad input is not retried until the input changes; the others are (a case
+#: the memory planner refused on its worker may fit on a worker with more memory).
+INPUT_ERROR, CRASH, KILLED, MEMORY = "input", "crash", "killed", "memory"
 
 
 def new_record(task: Any, case: Case, parameters_sha: str, inputs_sha: str | None,

@@ -22,9 +22,13 @@ stops the run, keeps what is done, and the same call resumes it. Inputs are neve
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
+import importlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +47,7 @@ from napari_medattn.cohort.records import (
     DONE,
     FAILED,
     KILLED,
+    NOT_RUN,
     check_out_folder,
     first_line,
     new_record,
@@ -72,6 +77,12 @@ class CohortResult:
         The results table, summary and plots written.
     dashboard : str or None
         The Dask dashboard's address during the run.
+    timings : dict of str to float
+        Wall seconds of the run's phases: ``plan_s`` (manifest, parameters, which cases
+        to run), ``cluster_start_s`` (cluster and task plugin), ``cases_s`` (from the
+        first case submitted to the last one collected), ``cluster_close_s`` (while the
+        results are written), ``results_s`` (table, summary and plots, and waiting for the
+        close) and ``total_s``; phases that did not happen are absent.
     """
 
     table: Any
@@ -81,6 +92,14 @@ class CohortResult:
     failed: int
     files: list[Path]
     dashboard: str | None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+#: What writing the results table and plots imports: imported on the calling process while
+#: the cases run (it waits on the workers then), not after them. About 1 s of the fixed
+#: cost of a run on the 2-core machine (docs/benchmarks/cohort.md).
+RESULTS_LIBRARIES = ("pandas", "pyarrow.parquet", "matplotlib.figure",
+                     "matplotlib.backends.backend_agg")
 
 
 def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
@@ -146,6 +165,7 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
     """
     from napari_medattn.cohort.results import write_results
 
+    started = time.perf_counter()
     out = Path(out)
     task = make_task(task, task_options) if isinstance(task, str) else task
     cases = list(manifest) if not isinstance(manifest, (str, os.PathLike)) else \
@@ -162,23 +182,70 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
             todo.append((case, inputs_sha, stats))
         else:
             skipped += 1
+    timings = {"plan_s": time.perf_counter() - started}
     ran = failed = 0
-    dashboard = None
+    dashboard = closing = None
+    stopped = False
     if todo:  # a rerun with nothing to do starts no cluster
-        with connect(client, scheduler, workers, task, torch_threads,
-                     cluster_options) as dask_client:
+        with contextlib.ExitStack() as cluster:  # closed here on an error
+            mark = time.perf_counter()
+            dask_client = cluster.enter_context(connect(client, scheduler, workers, task,
+                                                        torch_threads, cluster_options))
+            timings["cluster_start_s"] = time.perf_counter() - mark
             write_cohort_file(out, task.name, parameters, parameters_sha, manifest)
             dashboard = dashboard_link(dask_client)
+            _import_in_background(RESULTS_LIBRARIES)
+            mark = time.perf_counter()
             try:
                 ran, failed = _run_cases(dask_client, task, todo, out, folders,
                                          parameters_sha, progress, dashboard, on_case)
-            except Cancelled:
-                write_results(out, cases, folders)  # what is done so far, the rest "not run"
-                raise
+            except KeyboardInterrupt:  # Ctrl-C: the unfinished cases are cancelled
+                stopped = True
+            timings["cases_s"] = time.perf_counter() - mark
+            # Every record is on disk: the cluster closes (its workers take ~1 s to exit,
+            # and finish a running case first) while the table and plots are written.
+            closing = _close_in_background(cluster.pop_all(), timings)
     else:
         write_cohort_file(out, task.name, parameters, parameters_sha, manifest)
-    table, files = write_results(out, cases, folders)
-    return CohortResult(table, out, ran, skipped, failed, files, dashboard)
+    mark = time.perf_counter()
+    try:
+        table, files = write_results(out, cases, folders)  # after Ctrl-C: rest "not run"
+    finally:
+        if closing is not None:
+            closing.result()  # its error, if any, is raised here
+    timings["results_s"] = time.perf_counter() - mark
+    timings["total_s"] = time.perf_counter() - started
+    if stopped:
+        finished = int((table["status"] != NOT_RUN).sum())
+        raise Cancelled(f"Stopped with {finished} of {len(table)} cases finished; they are "
+                        f"kept, and the same command runs the rest.")
+    return CohortResult(table, out, ran, skipped, failed, files, dashboard, timings)
+
+
+def _import_in_background(modules: Sequence[str]) -> None:
+    """Import ``modules`` on a daemon thread (a module imported twice at once is imported
+    once: the second import waits for the first)."""
+    def load() -> None:
+        for name in modules:
+            with contextlib.suppress(ImportError):  # reported where it is used
+                importlib.import_module(name)
+
+    threading.Thread(target=load, name="medattn-cohort-imports", daemon=True).start()
+
+
+def _close_in_background(stack: contextlib.ExitStack, timings: dict[str, float]
+                         ) -> concurrent.futures.Future:
+    """Close ``stack`` (the client and cluster) on another thread; the future's result
+    waits for it. Its seconds go into ``timings["cluster_close_s"]``."""
+    def close() -> None:
+        mark = time.perf_counter()
+        stack.close()
+        timings["cluster_close_s"] = time.perf_counter() - mark
+
+    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="medattn-cohort")
+    future = executor.submit(close)
+    executor.shutdown(wait=False)
+    return future
 
 
 def case_folders(cases: Sequence[Case]) -> dict[str, str]:
@@ -237,9 +304,7 @@ def _run_cases(client: Any, task: CohortTask, todo: list, out: Path, folders: di
                 on_case(record)
     except KeyboardInterrupt:
         client.cancel(list(futures))
-        bar.close()
-        raise Cancelled(f"Stopped after {ran} of {ran + len(futures)} cases; the finished "
-                        f"ones are kept, and the same command resumes the run.") from None
+        raise
     finally:
         bar.close()
     return ran, failed

@@ -70,8 +70,12 @@ class CohortTask:
         with ``--resources GPU=1`` take it)."""
         return {}
 
-    def load(self) -> Any:
-        """Set up once per worker (load the model); the result is given to every case."""
+    def load(self, memory: Any = None) -> Any:
+        """Set up once per worker (load the model); the result is given to every case.
+
+        ``memory`` is the worker's :class:`~napari_medattn.inference.window_options.
+        MemoryBudget` (None when the worker has no memory limit): what a task's memory
+        planner plans against."""
         return None
 
     def run_case(self, state: Any, case: Case, case_dir: Path) -> CaseOutput:
@@ -121,12 +125,17 @@ class VolumeCommandTask(CommandTask):
 
     Subclasses name the command and :meth:`figures`; the command module provides
     ``prepare_<name>(args) -> (one_volume, parameters)``, the set-up its own ``run_<name>``
-    uses.
+    uses (and ``prepare_<name>(args, memory=...)`` where :attr:`plans_memory`).
     """
 
-    def load(self) -> tuple[Callable, dict]:
+    #: Whether the command's set-up takes the worker's memory budget (segment and detect
+    #: plan their window batch with it; explain's methods plan against free RAM).
+    plans_memory: ClassVar[bool] = False
+
+    def load(self, memory: Any = None) -> tuple[Callable, dict]:
         module = importlib.import_module(f"napari_medattn.cli.{self.name}")
-        return getattr(module, f"prepare_{self.name}")(self.args)
+        prepare = getattr(module, f"prepare_{self.name}")
+        return prepare(self.args, memory=memory) if self.plans_memory else prepare(self.args)
 
     def run_case(self, state: tuple[Callable, dict], case: Case, case_dir: Path) -> CaseOutput:
         from napari_medattn.cli.common import OutputNamer, VolumeOutput
@@ -154,6 +163,7 @@ class SegmentTask(VolumeCommandTask):
     case has a reference, per-class Dice and HD95 (mm)."""
 
     name = "segment"
+    plans_memory = True
 
     def figures(self, case: Case, case_dir: Path, record: Any) -> dict[str, Any]:
         from napari_medattn.io import read_volume
@@ -180,6 +190,7 @@ class DetectTask(VolumeCommandTask):
     """``medattn detect`` on each case; figures: the number of lesion boxes found."""
 
     name = "detect"
+    plans_memory = True
 
     def figures(self, case: Case, case_dir: Path, record: Any) -> dict[str, Any]:
         return {"detections": int(record.details.get("detections", 0))}
