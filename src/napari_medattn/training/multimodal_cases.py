@@ -80,7 +80,7 @@ def case_arrays(indices: Iterable[int], data: str | os.PathLike = "synthetic") -
     folders = brats_case_folders(data)
     indices = list(indices)
     if indices and max(indices) >= len(folders):
-        raise DimensionError(f"{data} holds {len(folders)} cases; {max(indices) + 1} are "
+        raise DimensionError(f"{data} holds {len(folders)} case(s); {max(indices) + 1} are "
                              f"needed for the training, validation and test split.")
     return [model_grid_case(read_brats_case(folders[i], index=i)) for i in indices]
 
