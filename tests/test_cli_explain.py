@@ -1,11 +1,14 @@
 """``medattn explain``: maps on the source grid equal to the library's, the provenance
-record, bad inputs reported while the others run, methods that do not apply refused."""
+record, bad inputs reported while the others run, methods that do not apply refused;
+``--format dicom``: Parametric Maps (dciodvfy-valid) and derived series with the same values."""
 
 import json
 import os
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from nibabel.testing import data_path
 from test_cli_models import folders  # noqa: F401 (fixture: empty built-in and user folders)
@@ -14,7 +17,7 @@ from test_cli_segment import save_tiny, validate_provenance
 from napari_medattn.cli import main
 from napari_medattn.cli.explain import METHOD_NAMES
 from napari_medattn.explain import METHODS, explain
-from napari_medattn.io import read, read_volume
+from napari_medattn.io import read, read_volume, write_dicom_series
 from napari_medattn.models import registry
 
 ANATOMICAL = os.path.join(data_path, "anatomical.nii")  # 33 x 41 x 25, 2 mm, LAS
@@ -120,3 +123,41 @@ def test_region_restricts_the_target_and_a_mismatched_one_is_refused(gated, tmp_
                  "tiny-gate", "--device", "cpu", "--region", str(small)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "region has shape (4, 4, 4)" in err[0]
+
+
+def test_dicom_maps_are_parametric_maps_and_derived_series(gated, tmp_path, capsys,
+                                                           dciodvfy):
+    series = tmp_path / "series"
+    write_dicom_series(series, read_volume(ANATOMICAL, modality="MR"),
+                       series_description="T1", patient={"PatientName": "Explain^Test",
+                                                         "PatientID": "E1"})
+    out = tmp_path / "out"
+    assert main(["explain", str(series), "--out", str(out), "--model", "tiny-gate",
+                 "--device", "cpu", "--class", "bright", "--format", "dicom"]) == 0, \
+        capsys.readouterr().err
+    scan = read_volume(series)
+    module, card = registry.load_model(gated)
+    expected = explain(scan, module, card, "gradcam", target_class=2, device="cpu")[0]
+    (pmap_path,) = out.glob("*_gradcam_decoder.0_bright.dcm")
+    assert not list(out.glob("*.nii.gz"))
+    assert dciodvfy(pmap_path)[0] == []
+    # The Parametric Map's frames, placed by its own positions, hold the map's values.
+    placed = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(pmap_path)).get_volume()
+    mm = np.indices(placed.array.shape).reshape(3, -1).T @ placed.affine[:3, :3].T \
+        + placed.affine[:3, 3]
+    index = np.round((mm - scan.affine[:3, 3]) @ np.linalg.inv(scan.affine[:3, :3]).T)
+    np.testing.assert_allclose(placed.array.ravel(),
+                               np.asarray(expected.volume.data)[tuple(index.astype(int).T)],
+                               atol=1e-6)
+    # The derived series opens as an ordinary scan with the same values (to 1/1000).
+    (derived_folder,) = out.glob("*_gradcam_decoder.0_bright_derived")
+    (derived,) = read(derived_folder)
+    np.testing.assert_allclose(np.asarray(derived.data), np.asarray(expected.volume.data),
+                               atol=5e-4 + 1e-6)
+    record = json.loads(next(out.glob("*_provenance.json")).read_text())
+    assert set(record["outputs"].values()) == {pmap_path.name, derived_folder.name}
+    # A NIfTI scan: one sentence before any map is computed.
+    assert main(["explain", ANATOMICAL, "--out", str(tmp_path / "nifti"), "--model",
+                 "tiny-gate", "--device", "cpu", "--format", "dicom"]) == 1
+    assert "does not come from a DICOM series" in capsys.readouterr().err
+    assert list((tmp_path / "nifti").iterdir()) == []

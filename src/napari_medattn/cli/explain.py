@@ -5,8 +5,10 @@ For every volume in the inputs (found as ``medattn segment`` finds them) and eve
 ``--out`` on the source's exact grid as ``<name>_<method>_<layer>[_<class>].nii.gz``, with
 ``<name>_provenance.json`` beside them (the one provenance record of
 :mod:`napari_medattn.io.provenance`; ``details.maps`` has each map's layer, class, channel
-weights and faithfulness numbers). A bad input gets one sentence on
-stderr, the others still run, and the exit code is 1 at the end.
+weights and faithfulness numbers). With ``--format dicom`` (DICOM scans only) each map is
+instead a Parametric Map ``<...>.dcm`` plus a derived image series ``<...>_derived/`` for
+viewers that do not read Parametric Maps (:mod:`napari_medattn.io.dicom_pmap`). A bad
+input gets one sentence on stderr, the others still run, and the exit code is 1 at the end.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from napari_medattn.cli.common import (
     class_indices,
     load_model_argument,
     prepared_batch,
+    safe_name,
 )
 from napari_medattn.errors import ModelError
 
@@ -63,6 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="module path of the layer (default: the method's default; all "
                              "levels for gate, cbam, channels and dssa)")
     add_device(parser)
+    parser.add_argument("--format", choices=("nifti", "dicom"), default="nifti",
+                        help="maps as NIfTI, or (DICOM scans only) as DICOM Parametric Maps "
+                             "<...>.dcm plus derived image series <...>_derived/ that every "
+                             "viewer opens (default: nifti)")
     parser.add_argument("--faithfulness", action="store_true",
                         help="also compute deletion and insertion areas, stability and the "
                              "verdict for each map (about 6x slower: the map again on a noisy "
@@ -98,7 +105,7 @@ def prepare_explain(args: argparse.Namespace) -> tuple[Callable[[VolumeOutput], 
         check_request(module, card, method, args.layer, target)
     parameters = {"methods": methods, "target": target, "layer": args.layer,
                   "region": args.region, "device": args.device,
-                  "faithfulness": args.faithfulness}
+                  "faithfulness": args.faithfulness, "format": args.format}
 
     device = str(resolve_device(args.device).device)
 
@@ -120,7 +127,10 @@ def explain_volume(item: VolumeOutput, module, card, methods: list[str],
     paths of the maps written.
     """
     from napari_medattn.explain import explain
+    from napari_medattn.io.dicom_seg import require_dicom_source
 
+    if args.format == "dicom":  # refused before any map is computed
+        require_dicom_source(item.volume, "a DICOM Parametric Map")
     maps = []
     for method in methods:
         with ProgressBar(f"{item.volume.name} {method}") as bar:
@@ -132,8 +142,11 @@ def explain_volume(item: VolumeOutput, module, card, methods: list[str],
         parts = [map_.method, map_.layer or ""]
         if map_.target is not None:
             parts.append(card.class_names[map_.target])
-        path = item.write_nifti("_".join(p for p in parts if p).replace("+", "pp"),
-                                map_.volume)
+        kind = "_".join(p for p in parts if p).replace("+", "pp")
+        if args.format == "dicom":
+            path = _write_dicom_map(item, kind, map_.volume)
+        else:
+            path = item.write_nifti(kind, map_.volume)
         written.append(path)
         records.append({
             "file": path.name, "name": map_.volume.name, "method": map_.method,
@@ -144,3 +157,22 @@ def explain_volume(item: VolumeOutput, module, card, methods: list[str],
         })
     item.record.details["maps"] = records
     return written
+
+
+def _write_dicom_map(item: VolumeOutput, kind: str, volume) -> Path:
+    """A map as ``<stem>_<kind>.dcm`` (Parametric Map) and ``<stem>_<kind>_derived/``."""
+    from napari_medattn.errors import MedAttnError
+    from napari_medattn.io.dicom_pmap import write_derived_series, write_parametric_map
+
+    kind = safe_name(kind)
+    path = write_parametric_map(item.path(kind, ".dcm"), volume, "explanation",
+                                description=volume.name)
+    try:
+        derived = write_derived_series(item.path(f"{kind}_derived", ""), volume,
+                                       "explanation", description=f"{volume.name} (derived)")
+    except MedAttnError:
+        path.unlink(missing_ok=True)  # the map goes out as both or not at all
+        raise
+    item.record.outputs[kind] = path.name
+    item.record.outputs[f"{kind}_derived"] = derived[0].parent.name
+    return path

@@ -30,12 +30,15 @@ from napari_medattn.io.dicom_seg import (
 )
 from napari_medattn.io.volume import Volume, require_3d
 
+#: DICOM's concept for maps of where a model looks (attention and explanation maps).
+SALIENCY = ("130404", "DCM", "Saliency")
 #: What each kind of map means: label, explanation, unit, quantity.
 KINDS = {
     "probability": ("PROB", "Class probability from the model", "{probability}",
                     ("122157", "DCM", "Probability")),
     "attention": ("ATTN", "Spatial attention weight (relative, model-specific)", "1",
-                  ("126040", "DCM", "Weighting")),
+                  SALIENCY),
+    "explanation": ("EXPL", "Explanation map (relevance, method-specific)", "1", SALIENCY),
     "uncertainty": ("UNC", "Predictive uncertainty (normalised entropy)", "1",
                     ("C25372", "NCIt", "Uncertainty")),
 }
@@ -64,7 +67,7 @@ def write_parametric_map(path: str | os.PathLike, volume: Volume, kind: str, *,
         New ``.dcm`` file.
     volume : Volume
         3D float map on the grid of its DICOM source series (any array order).
-    kind : {"probability", "attention", "uncertainty"}
+    kind : {"probability", "attention", "explanation", "uncertainty"}
         What the values are; it sets the real-world value mapping (label, unit, quantity).
     series_number : int
     description : str, optional
