@@ -5,7 +5,10 @@ resampling onto the base grid); this widget styles layers and starts the resampl
 An overlay napari can place by its own affine (axis-aligned, no rotating transform) is
 shown as it is, without resampling; an oblique one, or one seen through a rotating or
 deformable transform, is resampled onto the base grid in the background and the status
-line says so. The window, colormap and opacity controls act on the overlay chosen in the
+line says so. The transform is the one opened from a file, else the Register widget's
+result when the overlay was registered to the base (the overlay layer's
+:data:`~napari_medattn.widgets.parts.TRANSFORM_KEY` record names the base as its fixed
+layer). The window, colormap and opacity controls act on the overlay chosen in the
 Overlay box; each overlay keeps its own.
 """
 
@@ -47,7 +50,7 @@ from napari_medattn.fusion.compose import (
 )
 from napari_medattn.registration.itk_files import read_transform
 from napari_medattn.widgets.choices import on_layers_changed, set_items
-from napari_medattn.widgets.parts import DERIVED_KEY, JobWidget, scan_layers
+from napari_medattn.widgets.parts import DERIVED_KEY, TRANSFORM_KEY, JobWidget, scan_layers
 from napari_medattn.widgets.radiology_view import viewer_camera
 from napari_medattn.widgets.three_planes import set_three_planes
 from napari_medattn.widgets.tooltips import FUSE as TOOLTIPS
@@ -68,7 +71,8 @@ class FuseWidget(JobWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer, run=self.run, tooltips=TOOLTIPS, run_text="Fuse")
-        self.transform: Any = None
+        self.transform: Any = None  # opened from a file ("Open..."): wins over Register's
+        self.transform_name = "from a file"
         self.shown: dict[str, Image] = {}  # overlay name -> the layer that displays it
         self.base, self.overlay = QComboBox(), QComboBox()
         self.transform_label = QLabel("none")
@@ -131,6 +135,8 @@ class FuseWidget(JobWidget):
 
     def _connect(self) -> None:
         self.overlay.currentTextChanged.connect(self._show_overlay_settings)
+        self.overlay.currentTextChanged.connect(lambda _t: self._show_transform())
+        self.base.currentTextChanged.connect(lambda _t: self._show_transform())
         self.open_transform.clicked.connect(self._open_transform)
         self.colormap.currentTextChanged.connect(lambda _t: self._restyle())
         self.preset.currentTextChanged.connect(self._apply_preset)
@@ -148,6 +154,7 @@ class FuseWidget(JobWidget):
         set_items(self.base, names)
         set_items(self.overlay, [n for n in names if n != self.base.currentText()])
         self.shown = {k: v for k, v in self.shown.items() if v in self.viewer.layers}
+        self._show_transform()
         self.jobs.refresh()
 
     def ready(self) -> bool:
@@ -160,8 +167,9 @@ class FuseWidget(JobWidget):
         base = self.viewer.layers[self.base.currentText()]
         layer = self.viewer.layers[self.overlay.currentText()]
         overlay = layer.metadata[GEOMETRY_KEY]
-        placed = display_affine(overlay, self.transform)
-        if placed is not None and self.transform is None:
+        transform = self._show_transform()
+        placed = display_affine(overlay, transform)
+        if placed is not None and transform is None:
             self._fused(layer, layer)
             self.status.setText(f"{layer.name} is placed by its own geometry (no resampling).")
             return None
@@ -177,7 +185,7 @@ class FuseWidget(JobWidget):
             self.status.setText(f"{layer.name} is placed where the transform puts it (no "
                                 f"resampling).")
             return None
-        scan, transform, name = base.metadata[GEOMETRY_KEY], self.transform, layer.name
+        scan, name = base.metadata[GEOMETRY_KEY], layer.name
 
         def work(progress, cancel):
             progress(0, 1)
@@ -323,6 +331,29 @@ class FuseWidget(JobWidget):
             self.viewer.layers.remove(layer)
 
     # ------------------------------------------------------------ transform, 3D, cursor
+    def chosen_transform(self) -> tuple[Any, str]:
+        """The transform the overlay is seen through (fixed = base mm -> overlay mm), and
+        what the Transform row says about it.
+
+        A transform opened from a file comes first; else the Register widget's result
+        stored on the overlay layer, when its fixed layer is the base; else none.
+        """
+        if self.transform is not None:
+            return self.transform, self.transform_name
+        base, overlay = self.base.currentText(), self.overlay.currentText()
+        if base in self.viewer.layers and overlay in self.viewer.layers:
+            record = self.viewer.layers[overlay].metadata.get(TRANSFORM_KEY)
+            if record and record.get("fixed") == self.viewer.layers[base].unique_id:
+                return record["transform"], f"from Register ({record.get('method', '?')})"
+        return None, "none"
+
+    def _show_transform(self) -> Any:
+        # Register stores its record when a run ends, without an event: read it again
+        # whenever the choice of layers changes and at each Fuse.
+        transform, text = self.chosen_transform()
+        self.transform_label.setText(text)
+        return transform
+
     def _open_transform(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Registration transform (fixed -> moving)")
         if not path:
@@ -332,7 +363,8 @@ class FuseWidget(JobWidget):
         except MedAttnError as error:
             self.status.setText(str(error))
             return
-        self.transform_label.setText(path.rsplit("/", 1)[-1])
+        self.transform_name = path.rsplit("/", 1)[-1]
+        self._show_transform()
 
     def _set_mip(self, on: bool) -> None:
         layer = self.current()

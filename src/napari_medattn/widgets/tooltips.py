@@ -126,8 +126,10 @@ FUSE = {
     "overlay": "The overlay to fuse or adjust (PET, MR, another CT). Each overlay keeps its "
                "own colormap, window and opacity.",
     "transform": "A registration transform (ITK file, fixed = base mm -> moving = overlay "
-                 "mm), e.g. saved by the Register widget. Without one, both scans must share "
-                 "one patient space.",
+                 "mm), e.g. saved by the Register widget. Without a file, the Register "
+                 "widget's result is used when the overlay was registered to the base "
+                 "(\"from Register\"); without either, both scans must share one patient "
+                 "space.",
     "run": "Show the overlay over the base: as it is where napari can place it by its "
            "geometry; an oblique overlay, or one seen through a rotating transform, is "
            "resampled onto the base grid in the background.",
@@ -185,19 +187,26 @@ REGISTER = {
               "differ.",
     "method": "rigid / similarity / affine: one matrix; deformable: affine, then a smooth "
               "diffeomorphic field; landmarks: the least-squares fit of the clicked pairs.",
-    "metric": "auto: Mattes mutual information for linear methods (any contrasts), local "
-              "NCC for deformable; mse for the same contrast.",
+    "defaults": "The contrasts read off the two scans (modality, and the MR weighting their "
+                "names give) and the row of the defaults table they chose; choosing the scans "
+                "or the method fills Metric, Levels, Regularisation and Smoothness from it.",
+    "metric": "mi: Mattes mutual information (any contrasts: T1/T2, MR/CT, PET/CT); mse and "
+              "ncc (local normalised cross-correlation): the same contrast.",
     "levels": "Pyramid shrink factors, coarse to fine (4,2,1: quarter, half, full "
               "resolution).",
     "iterations": "Most L-BFGS iterations per level of the linear stage.",
     "weight": "Deformable only: weight of the diffusion penalty (higher: smoother, less "
               "exact).",
     "smoothing": "Deformable only: Gaussian sigma of the velocity field in mm.",
+    "mask": "Optional labels layer on the fixed scan's grid: only its voxels > 0 count in "
+            "the metric (e.g. the brain, to ignore the skull and neck).",
     "device": "Where the optimiser runs: auto uses the CPU; cuda or mps where present.",
     "run": "Register in the background; the moving scan follows the optimisation on screen. "
            "Clicked landmark pairs (3 or more) start the run from their fit.",
     "cancel": "Stop the registration; the moving scan goes back where it was and nothing "
               "is kept.",
+    "keep": "Stop the registration and keep the last state it reached as the result "
+            "(layers, QA, transform to save).",
     "landmarks": "Add two Points layers (fixed, moving) in add mode: click a point on each "
                  "scan, in any view; pairs match by order and their residuals show below.",
     "apply": "Warp the chosen labels layer (drawn on the moving scan) onto the fixed grid, "
