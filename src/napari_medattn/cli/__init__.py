@@ -19,8 +19,8 @@ from napari_medattn import __version__
 from napari_medattn.errors import MedAttnError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("info", "models", "segment", "detect", "explain", "evaluate", "train", "finetune",
-            "pacs", "fuse", "cohort", "register")
+COMMANDS = ("info", "models", "segment", "detect", "classify", "explain", "evaluate", "train",
+            "finetune", "pacs", "fuse", "cohort", "register")
 
 
 def build_parser() -> argparse.ArgumentParser:
