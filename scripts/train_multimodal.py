@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import time
 from pathlib import Path
 
@@ -165,12 +166,37 @@ def evaluate(model, variant: str, cases: list[dict], seed: int = 0) -> list[dict
     return rows
 
 
+def _cached_cases(ids, args) -> list[dict]:
+    """Model-grid cases by id, each made once and cached as ``runs/cases/<id>.npz``.
+
+    Several runs started together share the work: a run claims a case by creating its
+    ``.lock`` file (exclusive create), makes the cases nobody claimed, then waits for the
+    others' files.
+    """
+    folder = args.runs / "cases"
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = list(ids)
+    for i in ids:
+        path = folder / f"{i}.npz"
+        try:
+            lock = os.open(folder / f"{i}.lock", os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            continue
+        os.close(lock)
+        (case,) = case_arrays([i], data=args.data)
+        np.savez(folder / f"{i}.tmp.npz", case=np.array([case], dtype=object))
+        os.replace(folder / f"{i}.tmp.npz", path)
+    cases = []
+    for i in ids:
+        path = folder / f"{i}.npz"
+        while not path.exists():
+            time.sleep(5)
+        cases.append(np.load(path, allow_pickle=True)["case"][0])
+    return cases
+
+
 def load_or_make_cases(args) -> tuple[list[dict], list[dict], list[dict]]:
-    """Training cases (whole heads), validation and test cases (tumour crops), cached."""
-    cache = args.runs / "cases.npz"
-    if cache.exists():
-        stored = np.load(cache, allow_pickle=True)
-        return tuple(list(stored[k]) for k in ("train", "val", "test"))  # type: ignore
+    """Training cases (whole heads), validation and test cases (tumour crops)."""
     started = time.monotonic()
     n_train, n_val, n_test = args.train_cases, args.val_cases, args.test_cases
     if args.data == "synthetic":  # seeds: held-out ones are never drawn in training
@@ -179,15 +205,12 @@ def load_or_make_cases(args) -> tuple[list[dict], list[dict], list[dict]]:
     else:  # a BraTS folder: the first cases train, the next validate, the last test
         val_ids = range(n_train, n_train + n_val)
         test_ids = range(n_train + n_val, n_train + n_val + n_test)
-    train_cases = case_arrays(range(n_train), data=args.data)
-    held = {"val": [tumour_crop(c, args.eval_crop) for c in case_arrays(val_ids, args.data)],
-            "test": [tumour_crop(c, args.eval_crop) for c in case_arrays(test_ids, args.data)]}
-    args.runs.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, train=np.array(train_cases, dtype=object),
-             val=np.array(held["val"], dtype=object), test=np.array(held["test"], dtype=object))
-    print(f"data: {len(train_cases)} training, {args.val_cases} validation, "
-          f"{args.test_cases} test cases in {time.monotonic() - started:.0f} s", flush=True)
-    return train_cases, held["val"], held["test"]
+    train_cases = _cached_cases(range(n_train), args)
+    val_cases = [tumour_crop(c, args.eval_crop) for c in _cached_cases(val_ids, args)]
+    test_cases = [tumour_crop(c, args.eval_crop) for c in _cached_cases(test_ids, args)]
+    print(f"data: {n_train} training, {n_val} validation, {n_test} test cases in "
+          f"{time.monotonic() - started:.0f} s", flush=True)
+    return train_cases, val_cases, test_cases
 
 
 def run(args) -> int:
