@@ -1,8 +1,8 @@
 """The Register widget in a real viewer: a rigid run whose live preview moves the moving
 layer and recovers nibabel's known motion, Cancel (nothing kept), landmarks with live
-residuals, apply to labels, save/load, comparison, and a screenshot for the docs."""
+residuals, apply to labels, save/load, comparison, and a screenshot. Defaults per pair,
+masks and Stop and keep: test_register_options.py."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ import napari_medattn
 from napari_medattn.display.layers import volume_layer_data
 from napari_medattn.io import Volume, read_volume
 from napari_medattn.registration.transforms import grid_points
+from napari_medattn.widgets.parts import TRANSFORM_KEY
 from napari_medattn.widgets.register import LPS_TO_WORLD, RegisterWidget
 
 SAMPLES = Path(napari_medattn.__file__).parent / "sample_data"
@@ -73,28 +74,31 @@ def test_rigid_run_previews_live_and_recovers_the_motion(make_napari_viewer, qtb
     expected = LPS_TO_WORLD @ np.linalg.inv(widget.transform.matrix) @ \
         moving_layer.metadata["medattn_geometry"].affine
     assert np.allclose(moving_layer.affine.affine_matrix, expected)
-    assert widget.quality.rowCount() >= 3
+    assert widget.results.quality.rowCount() >= 3
+    # The result is recorded on the moving layer for the Fuse widget.
+    record = moving_layer.metadata[TRANSFORM_KEY]
+    assert record["fixed"] == viewer.layers["fixed"].unique_id
+    assert record["transform"] is widget.transform and record["method"] == "rigid"
     # apply to labels: nearest, class names kept, on the fixed grid
-    widget.labels.setCurrentText("moving brain")
-    widget.apply_to_labels()
+    widget.results.labels.setCurrentText("moving brain")
+    widget.results.apply_to_labels()
     warped = viewer.layers[-1]
     assert warped.data.shape == viewer.layers["fixed"].data.shape
     assert set(np.unique(warped.data)) == {0, 1}
     # save, then load again: same transform
-    widget.save_transform(str(tmp_path / "t.tfm"))
+    widget.results.save_transform(str(tmp_path / "t.tfm"))
     saved = widget.transform.matrix
-    widget.load_transform(str(tmp_path / "t.tfm"))
+    widget.results.load_transform(str(tmp_path / "t.tfm"))
     assert np.allclose(widget.transform.matrix, saved)
-    widget.comparison.setCurrentText("checkerboard")
-    widget.compare()
+    assert moving_layer.metadata[TRANSFORM_KEY]["method"] == "file"
+    widget.views.comparison.setCurrentText("checkerboard")
+    widget.views.compare()
     assert viewer.layers[-1].name.startswith("checkerboard")
     viewer.layers.remove(viewer.layers[-1])
     screenshot(viewer, qtbot)
 
 
 def screenshot(viewer, qtbot):
-    from PIL import Image as PILImage
-
     for layer in list(viewer.layers):
         if layer.name not in ("fixed", "moving"):
             layer.visible = False
@@ -106,11 +110,9 @@ def screenshot(viewer, qtbot):
     low, high = viewer.layers["fixed"].extent.world[:, 0]
     viewer.dims.set_point(0, (low + high) / 2)
     qtbot.wait(300)
-    folder = Path(os.environ.get("MEDATTN_SCREENSHOT_DIR", ""))
+    # The docs' screenshot is made by scripts/make_screenshots.py (shot "register").
     image = viewer.screenshot(canvas_only=False, flash=False)
     assert image.shape[0] > 200 and image[..., :3].std() > 5
-    if os.environ.get("MEDATTN_SCREENSHOT_DIR"):
-        PILImage.fromarray(image).save(folder / "register_widget.png")
 
 
 def test_cancel_keeps_nothing(make_napari_viewer, qtbot):
@@ -128,6 +130,7 @@ def test_cancel_keeps_nothing(make_napari_viewer, qtbot):
     assert np.allclose(moving_layer.affine.affine_matrix, before[0])
     assert np.allclose(moving_layer.scale, before[1])
     assert "nothing was kept" in widget.status.text()
+    assert TRANSFORM_KEY not in moving_layer.metadata and widget.transform is None
 
 
 def test_deformable_run_adds_the_warped_scan_and_det_j(make_napari_viewer, qtbot):
@@ -145,15 +148,16 @@ def test_deformable_run_adds_the_warped_scan_and_det_j(make_napari_viewer, qtbot
     assert added[0].data.shape == viewer.layers["fixed"].data.shape
     assert np.allclose(moving_layer.affine.affine_matrix, before[0])
     assert np.allclose(moving_layer.scale, before[1])
-    assert widget.quality.rowCount() >= 4  # folding, SDlogJ, det J range, metric
-    widget.deformation_grid()
+    assert widget.results.quality.rowCount() >= 4  # folding, SDlogJ, det J range, metric
+    assert moving_layer.metadata[TRANSFORM_KEY]["transform"] is widget.transform
+    widget.results.deformation_grid()
     grid = viewer.layers[-1]
     assert grid.name.startswith("deformation grid") and len(grid.data) > 5
 
 
 def test_landmarks_show_live_residuals_and_fit(make_napari_viewer, qtbot, nibabel_truth):
     viewer, widget, fixed = make_widget(make_napari_viewer)
-    widget.add_landmark_layers()
+    widget.landmarks.add_layers()
     fixed_points = viewer.layers["fixed landmarks"]
     moving_points = viewer.layers["moving landmarks"]
     assert fixed_points.mode == "add"
@@ -163,8 +167,9 @@ def test_landmarks_show_live_residuals_and_fit(make_napari_viewer, qtbot, nibabe
     for point, partner in zip(lps, nibabel_truth(lps)):
         fixed_points.add(world(point))  # what a click in add mode does
         moving_points.add(world(partner))
-    assert widget.residuals.rowCount() == 5
-    assert max(float(widget.residuals.item(r, 1).text()) for r in range(5)) < 0.01
+    residuals = widget.landmarks.residuals
+    assert residuals.rowCount() == 5
+    assert max(float(residuals.item(r, 1).text()) for r in range(5)) < 0.01
     widget.method.setCurrentText("landmarks")
     job = widget.run()
     qtbot.waitUntil(lambda: job.finished, timeout=30_000)

@@ -3,74 +3,88 @@
 The computation is :func:`napari_medattn.registration.register` (and
 :func:`~napari_medattn.registration.fit_landmarks` for landmarks) run on the one Job helper;
 this widget collects the parameters, shows the optimisation as it goes and turns results
-into layers. Live preview: every snapshot the engine hands back is relayed to the GUI
-thread at most :data:`PREVIEW_INTERVAL_S` apart; a linear transform moves the moving
-layer through its napari affine (nothing is resampled), a deformable one is shown by a
-preview layer resampled on the fixed grid in the worker. A linear result stays as the
-moving layer's affine; a deformable one adds the moving scan on the fixed grid, a det J
-layer (det J - 1, diverging colours) and a folds layer when any voxel folds. Cancel keeps
-nothing: the moving layer goes back where it was. The comparison views are the fusion
-library's (:mod:`napari_medattn.fusion.compose`).
+into layers. Its panels: landmarks (:mod:`.register_landmarks`), results and QA
+(:mod:`.register_results`), comparison views (:mod:`.register_compare`).
+
+* **Defaults per modality pair.** Choosing the scans (or switching between a linear and
+  the deformable method) fills Metric, Levels, Regularisation and Smoothness from
+  :func:`~napari_medattn.registration.defaults_for` of their contrasts, the table the
+  command line reads too; the user may change them afterwards.
+* **Mask.** An optional labels layer on the fixed scan's grid: only its voxels > 0 count
+  in the metric (the engine takes a fixed mask only).
+* **Live preview.** Every snapshot the engine hands back is relayed to the GUI thread at
+  most :data:`PREVIEW_INTERVAL_S` apart; a linear transform moves the moving layer through
+  its napari affine (nothing is resampled), a deformable one is shown by a preview layer
+  resampled on the fixed grid in the worker.
+* **Stopping.** *Cancel* keeps nothing: the moving layer goes back where it was. *Stop and
+  keep* stops as Cancel does and keeps the last state the engine reached (the
+  :class:`~napari_medattn.errors.Cancelled` error's ``partial`` transform) as the result.
+* **Results.** A linear result stays as the moving layer's affine; a deformable one adds
+  the moving scan on the fixed grid, a det J layer (det J - 1, diverging colours) and a
+  folds layer when any voxel folds. Every result (a loaded transform too) is recorded on
+  the moving layer under :data:`~napari_medattn.widgets.parts.TRANSFORM_KEY`, where the
+  Fuse widget finds it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import numpy as np
-from napari.layers import Labels, Points
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QPushButton,
-    QSlider,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
 )
 
 from napari_medattn.display.layers import GEOMETRY_KEY, layer_volume
-from napari_medattn.errors import GeometryError, MedAttnError
-from napari_medattn.fusion.compose import checkerboard, difference
-from napari_medattn.io import volume_like
+from napari_medattn.errors import Cancelled, GeometryError, MedAttnError
+from napari_medattn.io import Volume, volume_like
 from napari_medattn.registration import (
     LinearTransform,
     Settings,
     bake,
-    fit_landmarks,
-    grid_lines,
-    landmark_errors,
-    read_transform,
+    contrast_of,
+    defaults_for,
     register,
     warp,
-    write_transform,
 )
-from napari_medattn.widgets.choices import on_layers_changed, set_items
+from napari_medattn.registration.defaults import deformable_iterations_for, pair_kind
+from napari_medattn.widgets.choices import labels_on_scan_grid, on_layers_changed, set_items
 from napari_medattn.widgets.parts import (
-    DERIVED_KEY,
+    TRANSFORM_KEY,
     JobWidget,
     device_choice,
     heat_map_layer_data,
     labels_layer_data,
     scan_layers,
 )
+from napari_medattn.widgets.register_compare import ComparisonPanel
+from napari_medattn.widgets.register_landmarks import LPS_TO_WORLD, MADE_BY, LandmarksPanel
+from napari_medattn.widgets.register_results import ResultsPanel
 from napari_medattn.widgets.tooltips import REGISTER as TOOLTIPS
-from napari_medattn.widgets.worker import add_layers
+from napari_medattn.widgets.worker import Job, add_layers
 
 METHODS = ("rigid", "similarity", "affine", "deformable", "landmarks")
-METRICS = ("auto", "mse", "ncc", "mi")
-COMPARISONS = ("checkerboard", "difference")
+#: Methods whose result has a deformable part (their metric is the table's deformable one).
+DEFORMABLE_METHODS = ("deformable",)
+METRICS = ("mse", "ncc", "mi")
+NO_MASK = "(none)"
+#: How the pair note names each row of the defaults table.
+PAIR_KINDS = {"same": "same contrast", "cross": "different contrasts", "pet": "PET pair",
+              "unknown": "modality unknown"}
 #: Longest wait between two preview updates while a registration runs (seconds).
 PREVIEW_INTERVAL_S = 0.5
-#: LPS (x, y, z) -> napari world (z, y, x).
-LPS_TO_WORLD = np.eye(4)[[2, 1, 0, 3]]
-MADE_BY = "register"
+
+__all__ = ["LPS_TO_WORLD", "RegisterWidget"]
 
 
 class _PreviewRelay(QObject):
@@ -79,36 +93,53 @@ class _PreviewRelay(QObject):
     snapshot = Signal(object)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What a run (or a loaded transform) was made from."""
+
+    fixed: Volume
+    moving: Volume
+    method: str
+    fixed_layer: str
+    moving_layer: str
+
+
 class RegisterWidget(JobWidget):
     """Dock widget: fixed/moving scans, method and optimiser settings, landmarks, results."""
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer, run=self.run, tooltips=TOOLTIPS)
-        self.fixed, self.moving, self.labels = QComboBox(), QComboBox(), QComboBox()
+        self.fixed, self.moving, self.mask = QComboBox(), QComboBox(), QComboBox()
         self.method, self.metric = QComboBox(), QComboBox()
         self.method.addItems(METHODS)
         self.metric.addItems(METRICS)
+        self.pair_note = QLabel("")
         self.levels = QLineEdit("4,2,1")
-        self.iterations = QSpinBox(minimum=5, maximum=500, value=20)
-        self.weight = QDoubleSpinBox(minimum=0.0, maximum=100.0, value=2.0, singleStep=0.1)
-        self.smoothing = QDoubleSpinBox(minimum=0.5, maximum=30.0, value=4.0, suffix=" mm")
+        self.iterations = QSpinBox(minimum=5, maximum=500, value=Settings.iterations)
+        self.weight = QDoubleSpinBox(minimum=0.0, maximum=100.0, value=Settings.weight,
+                                     singleStep=0.1)
+        self.smoothing = QDoubleSpinBox(minimum=0.5, maximum=30.0, value=Settings.smoothing_mm,
+                                        suffix=" mm")
         self.device = device_choice()
-        self.residuals = QTableWidget(0, 2)
-        self.residuals.setHorizontalHeaderLabels(["pair", "residual (mm)"])
-        self.quality = QTableWidget(0, 2)
-        self.quality.setHorizontalHeaderLabels(["measure", "value"])
-        self.comparison = QComboBox()
-        self.comparison.addItems(COMPARISONS)
-        self.tile = QDoubleSpinBox(minimum=1.0, maximum=100.0, value=10.0, suffix=" mm")
-        self.fade = QSlider(Qt.Orientation.Horizontal)
-        self.fade.setRange(0, 100)
-        self.fade.setValue(100)
+        self.keep_button = QPushButton("Stop and keep")
+        self.keep_button.setToolTip(TOOLTIPS["keep"])
+        self.keep_button.setEnabled(False)
+        self.keep_button.clicked.connect(self.stop_and_keep)
         self.transform: Any = None
+        self._run: _Run | None = None
         self._original: dict[str, Any] | None = None
+        self._defaults_key: tuple | None = None
+        self._keep = False
+        self._outcome: Any = None  # the worker's result, or the partial transform
         self._last_preview = 0.0
         self._relay = _PreviewRelay()
         self._relay.snapshot.connect(self._show_snapshot)
+        self.landmarks = LandmarksPanel(self)
+        self.results = ResultsPanel(self)
+        self.views = ComparisonPanel(self)
         self._build_form()
+        for box in (self.fixed, self.moving, self.method):
+            box.currentTextChanged.connect(self._choices_changed)
         self.jobs.idle.connect(self._job_ended)
         on_layers_changed(napari_viewer, self._refresh)
         self._refresh()
@@ -117,46 +148,36 @@ class RegisterWidget(JobWidget):
     def _build_form(self) -> None:
         form = QFormLayout(self)
         for label, box, key in (("Fixed", self.fixed, "fixed"), ("Moving", self.moving, "moving"),
+                                ("Defaults", self.pair_note, "defaults"),
                                 ("Method", self.method, "method"),
                                 ("Metric", self.metric, "metric"),
                                 ("Levels", self.levels, "levels"),
                                 ("Iterations", self.iterations, "iterations"),
                                 ("Regularisation", self.weight, "weight"),
                                 ("Smoothness", self.smoothing, "smoothing"),
+                                ("Fixed mask", self.mask, "mask"),
                                 ("Device", self.device, "device")):
             box.setToolTip(TOOLTIPS[key])
             form.addRow(label, box)
-        form.addRow(self.jobs)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.jobs)
+        buttons.addWidget(self.keep_button)
+        form.addRow(buttons)
         form.addRow(self.status)
-        points = self._button("Add landmark layers", self.add_landmark_layers, "landmarks")
-        form.addRow(points)
-        form.addRow(self.residuals)
-        form.addRow("QA", self.quality)
-        apply_row = QHBoxLayout()
-        apply_row.addWidget(self.labels)
-        apply_row.addWidget(self._button("Apply to labels", self.apply_to_labels, "apply"))
-        form.addRow("Labels", apply_row)
-        files = QHBoxLayout()
-        files.addWidget(self._button("Save transform...", self.save_transform, "save"))
-        files.addWidget(self._button("Load transform...", self.load_transform, "load"))
-        form.addRow(files)
-        form.addRow(self._button("Deformation grid", self.deformation_grid, "grid"))
-        compare = QHBoxLayout()
-        compare.addWidget(self.comparison)
-        compare.addWidget(self.tile)
-        compare.addWidget(self._button("Compare", self.compare, "compare"))
-        form.addRow("View", compare)
-        self.fade.setToolTip(TOOLTIPS["fade"])
-        self.fade.valueChanged.connect(self._fade)
-        form.addRow("Fade", self.fade)
+        form.addRow(self.landmarks)
+        form.addRow(self.results)
+        form.addRow(self.views)
 
-    def _button(self, text: str, action, key: str) -> QPushButton:
+    def button(self, text: str, action, key: str) -> QPushButton:
+        """A push button with its tooltip whose ``action`` reports bad input on the status
+        line (:meth:`guarded`)."""
         button = QPushButton(text)
         button.setToolTip(TOOLTIPS[key])
-        button.clicked.connect(lambda: self._guarded(action))
+        button.clicked.connect(lambda: self.guarded(action))
         return button
 
-    def _guarded(self, action) -> None:
+    def guarded(self, action) -> None:
+        """Run ``action()``; a :class:`MedAttnError` becomes the status line."""
         try:
             action()
         except MedAttnError as error:
@@ -166,118 +187,155 @@ class RegisterWidget(JobWidget):
         names = [layer.name for layer in scan_layers(self.viewer)]
         set_items(self.fixed, names)
         set_items(self.moving, names, fallback=names[1] if len(names) > 1 else None)
-        set_items(self.labels, [layer.name for layer in self.viewer.layers
-                                if isinstance(layer, Labels) and GEOMETRY_KEY in layer.metadata])
+        self.results.refresh()
+        self._choices_changed()
+
+    def _choices_changed(self, text: str = "") -> None:
+        set_items(self.mask, [NO_MASK, *self._masks_on_fixed_grid()])
+        self._apply_defaults()
         self.jobs.refresh()
+
+    def _masks_on_fixed_grid(self) -> list[str]:
+        """Labels layers on the fixed scan's grid (same shape and, when they carry one,
+        the same patient geometry)."""
+        name = self.fixed.currentText()
+        if name not in self.viewer.layers:
+            return []
+        affine = self.viewer.layers[name].metadata[GEOMETRY_KEY].affine
+        layers = self.viewer.layers
+        return [n for n in labels_on_scan_grid(self.viewer, name)
+                if GEOMETRY_KEY not in layers[n].metadata
+                or np.allclose(layers[n].metadata[GEOMETRY_KEY].affine, affine, atol=1e-4)]
 
     def ready(self) -> bool:
         return bool(self.fixed.currentText()) and bool(self.moving.currentText()) and \
             self.fixed.currentText() != self.moving.currentText()
 
-    def _volume(self, name: str):
+    def volume(self, name: str) -> Volume:
+        """The layer ``name`` as a Volume in patient mm."""
         layer = self.viewer.layers[name]
         return layer_volume(layer.data, layer.metadata, name=layer.name)
 
-    # ------------------------------------------------------------------------- landmarks
-    def _points_layers(self) -> tuple[Points | None, Points | None]:
-        names = (f"{self.fixed.currentText()} landmarks", f"{self.moving.currentText()} landmarks")
-        layers = [self.viewer.layers[n] if n in self.viewer.layers else None for n in names]
-        return layers[0], layers[1]
+    # ---------------------------------------------------------- defaults by modality pair
+    def _contrasts(self) -> tuple[str, str]:
+        return tuple(contrast_of(self.viewer.layers[box.currentText()].metadata[GEOMETRY_KEY])
+                     for box in (self.fixed, self.moving))
 
-    def add_landmark_layers(self) -> None:
-        """Two Points layers, one per scan; points pair by the order they are added."""
-        for name, colour in ((self.fixed.currentText(), "cyan"),
-                             (self.moving.currentText(), "yellow")):
-            if f"{name} landmarks" not in self.viewer.layers:
-                layer = self.viewer.add_points(
-                    np.empty((0, 3)), name=f"{name} landmarks", ndim=3, face_color=colour,
-                    size=4, metadata={DERIVED_KEY: MADE_BY})
-                layer.mode = "add"
-                layer.events.data.connect(lambda event: self._guarded(self.update_residuals))
-
-    def landmarks(self) -> tuple[np.ndarray, np.ndarray]:
-        """The paired points in LPS mm (fixed, moving), as many as both layers have."""
-        fixed_layer, moving_layer = self._points_layers()
-        if fixed_layer is None or moving_layer is None:
-            raise GeometryError("Add the landmark layers and click pairs of points first.")
-        count = min(len(fixed_layer.data), len(moving_layer.data))
-        world_to_lps = LPS_TO_WORLD[:3, :3].T
-        return (np.asarray(fixed_layer.data[:count]) @ world_to_lps,
-                np.asarray(moving_layer.data[:count]) @ world_to_lps)
-
-    def update_residuals(self) -> None:
-        """Refit the landmarks and show each pair's residual (mm), live while clicking."""
-        fixed, moving = self.landmarks()
-        self.residuals.setRowCount(0)
-        if len(fixed) < 3:
+    def _apply_defaults(self) -> None:
+        """Fill the settings from the defaults table when the pair (or linear/deformable)
+        changes; later edits by the user stand until then."""
+        if not self.ready():
+            self.pair_note.setText("")
+            self._defaults_key = None
             return
-        fit = fit_landmarks(fixed, moving, self._landmark_kind())
-        for row, error in enumerate(landmark_errors(fit, fixed, moving)):
-            self.residuals.insertRow(row)
-            self.residuals.setItem(row, 0, QTableWidgetItem(str(row + 1)))
-            self.residuals.setItem(row, 1, QTableWidgetItem(f"{error:.2f}"))
+        deformable = self.method.currentText() in DEFORMABLE_METHODS
+        key = (self.fixed.currentText(), self.moving.currentText(), deformable)
+        if key == self._defaults_key:
+            return
+        self._defaults_key = key
+        contrasts = self._contrasts()
+        settings = defaults_for(*contrasts, "deformable" if deformable else "rigid")
+        self.metric.setCurrentText(settings.metric)
+        self.levels.setText(",".join(str(f) for f in settings.levels))
+        self.weight.setValue(settings.weight)
+        self.smoothing.setValue(settings.smoothing_mm)
+        self.pair_note.setText(f"{contrasts[0]} / {contrasts[1]}: "
+                               f"{PAIR_KINDS[pair_kind(*contrasts)]}")
 
-    def _landmark_kind(self) -> str:
-        method = self.method.currentText()
-        return method if method in ("rigid", "similarity", "affine") else "rigid"
-
-    # --------------------------------------------------------------------------- running
     def settings(self) -> Settings:
+        """The engine settings of the boxes (the rest from the pair's defaults)."""
         method = self.method.currentText()
-        metric = self.metric.currentText()
-        if metric == "auto":
-            metric = "ncc" if method == "deformable" else "mi"
         try:
             levels = tuple(int(f) for f in self.levels.text().split(","))
         except ValueError:
             raise GeometryError("Levels must be comma-separated shrink factors, e.g. "
                                 "4,2,1.") from None
         device = self.device.currentText()
-        return Settings(method=method, metric=metric, levels=levels,
-                        iterations=self.iterations.value(),
-                        deformable_iterations=tuple(max(10, 80 // f) for f in levels),
-                        weight=self.weight.value(), smoothing_mm=self.smoothing.value(),
-                        device="cpu" if device == "auto" else device)
+        base = defaults_for(*self._contrasts(), method)
+        return dataclasses.replace(
+            base, metric=self.metric.currentText(), levels=levels,
+            iterations=self.iterations.value(),
+            deformable_iterations=deformable_iterations_for(levels),
+            weight=self.weight.value(), smoothing_mm=self.smoothing.value(),
+            device="cpu" if device == "auto" else device)
 
-    def run(self):
+    def _mask_volume(self) -> Volume | None:
+        name = self.mask.currentText()
+        if name in ("", NO_MASK):
+            return None
+        # On the fixed grid by construction of the list: read it with the fixed geometry
+        # (a labels layer the user made in napari carries none of its own).
+        fixed_layer = self.viewer.layers[self.fixed.currentText()]
+        return layer_volume(self.viewer.layers[name].data, fixed_layer.metadata,
+                            modality="SEG", name=name)
+
+    # --------------------------------------------------------------------------- running
+    def run(self) -> Job | None:
         try:
-            fixed = self._volume(self.fixed.currentText())
-            moving = self._volume(self.moving.currentText())
-            initial = None
-            if self.method.currentText() == "landmarks" or self._has_landmarks():
-                initial = fit_landmarks(*self.landmarks(), self._landmark_kind())
-            settings = None if self.method.currentText() == "landmarks" else self.settings()
+            method = self.method.currentText()
+            run = _Run(self.volume(self.fixed.currentText()),
+                       self.volume(self.moving.currentText()), method,
+                       self.fixed.currentText(), self.moving.currentText())
+            initial = self.landmarks.fit() if method == "landmarks" or \
+                self.landmarks.has_pairs() else None
+            settings = None if method == "landmarks" else self.settings()
+            mask = self._mask_volume()
         except MedAttnError as error:
             self.status.setText(str(error))
             return None
+        self._run = run
         self._remember_moving_layer()
         self.status.setText("Registering...")
         self._last_preview = 0.0
+        self._keep, self._outcome = False, None
 
         def work(progress, cancel):
             if settings is None:
+                self._outcome = initial
                 return initial
-            return register(fixed, moving, settings, initial=initial, progress=progress,
-                            cancel=cancel, callback=lambda s: self._preview(s, fixed, moving))
+            try:
+                result = register(run.fixed, run.moving, settings, initial=initial,
+                                  fixed_mask=mask, progress=progress, cancel=cancel,
+                                  callback=lambda s: self._preview(s, run))
+            except Cancelled as error:
+                self._outcome = getattr(error, "partial", None)
+                raise
+            self._outcome = result
+            return result
 
-        return self.jobs.start(work, "Register",
-                               lambda result: self._show_result(result, fixed, moving))
+        job = self.jobs.start(work, "Register", self._show_result)
+        self.keep_button.setEnabled(True)
+        return job
+
+    def stop_and_keep(self) -> None:
+        """Stop the run at its next check and keep the last state it reached."""
+        if self.jobs.busy:
+            self._keep = True
+            self.jobs.cancel()
+            self.status.setText("Stopping; the last state will be kept...")
 
     def _job_ended(self) -> None:
-        """After every outcome: drop the preview; after a cancel or failure put the
-        moving layer back (Cancel keeps nothing)."""
+        """After every outcome: drop the preview; after Stop and keep show the last state;
+        after Cancel or a failure put the moving layer back (nothing is kept)."""
+        self.keep_button.setEnabled(False)
         self._remove_preview()
         job = self.jobs.job
-        if job is not None and job.outcome != "done":
-            self._restore_moving_layer()
-            self.status.setText(f"Registration {job.outcome}; nothing was kept.")
+        if job is None or job.outcome == "done":
+            return
+        if job.outcome == "cancelled" and self._keep and self._outcome is not None:
+            try:
+                self._show_result(self._outcome)
+            except MedAttnError as error:
+                self._restore_moving_layer()
+                self.status.setText(f"{error} Nothing was kept.")
+                return
+            self.status.setText(f"Stopped; kept the last state of {self._run.moving_layer} "
+                                f"({self._run.method}).")
+            return
+        self._restore_moving_layer()
+        self.status.setText(f"Registration {job.outcome}; nothing was kept.")
 
-    def _has_landmarks(self) -> bool:
-        fixed_layer, moving_layer = self._points_layers()
-        return fixed_layer is not None and moving_layer is not None and min(
-            len(fixed_layer.data), len(moving_layer.data)) >= 3
-
-    def _preview(self, snapshot, fixed, moving) -> None:
+    def _preview(self, snapshot, run: _Run) -> None:
         """Worker thread: throttle, resample deformable snapshots, relay to the GUI."""
         now = time.perf_counter()
         if now - self._last_preview < PREVIEW_INTERVAL_S:
@@ -287,7 +345,7 @@ class RegisterWidget(JobWidget):
         if isinstance(transform, LinearTransform):
             self._relay.snapshot.emit((snapshot, None))
         else:
-            self._relay.snapshot.emit((snapshot, warp(moving, transform, fixed)))
+            self._relay.snapshot.emit((snapshot, warp(run.moving, transform, run.fixed)))
 
     def _show_snapshot(self, item) -> None:
         snapshot, warped = item
@@ -296,7 +354,7 @@ class RegisterWidget(JobWidget):
         if warped is None:
             self._place_moving_layer(snapshot.transform)
             return
-        name = f"{self.moving.currentText()} (preview)"
+        name = f"{self._run.moving_layer} (preview)"
         if name in self.viewer.layers:
             self.viewer.layers[name].data = warped.data
         else:
@@ -305,13 +363,15 @@ class RegisterWidget(JobWidget):
             add_layers(self.viewer, [(data, kwargs, kind)], widget=self)
 
     def _remove_preview(self) -> None:
-        name = f"{self.moving.currentText()} (preview)"
+        if self._run is None:
+            return
+        name = f"{self._run.moving_layer} (preview)"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
 
     # ------------------------------------------------------------- moving layer placement
     def _remember_moving_layer(self) -> None:
-        layer = self.viewer.layers[self.moving.currentText()]
+        layer = self.viewer.layers[self._run.moving_layer]
         self._original = {"name": layer.name, "scale": np.array(layer.scale),
                           "translate": np.array(layer.translate),
                           "affine": np.array(layer.affine.affine_matrix)}
@@ -325,18 +385,27 @@ class RegisterWidget(JobWidget):
     def _place_moving_layer(self, transform: LinearTransform) -> None:
         """Show the moving layer where the transform puts it in fixed space, through its
         napari affine (world = inverse(T) of its exact patient position)."""
-        layer = self.viewer.layers[self.moving.currentText()]
+        layer = self.viewer.layers[self._run.moving_layer]
         geometry = layer.metadata[GEOMETRY_KEY].affine
         layer.scale, layer.translate = (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)
         layer.affine = LPS_TO_WORLD @ np.linalg.inv(transform.matrix) @ geometry
 
     # ------------------------------------------------------------------------- results
-    def _show_result(self, transform, fixed, moving) -> None:
+    def show_loaded(self, transform) -> None:
+        """Show a transform read from a file as the result for the chosen scans."""
+        self._run = _Run(self.volume(self.fixed.currentText()),
+                         self.volume(self.moving.currentText()), "file",
+                         self.fixed.currentText(), self.moving.currentText())
+        self._remember_moving_layer()
+        self._show_result(transform)
+
+    def _show_result(self, result) -> None:
+        """Turn a Result, or a bare transform (landmarks, a file, a stopped run), into
+        layers, the QA table and the moving layer's :data:`TRANSFORM_KEY` record."""
         from napari_medattn.metrics.registration import registration_quality
 
-        result = transform
+        fixed, moving = self._run.fixed, self._run.moving
         transform = getattr(result, "transform", result)
-        self.transform = transform
         layers = []
         if isinstance(transform, LinearTransform):
             self._place_moving_layer(transform)
@@ -345,14 +414,13 @@ class RegisterWidget(JobWidget):
             # resampled layer below, so the moving scan goes back where it was.
             self._restore_moving_layer()
             transform = bake(transform, fixed.affine, fixed.spatial_shape)
-            self.transform = transform
             warped = warp(moving, transform, fixed)
             data, kwargs, kind = heat_map_layer_data(warped, MADE_BY, {})
             kwargs.update(colormap="gray", blending="translucent", opacity=1.0)
             layers.append((data, kwargs, kind))
         similarity = ((result.loss_before, result.loss_after) if hasattr(result, "loss_after")
                       else None)
-        points = self.landmarks() if self._has_landmarks() else None
+        points = self.landmarks.points() if self.landmarks.has_pairs() else None
         quality, det_j = registration_quality(transform, fixed, landmarks=points,
                                               similarity=similarity)
         if not isinstance(transform, LinearTransform):
@@ -364,99 +432,15 @@ class RegisterWidget(JobWidget):
                 layers.append(labels_layer_data(volume_like(
                     fixed, folds.astype(np.uint8), name=f"{moving.name} folds"), MADE_BY, {}))
         add_layers(self.viewer, layers, widget=self)
-        self._fill_quality(quality)
+        self.transform = transform
+        self.viewer.layers[self._run.moving_layer].metadata[TRANSFORM_KEY] = {
+            "fixed": self.viewer.layers[self._run.fixed_layer].unique_id,
+            "transform": transform, "method": self._run.method}
+        self.results.show_quality(quality)
         self.status.setText(f"Registered {moving.name} to {fixed.name}.")
 
-    def _fill_quality(self, quality) -> None:
-        rows = [("folding (%)", f"{quality.folding_percent:.3f}"),
-                ("SDlogJ", f"{quality.sdlogj:.4f}"),
-                ("det J min / max", f"{quality.det_j_min:.3f} / {quality.det_j_max:.3f}")]
-        if quality.tre_mean_mm is not None:
-            rows.append(("landmark TRE (mm)", f"{quality.tre_mean_mm:.2f}"))
-        if quality.similarity_after is not None:
-            rows.append(("metric before / after", f"{quality.similarity_before:.4g} / "
-                                                  f"{quality.similarity_after:.4g}"))
-        self.quality.setRowCount(len(rows))
-        for row, (name, value) in enumerate(rows):
-            self.quality.setItem(row, 0, QTableWidgetItem(name))
-            self.quality.setItem(row, 1, QTableWidgetItem(value))
-
-    def _need_transform(self):
+    def need_transform(self):
+        """The last result's transform (fixed mm -> moving mm)."""
         if self.transform is None:
             raise GeometryError("Register or load a transform first.")
         return self.transform
-
-    def apply_to_labels(self) -> None:
-        """Warp the chosen labels layer (drawn on the moving scan) onto the fixed grid,
-        nearest neighbour; class names are kept."""
-        transform = self._need_transform()
-        layer = self.viewer.layers[self.labels.currentText()]
-        labels = layer_volume(layer.data, layer.metadata, modality="SEG", name=layer.name)
-        fixed = self._volume(self.fixed.currentText())
-        moved = warp(labels, transform, fixed, labels=True,
-                     name=f"{layer.name} on {fixed.name}")
-        add_layers(self.viewer, [labels_layer_data(moved, MADE_BY, {})], widget=self)
-
-    def save_transform(self, path: str | None = None) -> None:
-        transform = self._need_transform()
-        suffix = "ITK transform (*.tfm)" if isinstance(transform, LinearTransform) else \
-            "Displacement field (*.nii.gz)"
-        path = path or QFileDialog.getSaveFileName(self, "Save transform", "", suffix)[0]
-        if path:
-            write_transform(path, transform)
-            self.status.setText(f"Saved {path}.")
-
-    def load_transform(self, path: str | None = None) -> None:
-        path = path or QFileDialog.getOpenFileName(
-            self, "Load transform", "", "Transforms (*.tfm *.txt *.mat *.nii *.nii.gz)")[0]
-        if not path:
-            return
-        transform = read_transform(path)
-        fixed = self._volume(self.fixed.currentText())
-        from napari_medattn.registration.itk_files import check_fits
-
-        check_fits(transform, fixed.affine, fixed.spatial_shape)
-        self._remember_moving_layer()
-        self._show_result(transform, fixed, self._volume(self.moving.currentText()))
-
-    def deformation_grid(self, step_mm: float = 8.0) -> None:
-        """A Shapes layer of grid lines on the current axial slice of the fixed scan,
-        moved by the transform (in-plane part; straight lines: no deformation)."""
-        transform = self._need_transform()
-        fixed = self._volume(self.fixed.currentText())
-        # The fixed layer's data are canonical: array axis 0 is world axis 0 (z).
-        z = self.viewer.dims.point[0]
-        to_index = np.linalg.inv(fixed.affine)
-        point = LPS_TO_WORLD[:3, :3].T @ np.asarray(self.viewer.dims.point[-3:], float)
-        index = int(np.clip(round(float(to_index[0, :3] @ point + to_index[0, 3])), 0,
-                            fixed.spatial_shape[0] - 1))
-        lines = grid_lines(transform, fixed, axis=0, index=index, step_mm=step_mm)
-        paths = [line @ LPS_TO_WORLD[:3, :3].T for line in lines]
-        self.viewer.add_shapes(paths, shape_type="path", edge_color="yellow", edge_width=0.4,
-                               name=f"deformation grid z {z:.1f} mm",
-                               metadata={DERIVED_KEY: MADE_BY})
-
-    def compare(self) -> None:
-        """A checkerboard (tiles in mm) or difference layer of fixed and registered moving,
-        on the fixed grid (the fusion library's composition)."""
-        transform = self._need_transform()
-        fixed = self._volume(self.fixed.currentText())
-        moved = warp(self._volume(self.moving.currentText()), transform, fixed)
-        base = np.asarray(fixed.data, np.float32)
-        if self.comparison.currentText() == "checkerboard":
-            values = checkerboard(base, moved.data, fixed.spacing, self.tile.value())
-            signed = False
-        else:
-            values = difference(base, moved.data)
-            signed = True
-        view = volume_like(fixed, values, modality=fixed.modality,
-                           name=f"{self.comparison.currentText()} {fixed.name}")
-        layer = heat_map_layer_data(view, MADE_BY, {}, signed=signed)
-        if not signed:
-            layer[1].update(colormap="gray", blending="translucent", opacity=1.0)
-        add_layers(self.viewer, [layer], widget=self)
-
-    def _fade(self, value: int) -> None:
-        name = self.moving.currentText()
-        if name in self.viewer.layers:
-            self.viewer.layers[name].opacity = value / 100.0

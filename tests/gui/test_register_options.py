@@ -1,0 +1,139 @@
+"""The Register widget's defaults per modality pair, fixed mask and Stop and keep, in a
+real viewer on nibabel's anatomical pair (known rigid motion)."""
+
+import numpy as np
+import pytest
+from napari.utils.notifications import notification_manager
+
+from napari_medattn.display.layers import volume_layer_data
+from napari_medattn.io import Volume
+from napari_medattn.registration import defaults_for
+from napari_medattn.widgets.parts import TRANSFORM_KEY
+from napari_medattn.widgets.register import LPS_TO_WORLD, NO_MASK
+
+from test_register_widget import make_widget, tre
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def add_volume(viewer, volume):
+    data, kwargs, kind = volume_layer_data(volume)
+    return getattr(viewer, f"add_{kind}")(data, **kwargs)
+
+
+def test_defaults_follow_the_modality_pair(make_napari_viewer):
+    viewer, widget, fixed = make_widget(make_napari_viewer)
+    # Two MR scans of unnamed weighting: the same contrast.
+    assert widget.pair_note.text() == "MR / MR: same contrast"
+    assert widget.metric.currentText() == "mse"
+    widget.method.setCurrentText("deformable")
+    assert widget.metric.currentText() == "ncc"
+    widget.method.setCurrentText("rigid")
+    widget.metric.setCurrentText("mi")  # the user's choice stands ...
+    widget.method.setCurrentText("affine")
+    assert widget.metric.currentText() == "mi"
+    # ... until the pair changes: the same anatomy as a CT is another contrast.
+    add_volume(viewer, Volume(np.asarray(fixed.data), fixed.affine, "CT",
+                              {**fixed.meta, "name": "ct"}))
+    widget.moving.setCurrentText("ct")
+    expected = defaults_for("MR", "CT", "affine")
+    assert widget.pair_note.text() == "MR / CT: different contrasts"
+    assert widget.metric.currentText() == expected.metric == "mi"
+    assert widget.levels.text() == ",".join(map(str, expected.levels))
+    widget.method.setCurrentText("deformable")
+    assert widget.metric.currentText() == "mi"
+    pet = defaults_for("MR", "PT", "deformable")
+    add_volume(viewer, Volume(np.asarray(fixed.data), fixed.affine, "PT",
+                              {**fixed.meta, "name": "pet"}))
+    widget.moving.setCurrentText("pet")
+    assert widget.levels.text() == "4,2"
+    assert widget.smoothing.value() == pet.smoothing_mm
+    settings = widget.settings()
+    assert (settings.metric, settings.levels, settings.smoothing_mm) == \
+        (pet.metric, pet.levels, pet.smoothing_mm)
+    assert settings.deformable_iterations == pet.deformable_iterations
+
+
+def add_fixed_mask(viewer, fixed, mask, name):
+    return add_volume(viewer, Volume(mask.astype(np.uint8), fixed.affine, "SEG",
+                                     {**fixed.meta, "name": name}))
+
+
+def test_fixed_mask_choices_and_an_empty_mask(make_napari_viewer, qtbot):
+    viewer, widget, fixed = make_widget(make_napari_viewer)
+    add_fixed_mask(viewer, fixed, np.zeros(fixed.spatial_shape), "empty")
+    choices = [widget.mask.itemText(i) for i in range(widget.mask.count())]
+    # "moving brain" has the fixed scan's shape but lies on the moving scan's grid.
+    assert choices == [NO_MASK, "empty"]
+    moving_layer = viewer.layers["moving"]
+    before = np.array(moving_layer.affine.affine_matrix)
+    names = [layer.name for layer in viewer.layers]
+    messages = []
+    notification_manager.notification_ready.connect(lambda n: messages.append(str(n.message)))
+    widget.mask.setCurrentText("empty")
+    job = widget.run()
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
+    assert job.outcome == "failed"
+    assert any("mask is empty" in message for message in messages)
+    assert [layer.name for layer in viewer.layers] == names
+    assert np.allclose(moving_layer.affine.affine_matrix, before)
+
+
+def test_masked_rigid_run_recovers_the_motion(make_napari_viewer, qtbot, nibabel_truth):
+    viewer, widget, fixed = make_widget(make_napari_viewer)
+    data = np.asarray(fixed.data)
+    add_fixed_mask(viewer, fixed, data > np.percentile(data, 60), "fixed brain")
+    widget.mask.setCurrentText("fixed brain")
+    assert widget._mask_volume().spatial_shape == widget.volume("fixed").spatial_shape
+    job = widget.run()
+    qtbot.waitUntil(lambda: job.finished, timeout=120_000)
+    assert job.outcome == "done"
+    assert tre(widget.transform, nibabel_truth, fixed) < 0.5
+
+
+def wait_for_stage(widget, qtbot, job, stage):
+    qtbot.waitUntil(lambda: stage in widget.status.text() or job.finished, timeout=60_000)
+    assert not job.finished, "the run ended before it could be stopped"
+
+
+def test_stop_and_keep_a_linear_run(make_napari_viewer, qtbot):
+    viewer, widget, fixed = make_widget(make_napari_viewer)
+    moving_layer = viewer.layers["moving"]
+    widget.method.setCurrentText("affine")
+    job = widget.run()
+    assert widget.keep_button.isEnabled()
+    wait_for_stage(widget, qtbot, job, "metric")
+    widget.keep_button.click()
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
+    assert job.outcome == "cancelled"
+    assert not widget.keep_button.isEnabled()
+    assert widget.status.text().startswith("Stopped; kept the last state")
+    kept = widget.transform
+    assert kept is not None and not np.allclose(kept.matrix, np.eye(4))
+    # The moving layer stays where the kept transform puts it, as after a finished run.
+    expected = LPS_TO_WORLD @ np.linalg.inv(kept.matrix) @ \
+        moving_layer.metadata["medattn_geometry"].affine
+    assert np.allclose(moving_layer.affine.affine_matrix, expected)
+    assert moving_layer.metadata[TRANSFORM_KEY]["transform"] is kept
+    assert widget.results.quality.rowCount() >= 3
+
+
+def test_stop_and_keep_in_the_deformable_stage(make_napari_viewer, qtbot):
+    viewer, widget, _ = make_widget(make_napari_viewer)
+    moving_layer = viewer.layers["moving"]
+    before = np.array(moving_layer.affine.affine_matrix)
+    names = {layer.name for layer in viewer.layers}
+    widget.method.setCurrentText("deformable")
+    job = widget.run()
+    wait_for_stage(widget, qtbot, job, "deformable")
+    widget.stop_and_keep()
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
+    assert job.outcome == "cancelled"
+    added = [layer.name for layer in viewer.layers if layer.name not in names]
+    # The partial field is kept like a finished deformable result; no preview is left.
+    assert added[:2] == ["moving on fixed", "moving det J - 1"]
+    assert "moving (preview)" not in viewer.layers
+    assert np.allclose(moving_layer.affine.affine_matrix, before)
+    field = widget.transform
+    assert field.displacement.shape[1:] == viewer.layers["fixed"].data.shape
+    assert moving_layer.metadata[TRANSFORM_KEY]["transform"] is field
