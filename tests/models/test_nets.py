@@ -233,7 +233,7 @@ def test_medformer_segmentation_and_classification_share_the_backbone():
 
 def test_presets_hold_the_published_sizes():
     assert architectures() == ["dmaf_net", "dssa_unet", "early_fusion_unet", "medformer",
-                             "region_fusion_net", "unet", "unetr"]
+                             "region_fusion_net", "transmorph", "unet", "unetr", "voxelmorph"]
     assert presets("dssa_unet") == ["paper"]
     net = create("dssa_unet", preset="paper", spatial_dims=2, out_channels=4)
     assert net.config["widths"] == [96, 192, 384, 768]
