@@ -1,19 +1,22 @@
 """Fusion figures: overlay resampling against SimpleITK, repaint and crosshair latency.
 
-1. **Resampling a PET onto a CT grid**, ours (:func:`napari_medattn.fusion.align.overlay_on_grid`)
-   against SimpleITK's ``Resample`` (linear, default value 0, SimpleITK on both cores; ours
-   is numpy on one), alternating runs, medians; the values are compared voxel for voxel.
-   Two cases: a PET stored in another axis order and direction (a RAS NIfTI against an
-   LPS CT: axis-parallel grids) and an oblique PET (rotated 10 degrees about two axes).
+1. **Resampling a PET onto a CT grid**, ours (:func:`napari_medattn.fusion.align.overlay_on_grid`,
+   the resampler's compiled loops) against SimpleITK's ``Resample`` (linear, default value
+   0), both on the same number of threads (``--threads``, default 2), alternating runs,
+   medians after one warm-up run each; the values are compared voxel for voxel, and the
+   peak memory Python allocates during one more run of ours is traced (the float32 output
+   is 315 MB; a float64 temporary of the CT grid's size would add 629 MB). Two cases: a
+   PET stored in another axis order and direction (a RAS NIfTI against an LPS CT:
+   axis-parallel grids) and an oblique PET (rotated 10 degrees about two axes).
 2. **Repaint latency** in a real napari viewer (Xvfb, software OpenGL) with a
    512 x 512 x 300 CT and a 200 x 200 x 150 PET fused by the Fuse widget: time from a
    change of the fade slider, or of the overlay window, until the canvas has drawn.
 3. **Crosshair move** with the three linked planes shown: time from moving the point (what
    a click does) until all three canvases have drawn.
 
-Run from the repository root::
+Run from the repository root (a virtual display is started when there is none)::
 
-    .venv/bin/python benchmarks/bench_fusion.py [--repeats 3] [--trials 30]
+    QT_API=pyqt6 .venv/bin/python benchmarks/bench_fusion.py [--repeats 3] [--trials 30]
 
 Ends with ``FIGURE`` lines.
 """
@@ -23,9 +26,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import tracemalloc
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from scipy.spatial.transform import Rotation
 
 from napari_medattn.fusion.align import overlay_on_grid
@@ -85,30 +90,37 @@ def resampling(repeats: int) -> dict[str, float]:
         pet = pet_volume(oblique)
         moving = itk_image(pet, pet.affine)
         ours_s, itk_s = [], []
-        for _ in range(repeats):
+        for repeat in range(repeats + 1):  # the first of each is a warm-up, not counted
             start = time.perf_counter()
             ours = overlay_on_grid(pet, ct)
-            ours_s.append(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            ours_s += [elapsed] if repeat else []
             start = time.perf_counter()
             theirs = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
                                    sitk.sitkFloat32)
-            itk_s.append(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            itk_s += [elapsed] if repeat else []
         expected = sitk.GetArrayViewFromImage(theirs).transpose(2, 1, 0)
         difference = np.abs(np.asarray(ours.data) - expected)
-        # Oblique: scipy's border rule differs from ITK's within half a voxel of the PET's
-        # edge (see fusion.align); compare where both sample inside.
         differs = float((difference > 1e-4).mean())
+        del ours
+        tracemalloc.start()
+        overlay_on_grid(pet, ct)
+        peak_mb = tracemalloc.get_traced_memory()[1] / 1e6
+        tracemalloc.stop()
         print(f"{case}: ours {statistics.median(ours_s):.2f} s, SimpleITK "
               f"{statistics.median(itk_s):.2f} s (runs {['%.2f' % t for t in ours_s]} / "
               f"{['%.2f' % t for t in itk_s]}), max |diff| {difference.max():.2e}, "
-              f"voxels differing by > 1e-4: {differs:.2e}")
+              f"voxels differing by > 1e-4: {differs:.2e}, peak traced memory of ours "
+              f"{peak_mb:.0f} MB")
         figures[f"fusion_resample_{case}_ours_s"] = statistics.median(ours_s)
         figures[f"fusion_resample_{case}_simpleitk_s"] = statistics.median(itk_s)
         figures[f"fusion_resample_{case}_ratio"] = (statistics.median(ours_s)
                                                    / statistics.median(itk_s))
         figures[f"fusion_resample_{case}_max_abs_diff"] = float(difference.max())
         figures[f"fusion_resample_{case}_fraction_differing"] = differs
-        del ours, theirs, expected, difference
+        figures[f"fusion_resample_{case}_peak_traced_mb"] = peak_mb
+        del theirs, expected, difference
     return figures
 
 
@@ -134,10 +146,12 @@ def _until_drawn(app, canvases, change) -> float:
 
 
 def viewer_latency(trials: int) -> dict[str, float]:
-    from pyvirtualdisplay import Display
+    from napari_medattn.launch import needs_virtual_display, start_virtual_display
 
-    display = Display(visible=False, size=(1600, 1000))
-    display.start()
+    # Under xvfb-run there is a display already. Starting a second one and stopping it
+    # while the QApplication still lived made the process crash at exit (Qt tore down its
+    # connection to an X server that was gone).
+    display = start_virtual_display() if needs_virtual_display() else None
     try:
         import napari
         from qtpy.QtWidgets import QApplication
@@ -185,8 +199,10 @@ def viewer_latency(trials: int) -> dict[str, float]:
             point = rng.uniform(low, high)  # world (z, y, x) mm inside the CT
             cross.append(_until_drawn(app, canvases, lambda: move_to(models[0], point)))
         viewer.close()
+        app.processEvents()
     finally:
-        display.stop()
+        if display is not None:
+            display.stop()
     for name, values in (("redraw, nothing changed", idle), ("fade", fade),
                          ("window", window), ("three canvases redraw, nothing changed", idle3),
                          ("crosshair", cross)):
@@ -206,8 +222,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--skip-viewer", action="store_true")
     parser.add_argument("--skip-resample", action="store_true")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads for both resamplers (default 2)")
     args = parser.parse_args()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    torch.set_num_threads(args.threads)  # the resampler's thread pool follows torch
     figures = {}
     if not args.skip_resample:
         figures.update(resampling(args.repeats))
@@ -215,7 +234,8 @@ def main() -> None:
         figures.update(viewer_latency(args.trials))
     for name, value in figures.items():
         unit = ("ratio" if name.endswith("ratio") else "s" if name.endswith("_s")
-                else "ms" if name.endswith("_ms") else "value")
+                else "ms" if name.endswith("_ms") else "MB" if name.endswith("_mb")
+                else "value")
         print(f"FIGURE {name} {value:.4g} {unit}")
 
 
