@@ -28,6 +28,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from napari_medattn.cli import segment_multimodal
 from napari_medattn.cli.common import (
     AUTOCAST,
     VolumeOutput,
@@ -101,7 +102,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(<name>_measurements.dcm: per-class volumes, each lesion's "
                              "volume, longest axial diameter and centre, each referencing "
                              "its segment or the images) (default: nifti)")
-    parser.set_defaults(func=prepared_batch("segment", prepare_segment))
+    segment_multimodal.extend_parser(parser)  # --modality t1=A t1ce=B ...: one multimodal case
+    parser.set_defaults(func=segment_multimodal.dispatch(prepared_batch("segment",
+                                                                        prepare_segment)))
 
 
 def prepare_segment(args: argparse.Namespace, *, memory=None
