@@ -239,6 +239,30 @@ def gradcam(viewer, widgets: dict, out: Path) -> None:
         save_window_screenshot(viewer, out / "inspector_gradcam.png")
 
 
+def registration(viewer, widgets: dict, out: Path) -> None:
+    """The Register widget after a rigid run on nibabel's anatomical pair (the copy moved by
+    Euler angles 0.1, 0.2, 0.3 rad and 3, 4, 5 mm): the fixed scan green, the moving scan
+    magenta where the result places it (grey where they agree), the QA table."""
+    widget = widgets["Register"]
+    fresh_view(viewer)
+    for name in ("nibabel_anatomical", "nibabel_anatomical_moved"):
+        open_scan(viewer, str(SAMPLES / f"{name}.nii.gz"))
+    with only_docks(viewer, widget):
+        widget.fixed.setCurrentText("nibabel_anatomical")
+        widget.moving.setCurrentText("nibabel_anatomical_moved")
+        widget.method.setCurrentText("rigid")
+        widget.device.setCurrentText("cpu")
+        widget.run_button.click()
+        wait_for_job(widget, "registration")
+        fixed = viewer.layers["nibabel_anatomical"]
+        moving = viewer.layers["nibabel_anatomical_moved"]
+        fixed.colormap, moving.colormap, moving.blending = "green", "magenta", "additive"
+        low, high = fixed.extent.world[:, 0]
+        viewer.dims.set_point(0, (low + high) / 2)
+        viewer.reset_view()
+        save_window_screenshot(viewer, out / "register_widget.png")
+
+
 def _query_point_on_tissue(viewer, widget) -> tuple[float, float, float]:
     """The click (LPS mm) whose attention falls most on brain tissue of its own slice.
 
@@ -265,7 +289,7 @@ def _query_point_on_tissue(viewer, widget) -> tuple[float, float, float]:
 #: Shots by name, in the order they are made.
 SHOTS = {"main": main_window, "open": open_series, "views": views,
          "window_level": window_level, "segment": segment, "finetune": finetune,
-         "inspector": inspector, "gradcam": gradcam}
+         "inspector": inspector, "gradcam": gradcam, "register": registration}
 
 
 def main(argv: list[str] | None = None) -> int:
