@@ -109,3 +109,21 @@ def test_decode_merges_a_plateau_and_keeps_separate_lesions():
     dets = decode_maps(heat, size, np.diag([2.0, 2.0, 2.0, 1.0]), class_names=["a", "b"])
     assert [(d.class_name, round(d.score, 2)) for d in dets] == [("a", 0.9), ("b", 0.6)]
     assert np.allclose(dets[1].centre_mm, [40, 40, 40])
+
+
+def test_grouped_options_reach_the_engine_and_the_decoder():
+    from napari_medattn.detection.detector import DecodeOptions
+    from napari_medattn.inference.window_options import WindowOptions
+
+    volume = scan(AFFINES["lps"])
+    # A softmax asked for is overridden: the detector's maps are probabilities and sizes.
+    result = detect(volume, Oracle(), card(), device="cpu", min_score=0.5,
+                    decoding=DecodeOptions(max_detections=1, nms_iou=0.2),
+                    windows=WindowOptions(overlap=0.5, batch_size=1, activation="softmax"),
+                    use_autocast=False)
+    assert len(result.detections) == 1
+    assert np.linalg.norm(result.detections[0].centre_mm - LESION_MM) < 1.0
+    assert np.allclose(result.detections[0].size_mm, SIZE_MM, rtol=1e-4)
+    parameters = result.provenance["parameters"]
+    assert (parameters["overlap"], parameters["batch_size"], parameters["max_detections"],
+            parameters["nms_iou"]) == (0.5, 1, 1, 0.2)

@@ -49,8 +49,8 @@ from napari_medattn.inference.window_options import MemoryBudget, OutputRequest,
 from napari_medattn.io.volume import Volume, require_3d
 from napari_medattn.models.card import ModelCard
 
-__all__ = ["DEFAULT_DETECTOR", "SIZE_SCALE_MM", "DetectionMaps", "DetectionResult", "decode_maps",
-           "detect"]
+__all__ = ["DEFAULT_DETECTOR", "DETECTION_WINDOWS", "SIZE_SCALE_MM", "DecodeOptions",
+           "DetectionMaps", "DetectionResult", "decode_maps", "detect"]
 
 #: The built-in detector the CLI and the Detect widget start with.
 DEFAULT_DETECTOR = "medformer-lesion-detector"
@@ -140,6 +140,28 @@ def decode_maps(heat: np.ndarray, size_mm: np.ndarray, affine: np.ndarray, *,
     return nms(out, nms_iou)
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    """How :func:`detect` turns peaks into boxes, besides the score threshold.
+
+    Attributes
+    ----------
+    nms_iou : float
+        Class-agnostic NMS threshold (lesions do not overlap).
+    max_detections : int
+        Keep at most this many, highest scores first (before NMS).
+    """
+
+    nms_iou: float = 0.1
+    max_detections: int = 100
+
+
+#: The detector's windows: a quarter overlap (the maps are smooth, and boxes are merged
+#: across windows in map space), two windows per batch. The activation is always "none":
+#: :class:`DetectionMaps` returns probabilities and sizes itself.
+DETECTION_WINDOWS = WindowOptions(overlap=0.25, batch_size=2, activation="none")
+
+
 @dataclasses.dataclass
 class DetectionResult:
     """What :func:`detect` returns.
@@ -177,8 +199,9 @@ def check_detector(card: ModelCard) -> int:
 
 
 def detect(volume: Volume, model: nn.Module, card: ModelCard, *, device: str = "auto",
-           tta: bool = False, min_score: float = 0.05, nms_iou: float = 0.1,
-           max_detections: int = 100, overlap: float = 0.25, batch_size: int = 2,
+           tta: bool = False, min_score: float = 0.05,
+           decoding: DecodeOptions = DecodeOptions(),
+           windows: WindowOptions = DETECTION_WINDOWS,
            use_autocast: bool = True, memory: MemoryBudget = MemoryBudget(),
            progress: ProgressCallback | None = None,
            cancel: CancelCheck | None = None) -> DetectionResult:
@@ -197,12 +220,17 @@ def detect(volume: Volume, model: nn.Module, card: ModelCard, *, device: str = "
         The detector network (see :func:`napari_medattn.models.registry.load_model`).
     card : ModelCard
         Its card (task ``"detection"``).
-    device, overlap, batch_size, use_autocast, memory, progress, cancel
+    device, use_autocast, memory, progress, cancel
         As for :func:`~napari_medattn.inference.sliding_window.sliding_window_inference`.
     tta : bool
         Average the maps over the 8 flips of the three axes.
-    min_score, nms_iou, max_detections
-        As for :func:`decode_maps`.
+    min_score : float
+        Peaks below this are not boxes.
+    decoding : DecodeOptions
+        NMS threshold and the most boxes kept (see :func:`decode_maps`).
+    windows : WindowOptions
+        Overlap, batch size and the engine's other window options (default
+        :data:`DETECTION_WINDOWS`); the activation is always ``"none"``.
 
     Returns
     -------
@@ -226,9 +254,9 @@ def detect(volume: Volume, model: nn.Module, card: ModelCard, *, device: str = "
     foreground = values > body_threshold(values, volume.modality)
     values = normalize_intensity(values, card.normalization, units=volume.meta.get("units"))
     check_cancel(cancel)
+    windows = dataclasses.replace(windows, activation="none")
     result = sliding_window_inference(
-        values, DetectionMaps(model, n_classes), card.patch_size,
-        windows=WindowOptions(overlap=overlap, batch_size=batch_size, activation="none"),
+        values, DetectionMaps(model, n_classes), card.patch_size, windows=windows,
         outputs=OutputRequest(keep_probabilities="all", tta=tta), memory=memory,
         foreground=foreground,
         num_classes=1 + n_classes + 3, device=device, use_autocast=use_autocast,
@@ -238,8 +266,8 @@ def detect(volume: Volume, model: nn.Module, card: ModelCard, *, device: str = "
     size = np.stack([maps[1 + n_classes + a] for a in range(3)])
     check_cancel(cancel)
     detections = decode_maps(heat, size, grid.affine, class_names=card.class_names[1:],
-                             min_score=min_score, max_detections=max_detections,
-                             nms_iou=nms_iou)
+                             min_score=min_score, max_detections=decoding.max_detections,
+                             nms_iou=decoding.nms_iou)
     heatmap = Volume(heat.max(axis=0), grid.affine.copy(), "OT",
                      {"name": f"{volume.name} {card.name} lesion centres"})
     notes = list(result.notes)
@@ -252,9 +280,9 @@ def detect(volume: Volume, model: nn.Module, card: ModelCard, *, device: str = "
         "source": str(volume.meta.get("source", volume.name)),
         "device": result.device,
         "precision": result.precision,
-        "parameters": {"tta": tta, "min_score": min_score, "nms_iou": nms_iou,
-                       "max_detections": max_detections, "overlap": overlap,
-                       "batch_size": batch_size, "use_autocast": use_autocast},
+        "parameters": {"tta": tta, "min_score": min_score, "nms_iou": decoding.nms_iou,
+                       "max_detections": decoding.max_detections, "overlap": windows.overlap,
+                       "batch_size": windows.batch_size, "use_autocast": use_autocast},
         "windows": result.windows,
         "windows_predicted": result.windows_predicted,
         "runtime_s": time.perf_counter() - started,
