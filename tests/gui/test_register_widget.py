@@ -1,7 +1,7 @@
 """The Register widget in a real viewer: a rigid run whose live preview moves the moving
 layer and recovers nibabel's known motion, Cancel (nothing kept), landmarks with live
 residuals, apply to labels, save/load, comparison, and a screenshot. Defaults per pair,
-masks and Stop and keep: test_register_options.py."""
+the mask choices and Stop and keep: test_register_options.py."""
 
 from pathlib import Path
 
@@ -53,8 +53,8 @@ def tre(transform, truth, fixed):
     return np.linalg.norm(transform(points) - truth(points), axis=1).mean()
 
 
-def test_rigid_run_previews_live_and_recovers_the_motion(make_napari_viewer, qtbot, tmp_path,
-                                                        nibabel_truth):
+def test_masked_rigid_run_previews_live_and_recovers_the_motion(
+        make_napari_viewer, qtbot, tmp_path, nibabel_truth):
     viewer, widget, fixed = make_widget(make_napari_viewer)
     moving_layer = viewer.layers["moving"]
     placements = []
@@ -62,6 +62,14 @@ def test_rigid_run_previews_live_and_recovers_the_motion(make_napari_viewer, qtb
         np.array(moving_layer.affine.affine_matrix)))
     widget.method.setCurrentText("rigid")
     widget.metric.setCurrentText("mse")
+    # A fixed mask (the brighter 40 % of the fixed scan) reaches the engine.
+    data = np.asarray(fixed.data)
+    mask = Volume((data > np.percentile(data, 60)).astype(np.uint8), fixed.affine, "SEG",
+                  {**fixed.meta, "name": "fixed mask"})
+    mask_data, kwargs, _ = volume_layer_data(mask)
+    viewer.add_labels(mask_data, **kwargs)
+    widget.mask.setCurrentText("fixed mask")
+    assert widget._mask_volume().spatial_shape == widget.volume("fixed").spatial_shape
     layers_before = len(viewer.layers)
     job = widget.run()
     qtbot.waitUntil(lambda: job.finished, timeout=120_000)
