@@ -202,9 +202,12 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
             except KeyboardInterrupt:  # Ctrl-C: the unfinished cases are cancelled
                 stopped = True
             timings["cases_s"] = time.perf_counter() - mark
-            # Every record is on disk: the cluster closes (its workers take ~1 s to exit,
-            # and finish a running case first) while the table and plots are written.
-            closing = _close_in_background(cluster.pop_all(), timings)
+            # Every record is on disk: the cluster closes (its workers take ~1 s to exit)
+            # while the table and plots are written. After Ctrl-C it closes first: a
+            # worker finishes its running case (or is stopped after 4 s), and the table
+            # must count that case.
+            if not stopped:
+                closing = _close_in_background(cluster.pop_all(), timings)
     else:
         write_cohort_file(out, task.name, parameters, parameters_sha, manifest)
     mark = time.perf_counter()
