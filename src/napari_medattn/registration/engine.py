@@ -145,7 +145,9 @@ class Result:
     velocity : ndarray or None
         The stationary velocity ``(3, *field grid)`` mm whose exponential is ``field``.
     loss_before, loss_after : float
-        The metric at the finest level before (initial transform) and after.
+        The metric at the finest level before (initial transform) and after (on the
+        sample points of the linear stage for linear methods, on every voxel for
+        deformable ones).
     history : list of (stage, level, iteration, loss)
     seconds : float
         Wall time of the run.
@@ -235,9 +237,8 @@ def register(fixed: Volume, moving: Volume, settings: Settings | None = None, *,
     run = optimise.Run(fixed_levels, moving_levels, mask_levels, settings, progress, cancel,
                        callback)
     run.check_overlap(initial)
-    loss_before = run.evaluate(initial)
     if start_velocity is not None:
-        linear, loss_after = initial, loss_before
+        linear = initial
     else:
         kind = "affine" if settings.method == "deformable" else settings.method
         # The affine stage before a deformable one uses Mattes MI on sampled points when
@@ -245,10 +246,11 @@ def register(fixed: Volume, moving: Volume, settings: Settings | None = None, *,
         # cheaper and as accurate for a global fit.
         linear_metric = "mi" if settings.method == "deformable" and settings.metric == "ncc" \
             else settings.metric
-        linear, _, loss_after = run.linear_stage(initial, kind, linear_metric)
+        linear, loss_before, loss_after = run.linear_stage(initial, kind, linear_metric)
     field = velocity = None
     transform = linear
     if settings.method == "deformable":
+        loss_before = run.evaluate(initial)
         velocity, field, loss_after = run.deformable_stage(linear, start_velocity)
         transform = compose(field, linear)
     return Result(transform, linear, field, velocity, loss_before, loss_after, run.history,

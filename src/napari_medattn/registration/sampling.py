@@ -53,6 +53,50 @@ def sample(image: torch.Tensor, to_normalised: torch.Tensor, points: torch.Tenso
     return values.reshape(image.shape[0], *spatial)
 
 
+def forward_differences(image: np.ndarray) -> np.ndarray:
+    """``(3, a0, a1, a2)``: ``image[i + 1] - image[i]`` along each array axis (0 at the
+    last index), the slopes of trilinear interpolation between grid points."""
+    image = np.asarray(image, np.float32)
+    out = np.zeros((3, *image.shape), np.float32)
+    for axis in range(3):
+        ahead = [slice(None)] * 3
+        ahead[axis] = slice(0, -1)
+        out[axis][tuple(ahead)] = np.diff(image, axis=axis)
+    return out
+
+
+def sample_with_gradient(stack: torch.Tensor, to_index: torch.Tensor, points: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Trilinear values at mm ``points`` (``(N, 3)``) and their exact gradient per mm.
+
+    ``stack`` is ``(4, 1, a0, a1, a2)``: the image and its :func:`forward_differences`;
+    ``to_index`` the 4x4 map LPS mm -> array index. Along axis k the derivative of
+    trilinear interpolation is the forward difference at the cell's lower corner along
+    k, interpolated linearly along the other axes: one batched ``grid_sample`` gives all
+    four (the value and the three slopes), the same numbers autograd would give without
+    building a graph.
+
+    Returns
+    -------
+    values : (N,) tensor
+        Zero outside the grid.
+    gradient : (N, 3) tensor
+        d value / d point (LPS mm).
+    inside : (N,) bool tensor
+        Whether each point lies within the grid.
+    """
+    index = points @ to_index[:3, :3].T + to_index[:3, 3]
+    size = torch.tensor(stack.shape[2:], dtype=index.dtype, device=index.device)
+    axes = torch.arange(4, device=index.device)
+    snap = (axes[:, None] == axes[None, 1:])[:, None, :]  # batch k + 1 snaps axis k
+    corners = torch.where(snap, torch.floor(index), index)  # (4, N, 3)
+    grid = (corners * (2 / (size - 1)) - 1).flip(-1)
+    out = F.grid_sample(stack, grid[:, :, None, None, :], mode="bilinear",
+                        padding_mode="zeros", align_corners=True).reshape(4, -1)
+    inside = ((index >= 0) & (index <= size - 1)).all(-1)
+    return out[0], out[1:].T @ to_index[:3, :3], inside
+
+
 def exponentiate(velocity: torch.Tensor, points: torch.Tensor, to_normalised: torch.Tensor,
                  steps: int = 7) -> torch.Tensor:
     """Displacement ``(3, ...)`` in mm of the flow of a stationary velocity field at time 1.

@@ -79,15 +79,46 @@ def _bspline3(d: torch.Tensor) -> torch.Tensor:
     return torch.where(a < 1, inner, outer)
 
 
-def _parzen(values: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 4 bins each value (in bin units) touches and its B-spline weights there.
+def _bspline3_derivative(d: torch.Tensor) -> torch.Tensor:
+    """Derivative of :func:`_bspline3`."""
+    a = d.abs()
+    inner = (1.5 * a - 2) * a
+    outer = -0.5 * (2 - a).clamp_min(0) ** 2
+    return torch.where(a < 1, inner, outer) * torch.sign(d)
+
+
+def _parzen(values: torch.Tensor, bins: int, derivative: bool = False
+            ) -> tuple[torch.Tensor, ...]:
+    """The 4 bins each value (in bin units) touches and its B-spline weights there (and
+    their derivatives with respect to the value when ``derivative``).
 
     Only the kernel's support is evaluated (4 of ``bins`` per sample), which makes the
     histogram about ``bins / 4`` times cheaper than a dense Parzen window."""
     first = torch.floor(values).detach() - 1
     index = first[:, None] + torch.arange(4, dtype=values.dtype, device=values.device)
-    weights = _bspline3(values[:, None] - index)
-    return index.clamp(0, bins - 1).long(), weights
+    offsets = values[:, None] - index
+    out = (index.clamp(0, bins - 1).long(), _bspline3(offsets))
+    return (*out, _bspline3_derivative(offsets)) if derivative else out
+
+
+def _joint(index_f: torch.Tensor, weights_f: torch.Tensor, index_m: torch.Tensor,
+           weights_m: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The joint histogram ``(bins, bins)``, normalised, and each sample's 16 cells."""
+    cells = (index_f[:, :, None] * bins + index_m[:, None, :]).reshape(-1)
+    products = (weights_f[:, :, None] * weights_m[:, None, :]).reshape(-1)
+    joint = torch.zeros(bins * bins, dtype=weights_f.dtype, device=weights_f.device
+                        ).index_add(0, cells, products)
+    return joint.reshape(bins, bins) / joint.sum().clamp_min(1e-12), cells
+
+
+_EPS = 1e-10
+
+
+def _mutual_information(joint: torch.Tensor) -> torch.Tensor:
+    pf = joint.sum(1, keepdim=True)
+    pm = joint.sum(0, keepdim=True)
+    return (joint * (torch.log(joint + _EPS) - torch.log(pf + _EPS)
+                     - torch.log(pm + _EPS))).sum()
 
 
 def mattes_mi(fixed: torch.Tensor, moved: torch.Tensor, weight: torch.Tensor,
@@ -97,12 +128,38 @@ def mattes_mi(fixed: torch.Tensor, moved: torch.Tensor, weight: torch.Tensor,
     m = moved.reshape(-1).clamp(0, 1) * (bins - 1)
     index_f, weights_f = _parzen(f, bins)
     index_m, weights_m = _parzen(m, bins)
-    weights_f = weights_f * weight.reshape(-1, 1)
-    cells = (index_f[:, :, None] * bins + index_m[:, None, :]).reshape(-1)
-    products = (weights_f[:, :, None] * weights_m[:, None, :]).reshape(-1)
-    joint = torch.zeros(bins * bins, dtype=f.dtype, device=f.device).index_add(0, cells, products)
-    joint = joint.reshape(bins, bins) / joint.sum().clamp_min(1e-12)
-    pf = joint.sum(1, keepdim=True)
-    pm = joint.sum(0, keepdim=True)
-    eps = 1e-10
-    return (joint * (torch.log(joint + eps) - torch.log(pf + eps) - torch.log(pm + eps))).sum()
+    joint, _ = _joint(index_f, weights_f * weight.reshape(-1, 1), index_m, weights_m, bins)
+    return _mutual_information(joint)
+
+
+def loss_and_gradient(name: str, fixed: torch.Tensor, moved: torch.Tensor,
+                      weight: torch.Tensor, *, bins: int = 32
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``loss(name, ...)`` for ``"mse"`` or ``"mi"`` on ``(N,)`` samples, and its
+    derivative with respect to each moved value, in closed form.
+
+    The linear stage evaluates these some 50-80 times on small images, where autograd's
+    graph building and backward pass cost more than the arithmetic (about 40 % of an
+    evaluation in a profile); the closed forms need a third of the operations. For
+    Mattes MI the derivative is ITK's (Mattes et al. 2003, eq. 8): with the fixed
+    marginal constant and the histogram mass constant (B-spline weights sum to 1),
+    ``dMI/dm_n = (bins - 1) / mass * sum_ab wf_na wm'_nb log(p_ab / pm_b)``.
+    """
+    if name == "mse":
+        total = weight.sum().clamp_min(1.0)
+        difference = moved - fixed
+        return (difference ** 2 * weight).sum() / total, 2 * difference * weight / total
+    if name != "mi":
+        raise ValueError(f"no closed-form gradient for metric {name!r}")
+    f = fixed.clamp(0, 1) * (bins - 1)
+    m = moved * (bins - 1)
+    in_range = ((m >= 0) & (m <= bins - 1)).to(m.dtype)  # clamped values do not move
+    index_f, weights_f = _parzen(f, bins)
+    weights_f = weights_f * weight[:, None]
+    index_m, weights_m, slopes_m = _parzen(m.clamp(0, bins - 1), bins, derivative=True)
+    joint, cells = _joint(index_f, weights_f, index_m, weights_m, bins)
+    mass = weight.sum().clamp_min(1e-12)
+    log_ratio = (torch.log(joint + _EPS) - torch.log(joint.sum(0, keepdim=True) + _EPS))
+    terms = log_ratio.reshape(-1)[cells].reshape(-1, 4, 4)
+    slope = torch.einsum("na,nb,nab->n", weights_f, slopes_m, terms)
+    return -_mutual_information(joint), -(bins - 1) / mass * slope * in_range
