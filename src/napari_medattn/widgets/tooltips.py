@@ -220,3 +220,23 @@ REGISTER = {
     "grid": "Add the deformation on the current axial slice: a regular grid moved by the "
             "transform (straight lines: no deformation there).",
 }
+
+MULTIMODAL = {
+    "modality": "The scan shown as this contrast (guessed from layer names and DICOM series "
+                "descriptions; change it if the guess is wrong). Any may stay empty: the "
+                "model segments from the scans given.",
+    "model": "Multimodal models (their cards name the modalities they take). Hover an entry "
+             "for its model card.",
+    "device": SEGMENT["device"],
+    "precision": SEGMENT["precision"],
+    "attention": "Also add, for each given scan, a map of its weight in the fusion at every "
+                 "voxel (0 to 1; the given scans' weights sum to 1).",
+    "run": "Segment in the background: the scans are brought onto the first given scan's "
+           "grid (T1, T1ce, T2, FLAIR order) by their patient coordinates, or by a Register "
+           "result on that scan.",
+    "cancel": "Stop the segmentation; no layer is added.",
+    "volumes": "Whole tumour (labels 1, 2, 4), tumour core (1, 4) and enhancing tumour (4) "
+               "in mL.",
+    "weights": "This scan's share of the fused features over the tumour the model found "
+               "(over the whole volume when it found none).",
+}
