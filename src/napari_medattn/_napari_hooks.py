@@ -1,4 +1,5 @@
-"""npe2 contributions: the reader, the NIfTI and DICOM-SEG writers and the sample data.
+"""npe2 contributions: the reader, the NIfTI, DICOM-SEG and Parametric Map writers and the
+sample data.
 
 Library errors (:class:`~napari_medattn.errors.MedAttnError`) become one notification
 sentence here; nothing the user opened or saved produces a traceback dialog.
@@ -22,9 +23,15 @@ from napari_medattn.display.layers import (
 from napari_medattn.errors import MedAttnError
 from napari_medattn.io import read, write_nifti
 from napari_medattn.io.dicom_files import has_dicom_preamble
+from napari_medattn.io.dicom_pmap import write_parametric_map
 from napari_medattn.io.dicom_seg import is_seg, read_seg_onto, write_seg
 from napari_medattn.io.nifti import is_nifti
-from napari_medattn.widgets.dicom_browser import layer_algorithm, layer_classes, open_scans
+from napari_medattn.widgets.dicom_browser import (
+    layer_algorithm,
+    layer_classes,
+    layer_map_kind,
+    open_scans,
+)
 from napari_medattn.widgets.radiology_view import install_radiology_view
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
@@ -96,6 +103,19 @@ def write_labels_dicom_seg(path: str, data: Any, meta: dict) -> list[str]:
         volume = layer_volume(data, metadata, modality="SEG", name=meta.get("name"))
         return [str(write_seg(path, volume, classes=layer_classes(meta),
                               algorithm=layer_algorithm(metadata)))]
+    except MedAttnError as error:
+        warnings.warn(str(error), stacklevel=2)
+        return []
+
+
+def write_image_parametric_map(path: str, data: Any, meta: dict) -> list[str]:
+    """Write a map layer (probability, uncertainty, attention, explanation) computed on a
+    DICOM scan as a DICOM Parametric Map referencing that scan."""
+    metadata = meta.get("metadata", {})
+    try:
+        kind = layer_map_kind(metadata, meta.get("name") or "This layer")
+        volume = layer_volume(data, metadata, modality="OT", name=meta.get("name"))
+        return [str(write_parametric_map(path, volume, kind))]
     except MedAttnError as error:
         warnings.warn(str(error), stacklevel=2)
         return []

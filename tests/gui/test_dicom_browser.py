@@ -1,5 +1,6 @@
 """The DICOM browser against a real Orthanc: search, retrieve and open, send labels back as
-a DICOM-SEG, find it and open it onto the scan; faults as one sentence; Save as DICOM-SEG.
+a DICOM-SEG with its SR, find them and open the SEG onto the scan; faults as one sentence;
+Save as DICOM-SEG, and a map layer as a Parametric Map.
 
 Set MEDATTN_SCREENSHOT_DIR=docs/screenshots to keep the screenshot for the docs."""
 
@@ -7,18 +8,21 @@ import importlib.util
 import os
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
 from napari.layers import Image, Labels
 from nibabel.testing import data_path
 from PIL import Image as PILImage
 
-from napari_medattn._napari_hooks import write_labels_dicom_seg
+from napari_medattn._napari_hooks import write_image_parametric_map, write_labels_dicom_seg
 from napari_medattn.display.layers import GEOMETRY_KEY
 from napari_medattn.io import read_volume, write_dicom_series
 from napari_medattn.io.dicom_seg import read_seg
 from napari_medattn.pacs import Connection, store
 from napari_medattn.widgets.dicom_browser import DicomBrowserWidget
+from napari_medattn.widgets.parts import INSPECT_KEY, RUN_KEY
 
 # The Orthanc fixture lives with the PACS tests; load it from there (one definition).
 _spec = importlib.util.spec_from_file_location(
@@ -82,7 +86,11 @@ def test_search_retrieve_open_send_seg_and_open_it_on_the_scan(browser, qtbot, t
     assert widget.labels.currentText() == "bright"
     widget.send()
     _finish(qtbot, widget)
-    assert "Stored bright as DICOM-SEG" in widget.status.text()
+    assert "Stored bright as DICOM-SEG with its measurement report" in widget.status.text()
+    widget.modality.setCurrentText("SR")  # the report went with it
+    widget.search()
+    _finish(qtbot, widget)
+    assert widget.table.rowCount() == 1 and widget.table.item(0, 2).text() == "SR"
     widget.modality.setCurrentText("SEG")
     widget.search()
     _finish(qtbot, widget)
@@ -159,3 +167,37 @@ def test_opening_a_seg_places_it_on_the_open_scan_it_references(make_napari_view
     ((alone, alone_kwargs, _),) = read_layers(drawn)  # no scan open: its own frames
     assert alone.shape != labels.shape and int(alone.sum()) == int(labels.sum())
     np.testing.assert_allclose(alone_kwargs["scale"], scan.scale)
+
+
+def test_save_a_map_layer_as_a_parametric_map_through_the_writer_hook(tmp_path, dciodvfy):
+    folder = tmp_path / "series"
+    t1 = read_volume(os.path.join(data_path, "anatomical.nii"), modality="MR")
+    write_dicom_series(folder, t1, series_description="T1", series_number=2, patient=PATIENT)
+    canonical = read_volume(folder).canonical()
+    values = np.random.default_rng(0).random(canonical.spatial_shape).astype(np.float32)
+    for tag, label in (({RUN_KEY: {"output": "probability 1"}}, "PROB"),
+                       ({RUN_KEY: {"output": "uncertainty"}}, "UNC"),
+                       ({INSPECT_KEY: {"output": "gradcam decoder.0"}}, "EXPL")):
+        path = tmp_path / f"{label}.dcm"
+        meta = {"name": "map", "metadata": {GEOMETRY_KEY: canonical, **tag}}
+        assert write_image_parametric_map(str(path), values, meta) == [str(path)]
+        pmap = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(path))
+        mapping = pmap.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+        assert mapping.LUTLabel == label
+    assert dciodvfy(path)[0] == []
+    # Every voxel, placed by the map's own frame positions, holds the layer's value there.
+    placed = pmap.get_volume()
+    mm = np.indices(placed.array.shape).reshape(3, -1).T @ placed.affine[:3, :3].T \
+        + placed.affine[:3, 3]
+    index = np.round((mm - canonical.affine[:3, 3])
+                     @ np.linalg.inv(canonical.affine[:3, :3]).T).astype(int)
+    np.testing.assert_allclose(placed.array.ravel(), values[tuple(index.T)], atol=1e-6)
+    with pytest.warns(UserWarning, match="not a map computed by napari-medattn"):
+        assert write_image_parametric_map(str(tmp_path / "scan.dcm"), values,
+                                          {"metadata": {GEOMETRY_KEY: canonical}}) == []
+    with pytest.warns(UserWarning, match="does not come from a DICOM series"):
+        assert write_image_parametric_map(
+            str(tmp_path / "x.dcm"), values,
+            {"metadata": {GEOMETRY_KEY: t1.canonical(),
+                          RUN_KEY: {"output": "attention a"}}}) == []
+    assert not (tmp_path / "scan.dcm").exists() and not (tmp_path / "x.dcm").exists()

@@ -52,7 +52,7 @@ def _map_planes(volume: Volume) -> tuple[list, np.ndarray]:
     if not np.isfinite(data).all():
         raise DimensionError(f"{volume.name} holds NaN or infinite values; a parametric map "
                              f"needs finite numbers.")
-    instances = with_type2_attributes(source_instances(volume))
+    instances = with_type2_attributes(source_instances(volume, "a parametric map"))
     return instances, planes_for_instances(Volume(data, volume.affine, volume.modality,
                                                   volume.meta), instances)
 

@@ -47,20 +47,22 @@ _TISSUE = re.compile(r"matter|fluid|csf|fat|muscle|tissue|bone", re.I)
 _DEFAULT_COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4")
 
 
-def source_instances(volume: Volume) -> list[Dataset]:
+def source_instances(volume: Volume, what: str = "a DICOM-SEG") -> list[Dataset]:
     """The headers (no pixel data) of the DICOM instances a volume was read from.
 
     Parameters
     ----------
     volume : Volume
         Read from a DICOM series (``meta["source_files"]``), or a label map made on one.
+    what : str
+        What is to reference them, for the error's sentence.
 
     Raises
     ------
     WriteError
         The volume does not come from DICOM files that still exist.
     """
-    files = require_dicom_source(volume)
+    files = require_dicom_source(volume, what)
     try:
         headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     except (OSError, pydicom.errors.InvalidDicomError) as error:

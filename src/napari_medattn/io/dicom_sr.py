@@ -304,7 +304,7 @@ def detection_report(image: Volume, detections: Sequence, *, seg: Dataset | None
     WriteError
         The scan does not come from DICOM, or masks are given without their SEG.
     """
-    instances = with_type2_attributes(source_instances(image))
+    instances = with_type2_attributes(source_instances(image, "a DICOM SR"))
     if seg is None and any(d.mask is not None for d in detections):
         raise WriteError("Detections with masks need their SEG (detections_seg) to be "
                          "referenced by the report.")

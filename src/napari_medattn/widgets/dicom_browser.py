@@ -5,8 +5,9 @@ authentication, TLS verification on by default) and the search form collect para
 searching, retrieving (into the user's cache, with progress and Cancel; a cancelled
 retrieval resumes next time) and storing run as jobs on the one Job helper; a retrieved
 series becomes layers only once it is complete and read. A SEG series opens onto the open
-scan it references (else by its own frame positions); "Send labels as SEG" writes the
-chosen labels layer as a DICOM-SEG referencing its DICOM scan and stores it (STOW-RS).
+scan it references (else by its own frame positions); "Send SEG + SR" writes the chosen
+labels layer as a DICOM-SEG referencing its DICOM scan and its TID 1500 measurement report
+(class volumes, lesions) and stores both (STOW-RS).
 Credentials stay in the password fields and the job; they are never shown or logged.
 """
 
@@ -33,13 +34,20 @@ from qtpy.QtWidgets import (
 
 import napari_medattn
 from napari_medattn.display.layers import GEOMETRY_KEY, layer_volume, volume_layer_data
-from napari_medattn.errors import MedAttnError
+from napari_medattn.errors import DimensionError, MedAttnError
 from napari_medattn.io import read
-from napari_medattn.io.dicom_seg import is_seg, read_seg_onto, write_seg
+from napari_medattn.io.dicom_seg import is_seg, read_seg_onto
+from napari_medattn.io.dicom_sr import write_seg_with_report
 from napari_medattn.models.registry import find_model
 from napari_medattn.pacs import Connection, retrieve_series, search_series, store
 from napari_medattn.widgets.choices import on_layers_changed, set_items
-from napari_medattn.widgets.parts import DERIVED_KEY, RUN_KEY, JobWidget, scan_layers
+from napari_medattn.widgets.parts import (
+    DERIVED_KEY,
+    INSPECT_KEY,
+    RUN_KEY,
+    JobWidget,
+    scan_layers,
+)
 from napari_medattn.widgets.worker import add_layers
 
 AUTH_CHOICES = ("none", "basic", "bearer")
@@ -61,8 +69,9 @@ TOOLTIPS = {
            "open it",
     "cancel": "Stop the retrieval; the next one resumes where it stopped",
     "labels": "A labels layer drawn on a scan opened from DICOM",
-    "send": "Write the labels as a DICOM-SEG referencing their scan and store it on the "
-            "server (STOW-RS)",
+    "send": "Write the labels as a DICOM-SEG referencing their scan, with a DICOM SR of "
+            "class volumes and lesions (diameter, centre), and store both on the server "
+            "(STOW-RS)",
 }
 
 
@@ -124,7 +133,7 @@ class DicomBrowserWidget(JobWidget):
 
         self.labels = QComboBox()
         self.labels.setToolTip(TOOLTIPS["labels"])
-        self.send_button = QPushButton("Send labels as SEG")
+        self.send_button = QPushButton("Send SEG + SR")
         self.send_button.setToolTip(TOOLTIPS["send"])
         self.send_button.clicked.connect(self.send)
         self.jobs.follow(self.send_button)
@@ -217,7 +226,8 @@ class DicomBrowserWidget(JobWidget):
         self.status.setText(f"Opened {', '.join(d[1]['name'] for d in layer_data)}.")
 
     def send(self) -> None:
-        """Write the chosen labels layer as a DICOM-SEG and store it on the server."""
+        """Write the chosen labels layer as a DICOM-SEG and its measurement report (SR) and
+        store both on the server."""
         layer = self.viewer.layers[self.labels.currentText()]
         volume = layer_volume(layer.data, layer.metadata, modality="SEG", name=layer.name)
         classes = layer_classes({"metadata": layer.metadata, "features": layer.features})
@@ -226,14 +236,16 @@ class DicomBrowserWidget(JobWidget):
 
         def work(progress, cancel):
             with tempfile.TemporaryDirectory() as folder:
-                path = write_seg(Path(folder) / "seg.dcm", volume, classes=classes,
-                                 algorithm=algorithm)
-                return store(connection, [path])
+                paths = write_seg_with_report(Path(folder) / "seg.dcm",
+                                              Path(folder) / "sr.dcm", volume,
+                                              classes=classes, algorithm=algorithm)
+                return store(connection, paths)
 
         self.status.setText(f"Sending {layer.name}...")
-        self.jobs.start(work, f"Send {layer.name} as DICOM-SEG",
+        self.jobs.start(work, f"Send {layer.name} as DICOM-SEG and SR",
                         lambda uids: self.status.setText(
-                            f"Stored {layer.name} as DICOM-SEG ({len(uids)} instance)."))
+                            f"Stored {layer.name} as DICOM-SEG with its measurement report "
+                            f"(SR): {len(uids)} instances."))
 
 
 def layer_classes(meta: dict) -> list | None:
@@ -260,6 +272,28 @@ def layer_algorithm(metadata: dict) -> dict | None:
         return {"name": run["model"]}
     return {"name": card.name, "version": napari_medattn.__version__,
             "weights_sha256": card.weights_sha256}
+
+
+def layer_map_kind(metadata: dict, name: str = "This layer") -> str:
+    """What a map layer made by Segment or the inspector holds, as a Parametric Map kind
+    (:data:`napari_medattn.io.dicom_pmap.KINDS`): probability, uncertainty, attention,
+    or explanation (the inspector's other maps).
+
+    Raises
+    ------
+    DimensionError
+        The layer is not such a map (a scan, labels, or an image from elsewhere).
+    """
+    tag = metadata.get(RUN_KEY) or metadata.get(INSPECT_KEY) or {}
+    output = str(tag.get("output", ""))
+    if not output or output == "labels":
+        raise DimensionError(f"{name} is not a map computed by napari-medattn (probability, "
+                             f"uncertainty, attention or explanation); save it as NIfTI.")
+    words = output.split()
+    for kind in ("probability", "uncertainty", "attention"):
+        if kind in words:
+            return kind
+    return "explanation"
 
 
 def open_scans(viewer: Any) -> dict:
