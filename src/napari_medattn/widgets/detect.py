@@ -9,6 +9,11 @@ coloured by class) and centres a Points layer (sized by the box, coloured by cla
 on the scan layer's display grid (see :mod:`napari_medattn.detection.layers`). The
 threshold slider filters the boxes, points and table without running again; clicking a
 table row moves the slices and the camera to that lesion.
+
+The Classify row runs a scan classifier
+(:func:`napari_medattn.classification.classify`) on the same scan, shows its probability,
+and adds its heat map (:func:`~napari_medattn.classification.heat_map`: Grad-CAM or DSSA
+routing) as a layer styled like every heat map.
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from napari_medattn.classification import (
+    DEFAULT_CLASSIFIER,
+    HEATMAPS,
+    ClassificationResult,
+    classify,
+    heat_map,
+)
 from napari_medattn.detection import Detection, lesions_from_labels
 from napari_medattn.detection.detector import DEFAULT_DETECTOR, check_detector, detect
 from napari_medattn.detection.export import write_detections_csv
@@ -44,8 +56,10 @@ from napari_medattn.widgets.parts import (
     JobWidget,
     ModelPicker,
     device_choice,
+    heat_map_layer_data,
     scan_layers,
 )
+from napari_medattn.widgets.worker import add_layers
 from napari_medattn.widgets.radiology_view import viewer_camera
 from napari_medattn.widgets.tooltips import DETECT as TOOLTIPS
 
@@ -56,6 +70,11 @@ KEEP_SCORE = 0.05
 DEFAULT_THRESHOLD = 0.3
 FALLBACK_COLOUR = "#ffff00"
 WIDGET = "detect"
+#: The heat-map choice that adds no layer.
+NO_HEATMAP = "none"
+#: ``layer.metadata`` key of a classifier heat map: ``{"image": <scan layer name>,
+#: "model": <name>, "kind": <gradcam | routing>, "probability": <p of class 1>}``.
+CLASSIFY_KEY = "medattn_classification"
 
 
 class DetectWidget(JobWidget):
@@ -91,10 +110,19 @@ class DetectWidget(JobWidget):
         self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.export_button = QPushButton("Export CSV...")
         self.export_button.setEnabled(False)
+        self.classifier = ModelPicker(self.jobs, tooltip=TOOLTIPS["classifier"],
+                                      task="classification", default=DEFAULT_CLASSIFIER)
+        self.heatmap = QComboBox()
+        self.heatmap.addItems([*HEATMAPS, NO_HEATMAP])
+        self.classify_button = QPushButton("Classify")
+        self.probability = QLabel("")
+        self.classification: ClassificationResult | None = None
         for key, widget in (("image", self.image), ("device", self.device),
                             ("threshold", self.threshold), ("labels", self.labels),
                             ("from_labels", self.from_labels_button), ("table", self.table),
-                            ("export", self.export_button)):
+                            ("export", self.export_button), ("heatmap", self.heatmap),
+                            ("classify", self.classify_button),
+                            ("classify", self.probability)):
             widget.setToolTip(TOOLTIPS[key])
         threshold_row = QHBoxLayout()
         threshold_row.addWidget(self.threshold, 1)
@@ -107,6 +135,9 @@ class DetectWidget(JobWidget):
         form.addRow("Score ≥", threshold_row)
         form.addRow("Labels", self.labels)
         form.addRow(self.from_labels_button)
+        form.addRow("Classifier", self.classifier.row())
+        form.addRow("Heat map", self.heatmap)
+        form.addRow(self.classify_button, self.probability)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.status)
@@ -114,6 +145,9 @@ class DetectWidget(JobWidget):
         layout.addWidget(self.export_button)
         # Listing lesions needs no detector: the button follows its own rule.
         self.jobs.idle.connect(self._update_from_labels)
+        self.jobs.idle.connect(self._update_classify)
+        self.classifier.changed.connect(self._update_classify)
+        self.classify_button.clicked.connect(self.run_classify)
         self.threshold.valueChanged.connect(self._threshold_changed)
         self.table.cellClicked.connect(self.go_to)
         self.from_labels_button.clicked.connect(self.run_from_labels)
@@ -123,6 +157,7 @@ class DetectWidget(JobWidget):
         on_layers_changed(napari_viewer, self._refresh)
         self._refresh()
         self.model.refresh()
+        self.classifier.refresh()
 
     # -- choices ------------------------------------------------------------------
     def _refresh(self, event: Any = None) -> None:
@@ -135,9 +170,16 @@ class DetectWidget(JobWidget):
         set_items(self.labels, names)
         self.jobs.refresh()
         self._update_from_labels()
+        self._update_classify()
 
     def _update_from_labels(self) -> None:
         self.from_labels_button.setEnabled(not self.jobs.busy and bool(self.labels.currentText()))
+
+    def _update_classify(self) -> None:
+        held = self.classifier.loaded
+        self.classify_button.setEnabled(
+            not self.jobs.busy and bool(self.image.currentText()) and held is not None
+            and held.card.task == "classification")
 
     def ready(self) -> bool:
         held = self.model.loaded
@@ -194,6 +236,50 @@ class DetectWidget(JobWidget):
                               lambda found: self._show(scan.name, found, {}, []))
         self._update_from_labels()
         return job
+
+    def run_classify(self):
+        """Classify the chosen scan; show the probability and add the heat map."""
+        self._update_classify()
+        if not self.classify_button.isEnabled():
+            return None
+        layer = self.viewer.layers[self.image.currentText()]
+        try:
+            volume = layer_volume(layer.data, layer.metadata, name=layer.name)
+        except MedAttnError as error:
+            show_error(str(error))
+            return None
+        held = self.classifier.loaded
+        device, kind = self.device.currentText(), self.heatmap.currentText()
+
+        def work(progress, cancel):
+            result = classify(volume, held.module, held.card, device=device, cancel=cancel)
+            if kind == NO_HEATMAP:
+                return result, []
+            found = heat_map(volume, held.module, held.card, kind, device=device,
+                             progress=progress, cancel=cancel)
+            tags = {CLASSIFY_KEY: {"image": layer.name, "model": held.card.name, "kind": kind,
+                                   "probability": result.probability}}
+            return result, [heat_map_layer_data(found.volume, WIDGET, tags, top=1.0)]
+
+        self.status.setText(f"Classifying {layer.name}...")
+        job = self.jobs.start(work, f"Classify {layer.name}",
+                              lambda outcome: self._show_classification(layer.name, *outcome),
+                              model=held)
+        self._update_classify()
+        return job
+
+    def _show_classification(self, scan_name: str, result: ClassificationResult,
+                             layer_data: list[tuple]) -> None:
+        self.classification = result
+        text = f"p({result.class_names[1]}) = {result.probability:.2f}"
+        self.probability.setText(text)
+        for _, kwargs, _ in layer_data:  # a new run's map replaces the last one of its name
+            name = kwargs.get("name")
+            if name in self.viewer.layers and \
+                    self.viewer.layers[name].metadata.get(DERIVED_KEY) == WIDGET:
+                self.viewer.layers.remove(name)
+        add_layers(self.viewer, layer_data, widget=self)
+        self.status.setText(f"{scan_name}: {text}.")
 
     # -- results -----------------------------------------------------------------
     def _show(self, scan_name: str, detections: list[Detection], colours: dict[int, str],

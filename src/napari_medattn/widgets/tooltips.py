@@ -54,6 +54,12 @@ DETECT = {
     "table": "Lesions by score: centre in patient mm (LPS: x to the patient's left, y "
              "posterior, z superior), box size in mm, volume. Click a row to go there.",
     "export": "Save the table as CSV.",
+    "classifier": "Scan classifiers among the built-in and user models: one probability per "
+                  "scan. Hover an entry for its model card (its task and held-out AUC).",
+    "heatmap": "Where the classifier looked: gradcam (Grad-CAM of the positive class), "
+               "routing (which regions the DSSA attention routes to), or none.",
+    "classify": "Classify the scan in the background; the probability is shown here and the "
+                "heat map added as a layer on the scan.",
 }
 
 FINETUNE = {
