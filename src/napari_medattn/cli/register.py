@@ -18,7 +18,8 @@ from pathlib import Path
 from napari_medattn.cli.common import ProgressBar, add_device
 from napari_medattn.errors import GeometryError, WriteError
 
-METHODS = ("landmarks", "rigid", "similarity", "affine", "deformable")
+METHODS = ("landmarks", "rigid", "similarity", "affine", "deformable", "learned",
+           "learned-refine")
 
 
 def register(subparsers) -> None:
@@ -31,7 +32,16 @@ def register(subparsers) -> None:
     parser.add_argument("moving", metavar="MOVING", help="moving scan")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--method", choices=METHODS, default="rigid",
-                        help="landmarks only, or an intensity-based method (default: rigid)")
+                        help="landmarks only, an intensity-based method, or a registration "
+                             "network (learned; learned-refine adds classical iterations "
+                             "started from its field) (default: rigid)")
+    parser.add_argument("--model", metavar="NAME|PATH",
+                        help="registration model of the learned methods, a name from "
+                             "`medattn models` or a model folder (default: the "
+                             "TransMorph-style transmorph-brain-2mm)")
+    parser.add_argument("--refine-iterations", type=int, default=20, metavar="N",
+                        help="classical iterations of learned-refine at full resolution "
+                             "(twice as many at half resolution first) (default: 20)")
     parser.add_argument("--metric", choices=("auto", "mse", "ncc", "mi"), default="auto",
                         help="auto: Mattes MI for linear methods, local NCC for deformable")
     parser.add_argument("--levels", default="4,2,1",
@@ -111,6 +121,21 @@ def run_register(args: argparse.Namespace) -> int:
     initial = fit_landmarks(*points, args.fit) if points is not None else None
     if args.method == "landmarks":
         transform, similarity = initial, None
+    elif args.method.startswith("learned"):
+        from napari_medattn.registration.learned import DEFAULT_MODEL, register_learned
+
+        if initial is not None:
+            raise GeometryError("--landmarks cannot start a learned registration (it makes "
+                                "its own affine pre-alignment); drop --landmarks or use "
+                                "--method deformable.")
+        refine = args.refine_iterations if args.method == "learned-refine" else 0
+        with ProgressBar("register", unit="step") as bar:
+            result = register_learned(fixed, moving, model=args.model or DEFAULT_MODEL,
+                                      refine_iterations=refine, device=str(choice.device),
+                                      progress=bar.update)
+        transform, similarity = result.transform, (result.loss_before, result.loss_after)
+        record.details["model"] = args.model or DEFAULT_MODEL
+        record.details["seconds"] = result.seconds
     else:
         settings = _settings(args, str(choice.device))
         with ProgressBar("register", unit="step") as bar:
