@@ -55,13 +55,6 @@ def transform_matrix(transform: Any) -> np.ndarray | None:
     return matrix
 
 
-def _map_points(transform: Any, points: np.ndarray) -> np.ndarray:
-    matrix = transform_matrix(transform)
-    if matrix is None:
-        return np.asarray(transform(points), dtype=np.float64)
-    return points @ matrix[:3, :3].T + matrix[:3, 3]
-
-
 def overlap_fraction(base: Volume, overlay: Volume, transform: Any = None) -> float:
     """Fraction of the base's field of view that the overlay covers, in patient space.
 
@@ -71,9 +64,22 @@ def overlap_fraction(base: Volume, overlay: Volume, transform: Any = None) -> fl
     """
     axes = [np.unique(np.linspace(0, n - 1, min(n, _OVERLAP_SAMPLES)).round())
             for n in base.spatial_shape]
+    matrix = transform_matrix(transform)
+    inside = np.ones([len(a) for a in axes], bool)
+    if matrix is not None:
+        # One affine map base index -> overlay index: each overlay coordinate is a sum of
+        # three per-axis terms, broadcast (no array of points; this check runs before
+        # every fusion).
+        mapping = np.linalg.solve(overlay.affine, matrix @ base.affine)
+        for row, n in zip(mapping[:3], overlay.spatial_shape):
+            coordinate = row[3] + sum(np.reshape(row[d] * axes[d], [-1 if e == d else 1
+                                                                    for e in range(3)])
+                                      for d in range(3))
+            inside &= (coordinate >= -0.5) & (coordinate <= n - 0.5)
+        return float(inside.mean())
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     points = grid @ base.affine[:3, :3].T + base.affine[:3, 3]
-    moved = _map_points(transform, points)
+    moved = np.asarray(transform(points), dtype=np.float64)
     to_index = np.linalg.inv(overlay.affine)
     index = moved @ to_index[:3, :3].T + to_index[:3, 3]
     inside = np.all((index >= -0.5) & (index <= np.asarray(overlay.spatial_shape) - 0.5), axis=1)
