@@ -287,9 +287,82 @@ def _query_point_on_tissue(viewer, widget) -> tuple[float, float, float]:
 
 
 #: Shots by name, in the order they are made.
+#: A synthetic FLAIR-like scan the classifier never saw (seeds of its data start at 100000),
+#: holding a tumour-like lesion: the Classify shot's subject.
+CLASSIFY_SEED = 300_001
+
+
+def classify_shot(viewer, widgets: dict, out: Path) -> None:
+    """The Detect widget's Classify row: the shipped classifier and its Grad-CAM heat map on
+    a synthetic FLAIR-like scan with a lesion (written to a temporary NIfTI and opened with
+    the plugin's reader), the axial slice through the largest lesion."""
+    import numpy as np
+
+    from napari_medattn.io import write_nifti
+    from napari_medattn.training.lesion_synthesis import synthetic_lesion_case
+
+    widget = widgets["Detect"]
+    case = synthetic_lesion_case(CLASSIFY_SEED, max_lesions=2)
+    largest = max(case.lesions, key=lambda d: float(np.max(d.size_mm)))
+    fresh_view(viewer)
+    with tempfile.TemporaryDirectory() as folder, only_docks(viewer, widget):
+        path = Path(folder) / "synthetic_flair.nii.gz"
+        write_nifti(path, case.image)
+        open_scan(viewer, str(path))
+        widget.image.setCurrentText(viewer.layers[-1].name)
+        widget.device.setCurrentText("cpu")
+        widget.heatmap.setCurrentText("gradcam")
+        wait_until(widget.classify_button.isEnabled)  # the classifier loads when idle
+        widget.classify_button.click()
+        wait_for_job(widget, "classification")
+        viewer.dims.set_point(0, float(largest.centre_mm[2]))
+        viewer.reset_view()
+        save_window_screenshot(viewer, out / "detect_classify.png")
+
+
+def dicom_browser(viewer, widgets: dict, out: Path) -> None:
+    """The DICOM browser against a throw-away local Orthanc holding the sample MR series:
+    searched, retrieved and opened, with a labels layer drawn on it ready to send back as
+    SEG + SR. Needs Orthanc with its DICOMweb plugin (Debian orthanc, orthanc-dicomweb)."""
+    import numpy as np
+
+    from napari_medattn.display.layers import GEOMETRY_KEY
+    from napari_medattn.pacs import Connection, store
+    from napari_medattn.pacs.orthanc import local_orthanc, orthanc_available
+
+    if not orthanc_available():
+        raise RuntimeError("the DICOM browser shot needs Orthanc with its DICOMweb plugin")
+    widget = widgets["DICOM browser"]
+    fresh_view(viewer)
+    with tempfile.TemporaryDirectory() as folder, \
+            local_orthanc(Path(folder) / "orthanc", "doc", "doc-password") as url:
+        os.environ["MEDATTN_CACHE_DIR"] = str(Path(folder) / "cache")
+        store(Connection(url, username="doc", password="doc-password"),
+              sorted((SAMPLES / "mr_series").glob("*.dcm")))
+        widget.url.setText(url)
+        widget.auth.setCurrentText("basic")
+        widget.user.setText("doc")
+        widget.secret.setText("doc-password")
+        widget.modality.setCurrentText("MR")
+        widget.search()
+        wait_for_job(widget, "search")
+        widget.table.selectRow(0)
+        widget.run_button.click()
+        wait_for_job(widget, "retrieval")
+        scan = viewer.layers[-1]
+        values = np.asarray(scan.data)
+        viewer.add_labels((values > np.percentile(values, 97)).astype(np.uint8),
+                          name="bright", scale=scan.scale, translate=scan.translate,
+                          metadata={GEOMETRY_KEY: scan.metadata[GEOMETRY_KEY]})
+        with only_docks(viewer, widget):
+            viewer.reset_view()
+            save_window_screenshot(viewer, out / "dicom_browser.png")
+
+
 SHOTS = {"main": main_window, "open": open_series, "views": views,
          "window_level": window_level, "segment": segment, "finetune": finetune,
-         "inspector": inspector, "gradcam": gradcam, "register": registration}
+         "inspector": inspector, "gradcam": gradcam, "register": registration,
+         "classify": classify_shot, "dicom_browser": dicom_browser}
 
 
 def main(argv: list[str] | None = None) -> int:

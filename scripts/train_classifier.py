@@ -4,7 +4,8 @@ Subcommands::
 
     python scripts/train_classifier.py data --out .classifier_data --train 160 --held-out 60
     python scripts/train_classifier.py train --data .classifier_data .detector_data \
-        --out src/napari_medattn/weights/medformer-lesion-classifier --seconds 1500
+        --out src/napari_medattn/weights/medformer-lesion-classifier --seconds 1500 \
+        --backbone-from medformer-lesion-detector
     python scripts/train_classifier.py evaluate --data .classifier_data \
         --model src/napari_medattn/weights/medformer-lesion-classifier
     python scripts/train_classifier.py heatmaps --data .classifier_data \
@@ -135,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seconds", type=float, default=1500.0)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--backbone-from", metavar="MODEL",
+                       help="start from this model's MedFormer backbone (e.g. "
+                            "medformer-lesion-detector) instead of random weights")
     for name in ("evaluate", "heatmaps"):
         command = sub.add_parser(name)
         command.add_argument("--data", type=Path, nargs="+", required=True)
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             inputs, labels, args.out, seconds=args.seconds, seed=args.seed,
             batch_size=args.batch_size,
             training_data=training.TRAINING_DATA.format(what=describe_seeds(paths, labels)),
-            command=" ".join(["python", *sys.argv]))
+            command=" ".join(["python", *sys.argv]), backbone_from=args.backbone_from)
         return 0
     if args.command == "evaluate":
         cases = [read_case(p)[:2] for p in case_paths(args.data, held_out=True)]

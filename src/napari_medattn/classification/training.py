@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from napari_medattn.classification.classify import check_classifier, classifier_input, classify
 from napari_medattn.detection.boxes import Detection
+from napari_medattn.errors import DimensionError, ModelError
 from napari_medattn.io.volume import Volume
 from napari_medattn.metrics.classification import auc_with_ci
 from napari_medattn.models import create
@@ -99,7 +100,7 @@ def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def train_classifier(inputs: Sequence[np.ndarray], labels: Sequence[int],
                      out_dir: str | Path, *, seconds: float = 600.0, batch_size: int = 4,
                      lr: float = 1e-3, seed: int = 0, training_data: str = "",
-                     command: str = "") -> Path:
+                     command: str = "", backbone_from: str | Path | None = None) -> Path:
     """Train the classifier for ``seconds`` of wall time and save it (weights and card).
 
     Parameters
@@ -116,6 +117,10 @@ def train_classifier(inputs: Sequence[np.ndarray], labels: Sequence[int],
         Scans per step (half of each class), peak AdamW learning rate, random seed.
     training_data, command : str
         For the card: what the inputs are, and the command line.
+    backbone_from : str or Path, optional
+        A model (name or folder) whose MedFormer backbone has this classifier's shape, e.g.
+        the lesion detector: its backbone weights are the starting point (see
+        :func:`copy_backbone`); default a random initialisation.
 
     Returns
     -------
@@ -127,9 +132,12 @@ def train_classifier(inputs: Sequence[np.ndarray], labels: Sequence[int],
     labels = np.asarray(labels, dtype=np.int64)
     by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
     if not all(len(group) for group in by_class):
-        raise ValueError("Training needs scans of both classes.")
+        raise DimensionError("Training needs scans of both classes.")
     card = classifier_card("", "")
     model = create(card.architecture, **card.config)
+    start = "random initialisation"
+    if backbone_from is not None:
+        start = copy_backbone(model, backbone_from)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     model.train()
     started = time.perf_counter()
@@ -157,7 +165,8 @@ def train_classifier(inputs: Sequence[np.ndarray], labels: Sequence[int],
         f"{command or 'napari_medattn.classification.training.train_classifier'}: {step} "
         f"AdamW steps (lr {lr:g}, cosine over a {seconds:.0f} s wall-clock budget, weight "
         f"decay 0.05), batch {batch_size} whole scans at {SPACING_MM[0]:g} mm in a "
-        f"{'x'.join(map(str, PATCH))} window (half of each class), left-right flips, shifts "
+        f"{'x'.join(map(str, PATCH))} window (half of each class), starting from {start}, "
+        f"left-right flips, shifts "
         f"of up to {SHIFT_VOXELS} voxels, intensity scaling, cross-entropy, float32, "
         f"{torch.get_num_threads()} CPU thread(s) on a shared 2-core machine; final mean "
         f"loss {np.mean(losses[-25:]):.3f} (first steps {np.mean(losses[:25]):.3f}), "
@@ -165,6 +174,23 @@ def train_classifier(inputs: Sequence[np.ndarray], labels: Sequence[int],
     card = classifier_card(training_data or f"{len(inputs)} training scans", procedure)
     model.eval()
     return save_model(model, card, Path(out_dir))
+
+
+def copy_backbone(model: torch.nn.Module, source: str | Path) -> str:
+    """Copy the ``backbone.*`` weights of model ``source`` into ``model``; says what was
+    copied (for the card).
+
+    Why: on this shared CPU a few hundred steps are all a training run gets, and the lesion
+    detector's DSSA pyramid (the same shape) has already been trained on lesions of this
+    synthetic data; its features are a better start than random ones.
+    """
+    trained, card = load_model(source)
+    theirs = {k: v for k, v in trained.state_dict().items() if k.startswith("backbone.")}
+    mine = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    if set(theirs) != set(mine) or any(theirs[k].shape != mine[k].shape for k in mine):
+        raise ModelError(f"The backbone of {card.name!r} does not have the classifier's shape.")
+    model.load_state_dict(theirs, strict=False)
+    return f"the backbone of {card.name} (weights sha256 {card.weights_sha256[:12]}...)"
 
 
 def evaluate_classifier(model_dir: str | Path, cases: Sequence[tuple[Volume, int]], *,
