@@ -24,6 +24,7 @@ from napari_medattn.explain.native import (
 )
 from napari_medattn.explain.occlusion import occlusion_map
 from napari_medattn.explain.rollout import rollout_map
+from napari_medattn.inference.window_options import MemoryBudget
 from napari_medattn.io.volume import Volume
 from napari_medattn.models.card import ModelCard
 
@@ -104,6 +105,7 @@ def check_request(model: nn.Module, card: ModelCard, method: str, layer: str | N
 def explain(volume: Volume, model: nn.Module, card: ModelCard, method: str, *,
             target_class: int | None = None, region: np.ndarray | None = None,
             layer: str | None = None, device: str = "auto", faithfulness: bool = False,
+            memory: MemoryBudget = MemoryBudget(),
             progress: Callable[[int, int], None] | None = None,
             cancel: Callable[[], bool] | None = None) -> list[ExplanationMap]:
     """Explanation maps of ``model``'s prediction on ``volume``, on the source geometry.
@@ -118,7 +120,9 @@ def explain(volume: Volume, model: nn.Module, card: ModelCard, method: str, *,
     volume : Volume
         3D image (or 4D with the card's input channels first).
     model : nn.Module
-        The network (e.g. from :func:`napari_medattn.models.registry.load_model`).
+        The network (e.g. from :func:`napari_medattn.models.registry.load_model`): a
+        segmentation network, or a scan classifier (logits ``(B, C)``, card task
+        ``"classification"``), whose class logit is then the score explained.
     card : ModelCard
         Its card; 3D models only.
     method : str
@@ -140,6 +144,10 @@ def explain(volume: Volume, model: nn.Module, card: ModelCard, method: str, *,
         Also compute deletion/insertion areas, stability and the verdict (see
         :mod:`.faithfulness`): the map once more (on the noisy image) and nine forward
         passes per window, about 6x the time of a gradient map on a CPU.
+    memory : MemoryBudget
+        The memory each pass over the windows is planned against (default: the free RAM
+        and GPU memory measured at its start; a cohort worker passes its share of its
+        limit).
     progress : callable, optional
         ``progress(done, total)`` in arbitrary units.
     cancel : callable, optional
@@ -166,7 +174,7 @@ def explain(volume: Volume, model: nn.Module, card: ModelCard, method: str, *,
     region_grid = grid.region_on_grid(region) if region is not None else None
     runs_per_layer = (1 if method in ("gate", "cbam", "dssa") else len(layers))
     stages = runs_per_layer * (2 if faithfulness else 1) + (len(layers) if faithfulness else 0)
-    runner = _Runner(grid, model, card, method, layers, target, region_grid, device,
+    runner = _Runner(grid, model, card, method, layers, target, region_grid, device, memory,
                      _StageProgress(stages, progress), cancel)
     maps = runner.maps(grid.image)
     noisy = runner.maps(noisy_image(grid.image)) if faithfulness else {}
@@ -179,7 +187,7 @@ def explain(volume: Volume, model: nn.Module, card: ModelCard, method: str, *,
         if faithfulness:
             scores = faithfulness_of(grid, model, card, saliency, noisy[name][0],
                                      target_class=target, region=region_grid, device=device,
-                                     progress=runner.progress, cancel=cancel)
+                                     memory=memory, progress=runner.progress, cancel=cancel)
             runner.progress.done_stages += 1
         label = " ".join(str(part) for part in (
             volume.name, card.name, method, name,
@@ -219,6 +227,7 @@ class _Runner:
     target: int
     region: np.ndarray | None
     device: str
+    memory: MemoryBudget
     progress: _StageProgress
     cancel: Callable[[], bool] | None
 
@@ -226,7 +235,7 @@ class _Runner:
         """``fn(batch, region)`` over the windows of ``image``, blended on the model grid."""
         out = window_maps(self.grid, self.model, self.card, fn, image=image,
                           region=self.region, device=self.device, gradients=gradients,
-                          progress=self.progress, cancel=self.cancel)[0]
+                          memory=self.memory, progress=self.progress, cancel=self.cancel)[0]
         self.progress.done_stages += 1
         return out
 
@@ -234,7 +243,8 @@ class _Runner:
         """Every requested layer's map on the model grid (and channel weights)."""
         model, card, method, target = self.model, self.card, self.method, self.target
         shifted = dataclasses.replace(self.grid, image=image)
-        options = {"device": self.device, "progress": self.progress, "cancel": self.cancel}
+        options = {"device": self.device, "memory": self.memory, "progress": self.progress,
+                   "cancel": self.cancel}
         if method in ("gate", "cbam"):
             names = {quantity_of(model, name, method): name for name in self.layers}
             spatial = spatial_maps(shifted, model, card, list(names), **options)
