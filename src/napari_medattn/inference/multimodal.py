@@ -17,6 +17,7 @@ labels come back on the reference grid bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,10 +35,34 @@ from napari_medattn.models import capture
 from napari_medattn.models.card import ModelCard
 from napari_medattn.training.multimodal_synthesis import BRATS_LABELS, REGIONS, classes_to_labels
 
-__all__ = ["MultimodalSegmentation", "segment_multimodal", "attention_map_name"]
+__all__ = ["MULTIMODAL_TASK", "MultimodalSegmentation", "segment_multimodal",
+           "attention_map_name", "region_volumes_ml", "guess_modality"]
 
+#: The card task of a model that takes several modalities: not offered for single scans.
+MULTIMODAL_TASK = "multimodal-segmentation"
 #: Display colours of the BraTS labels (napari's label colours by value).
 LABEL_COLOURS = {1: "#e6194b", 2: "#3cb44b", 4: "#ffe119"}
+
+
+#: Patterns of scan names and series descriptions, most specific first: FLAIR before T2,
+#: contrast-enhanced T1 before T1.
+_GUESSES = (
+    ("flair", re.compile(r"flair")),
+    ("t1ce", re.compile(r"t1[\s_-]*(ce|c|gd|post|\+c|contrast)(?![a-z])|gad|gado|contrast|"
+                        r"post[\s_-]*(gd|contrast|c)(?![a-z])")),
+    ("t2", re.compile(r"t2(?![0-9])")),
+    ("t1", re.compile(r"t1(?![0-9])|mprage|spgr")),
+)
+
+
+def guess_modality(text: str) -> str | None:
+    """The BraTS modality a scan's name or series description suggests, or None.
+
+    >>> guess_modality("BraTS20_Training_001_t1ce"), guess_modality("AX FLAIR")
+    ('t1ce', 'flair')
+    """
+    lower = str(text).lower()
+    return next((name for name, pattern in _GUESSES if pattern.search(lower)), None)
 
 
 def attention_map_name(modality: str) -> str:
@@ -171,6 +196,9 @@ def segment_multimodal(
     if not modalities:
         raise ModelError(f"Model {card.name!r} takes one scan, not several modalities; "
                          f"choose a multimodal model such as dmaf-brain-tumour.")
+    if card.task not in (MULTIMODAL_TASK, "segmentation"):
+        raise ModelError(f"Model {card.name!r} is a {card.task} model; choose a multimodal "
+                         f"segmentation model.")
     inputs = multimodal_inputs(volumes, modalities, reference=reference, transforms=transforms)
     grid = inputs.grid
     reference_name = (reference.lower() if reference else
@@ -178,7 +206,9 @@ def segment_multimodal(
     stacked = Volume(inputs.array, grid.affine.copy(), grid.modality, dict(grid.meta))
     bound = _PresenceBound(model, inputs.present, modalities)
     maps = tuple(attention_map_name(m) for m, p in zip(modalities, inputs.present) if p)
-    result = segment(stacked, bound, card, device=device,
+    # The pipeline runs the stacked channels as one scan of a segmentation model.
+    result = segment(stacked, bound, dataclasses.replace(card, task="segmentation"),
+                     device=device,
                      outputs=OutputRequest(attention_maps=maps if attention else ()),
                      windows=dataclasses.replace(windows, skip_empty=False),
                      use_autocast=use_autocast, progress=progress, cancel=cancel)

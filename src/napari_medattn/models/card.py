@@ -17,7 +17,8 @@ from typing import Any
 from napari_medattn.errors import ModelError
 
 CARD_VERSION = 1
-TASKS = ("segmentation", "detection", "classification", "registration")
+TASKS = ("segmentation", "detection", "classification", "registration",
+         "multimodal-segmentation")
 MODALITIES = ("CT", "MR", "PT", "OT")
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _ORIENTATION = re.compile(r"^[LR][PA][SI]$|^[LR][SI][PA]$|^[PA][LR][SI]$|^[PA][SI][LR]$|"

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_medattn.errors import ReadError
+from napari_medattn.inference.multimodal import MULTIMODAL_TASK
 from napari_medattn.io.atomic import write_text_atomically
 from napari_medattn.training.multimodal_synthesis import REGIONS
 
@@ -176,7 +177,7 @@ def ship_dmaf(weights: Path, run: dict, means: dict, folder: Path, spacing_mm) -
     protocol = run["protocol"]
     own = {f"dice_{r}_mean15": round(_per_seed(run, f"dice_{r}", None), 4) for r in REGIONS}
     card = ModelCard(
-        name=folder.name, task="segmentation", architecture=run["architecture"],
+        name=folder.name, task=MULTIMODAL_TASK, architecture=run["architecture"],
         config=run["config"], classes=[{"name": n, "color": c} for n, c in CLASSES],
         modality="MR", patch_size=(64, 64, 64), spacing=tuple(spacing_mm), orientation="RAS",
         normalization={"scheme": "zscore"}, in_channels=len(run["config"]["modalities"]),
