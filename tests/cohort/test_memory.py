@@ -86,3 +86,16 @@ def test_a_case_refused_for_memory_is_recorded_so_and_retried(client, tmp_path):
 
 def run_record(out, folder) -> dict:
     return json.loads((out / folder / "case.json").read_text())
+
+
+def test_explain_plans_its_passes_against_the_budget_too(tiny_model, tmp_path):
+    scan = make_scans(tmp_path / "in", count=1, corrupt=None)[0]
+    task = make_task("explain", ["--model", str(tiny_model), "--device", "cpu"])
+    (tmp_path / "out").mkdir()
+    # Grad-CAM keeps activations for the backward pass: one 16^3 window needs more than
+    # the 4 MiB a forward pass does, so 1 MiB fits nothing (the maps of an ample budget are
+    # tested against the command's in test_tasks.py).
+    with pytest.raises(InsufficientMemoryError, match=r"^This segmentation needs about .* "
+                                                      r"of RAM but only .* is free"):
+        task.run_case(task.load(MemoryBudget(free_ram=1 * MIB)), Case("c0", (scan,)),
+                      tmp_path / "out")

@@ -77,11 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=prepared_batch("explain", prepare_explain))
 
 
-def prepare_explain(args: argparse.Namespace) -> tuple[Callable[[VolumeOutput], list[str]],
-                                                        dict]:
+def prepare_explain(args: argparse.Namespace, *, memory=None
+                    ) -> tuple[Callable[[VolumeOutput], list[str]], dict]:
     """Load the model and check the request once: ``(one_volume, parameters)``, the
     function that explains one volume and the parameters its record starts with (a cohort
-    run calls it once per worker and ``one_volume`` once per case)."""
+    run calls it once per worker, with the worker's ``memory``, a
+    :class:`~napari_medattn.inference.window_options.MemoryBudget`, and ``one_volume``
+    once per case)."""
     # Imported here so that ``medattn --help`` does not pay for torch.
     import numpy as np
 
@@ -113,20 +115,24 @@ def prepare_explain(args: argparse.Namespace) -> tuple[Callable[[VolumeOutput], 
         item.record.set_model(card)
         # The explanation methods compute in float32 on the device the request resolves to.
         item.record.device, item.record.precision = device, "float32"
-        written = explain_volume(item, module, card, methods, args, target, region)
+        written = explain_volume(item, module, card, methods, args, target, region,
+                                 memory=memory)
         return [", ".join(p.name for p in written)]
 
     return one_volume, parameters
 
 
 def explain_volume(item: VolumeOutput, module, card, methods: list[str],
-                   args: argparse.Namespace, target: int | None, region) -> list[Path]:
+                   args: argparse.Namespace, target: int | None, region, *,
+                   memory=None) -> list[Path]:
     """Run every method on one volume; write the maps and list them in the record.
 
-    ``region`` is a boolean mask on the volume's grid (``--region``) or None. Returns the
-    paths of the maps written.
+    ``region`` is a boolean mask on the volume's grid (``--region``) or None; ``memory``
+    the MemoryBudget to plan against (None: the free memory). Returns the paths of the
+    maps written.
     """
     from napari_medattn.explain import explain
+    from napari_medattn.inference.window_options import MemoryBudget
     from napari_medattn.io.dicom_seg import require_dicom_source
 
     if args.format == "dicom":  # refused before any map is computed
@@ -136,7 +142,8 @@ def explain_volume(item: VolumeOutput, module, card, methods: list[str],
         with ProgressBar(f"{item.volume.name} {method}") as bar:
             maps += explain(item.volume, module, card, method, target_class=target,
                             region=region, layer=args.layer, device=args.device,
-                            faithfulness=args.faithfulness, progress=bar.update)
+                            faithfulness=args.faithfulness, memory=memory or MemoryBudget(),
+                            progress=bar.update)
     written, records = [], []
     for map_ in maps:
         parts = [map_.method, map_.layer or ""]

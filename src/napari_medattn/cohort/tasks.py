@@ -124,18 +124,14 @@ class VolumeCommandTask(CommandTask):
     """A file-to-files command (segment, detect, explain) run on each case's one scan.
 
     Subclasses name the command and :meth:`figures`; the command module provides
-    ``prepare_<name>(args) -> (one_volume, parameters)``, the set-up its own ``run_<name>``
-    uses (and ``prepare_<name>(args, memory=...)`` where :attr:`plans_memory`).
+    ``prepare_<name>(args, memory=None) -> (one_volume, parameters)``, the set-up its own
+    ``run_<name>`` uses (``memory``: the worker's budget its window batches are planned
+    against).
     """
-
-    #: Whether the command's set-up takes the worker's memory budget (segment and detect
-    #: plan their window batch with it; explain's methods plan against free RAM).
-    plans_memory: ClassVar[bool] = False
 
     def load(self, memory: Any = None) -> tuple[Callable, dict]:
         module = importlib.import_module(f"napari_medattn.cli.{self.name}")
-        prepare = getattr(module, f"prepare_{self.name}")
-        return prepare(self.args, memory=memory) if self.plans_memory else prepare(self.args)
+        return getattr(module, f"prepare_{self.name}")(self.args, memory=memory)
 
     def run_case(self, state: tuple[Callable, dict], case: Case, case_dir: Path) -> CaseOutput:
         from napari_medattn.cli.common import OutputNamer, VolumeOutput
@@ -163,7 +159,6 @@ class SegmentTask(VolumeCommandTask):
     case has a reference, per-class Dice and HD95 (mm)."""
 
     name = "segment"
-    plans_memory = True
 
     def figures(self, case: Case, case_dir: Path, record: Any) -> dict[str, Any]:
         from napari_medattn.io import read_volume
@@ -190,7 +185,6 @@ class DetectTask(VolumeCommandTask):
     """``medattn detect`` on each case; figures: the number of lesion boxes found."""
 
     name = "detect"
-    plans_memory = True
 
     def figures(self, case: Case, case_dir: Path, record: Any) -> dict[str, Any]:
         return {"detections": int(record.details.get("detections", 0))}

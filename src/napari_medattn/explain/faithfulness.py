@@ -38,6 +38,7 @@ from torch import nn
 
 from napari_medattn.explain.grid import ModelGrid, window_maps
 from napari_medattn.inference.sliding_window import CancelCheck, ProgressCallback
+from napari_medattn.inference.window_options import MemoryBudget
 from napari_medattn.models.card import ModelCard
 
 #: Fractions of top-ranked voxels removed (deletion) or restored (insertion).
@@ -160,6 +161,7 @@ def noisy_image(image: np.ndarray) -> np.ndarray:
 def faithfulness(grid: ModelGrid, model: nn.Module, card: ModelCard, saliency: np.ndarray,
                  noisy_saliency: np.ndarray, *, target_class: int,
                  region: np.ndarray | None = None, device: str | torch.device = "auto",
+                 memory: MemoryBudget = MemoryBudget(),
                  progress: ProgressCallback | None = None,
                  cancel: CancelCheck | None = None) -> Faithfulness:
     """Deletion, insertion, stability and the verdict of ``saliency`` on the model grid.
@@ -178,7 +180,7 @@ def faithfulness(grid: ModelGrid, model: nn.Module, card: ModelCard, saliency: n
         Class whose probability is the score.
     region : ndarray of bool, optional
         Target voxels on the model grid (default: where the class is predicted).
-    device, progress, cancel
+    device, memory, progress, cancel
         As for :func:`~napari_medattn.inference.sliding_window_inference`.
     """
     image = grid.image
@@ -197,8 +199,8 @@ def faithfulness(grid: ModelGrid, model: nn.Module, card: ModelCard, saliency: n
 
     probabilities = window_maps(grid, model, card, score_all,
                                 image=stack.reshape(-1, *grid.shape), device=device,
-                                batch_size=1, gradients=False, progress=progress,
-                                cancel=cancel)
+                                batch_size=1, gradients=False, memory=memory,
+                                progress=progress, cancel=cancel)
     if region is None:
         region = probabilities[0] >= 0.5
         if not region.any():

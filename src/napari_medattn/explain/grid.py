@@ -163,7 +163,8 @@ class _WindowMaps(nn.Module):
 def window_maps(grid: ModelGrid, model: nn.Module, card: ModelCard, fn: WindowMapFn, *,
                 image: np.ndarray | None = None, region: np.ndarray | None = None,
                 device: str | torch.device = "auto", batch_size: int = 2,
-                gradients: bool = True, progress: ProgressCallback | None = None,
+                gradients: bool = True, memory: MemoryBudget = MemoryBudget(),
+                progress: ProgressCallback | None = None,
                 cancel: CancelCheck | None = None) -> np.ndarray:
     """Run ``fn`` on every window of the model grid and blend its maps like probabilities.
 
@@ -187,6 +188,8 @@ def window_maps(grid: ModelGrid, model: nn.Module, card: ModelCard, fn: WindowMa
         As for :func:`~napari_medattn.inference.sliding_window_inference`.
     gradients : bool
         Plan memory for a backward pass per window.
+    memory : MemoryBudget
+        The free memory to plan against (its activation size is set by ``gradients``).
 
     Returns
     -------
@@ -202,7 +205,7 @@ def window_maps(grid: ModelGrid, model: nn.Module, card: ModelCard, fn: WindowMa
         windows=WindowOptions(overlap=OVERLAP, batch_size=batch_size, skip_empty=False,
                               activation="none"),
         outputs=OutputRequest(keep_probabilities="all"),
-        memory=MemoryBudget(activation_bytes_per_voxel=(
+        memory=dataclasses.replace(memory, activation_bytes_per_voxel=(
             GRADIENT_BYTES_PER_VOXEL if gradients else DEFAULT_ACTIVATION_BYTES_PER_VOXEL)),
         device=device, use_autocast=False, progress=progress, cancel=cancel)
     if not result.probabilities:

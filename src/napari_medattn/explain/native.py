@@ -33,7 +33,7 @@ from napari_medattn.inference.sliding_window import (
     ProgressCallback,
     sliding_window_inference,
 )
-from napari_medattn.inference.window_options import OutputRequest, WindowOptions
+from napari_medattn.inference.window_options import MemoryBudget, OutputRequest, WindowOptions
 from napari_medattn.models.blocks.cbam import CBAM
 from napari_medattn.models.blocks.dssa import DualSparseSelectionAttention
 from napari_medattn.models.blocks.eca import EfficientChannelAttention
@@ -72,21 +72,23 @@ def quantity_of(model: nn.Module, layer: str, method: str) -> str:
 
 
 def spatial_maps(grid: ModelGrid, model: nn.Module, card: ModelCard, names: list[str], *,
-                 device: str | torch.device = "auto", progress: ProgressCallback | None = None,
+                 device: str | torch.device = "auto", memory: MemoryBudget = MemoryBudget(),
+                 progress: ProgressCallback | None = None,
                  cancel: CancelCheck | None = None) -> dict[str, np.ndarray]:
     """Blended spatial capture maps (heads averaged) on the model grid, by capture name."""
     result = sliding_window_inference(
         grid.image, model, card.patch_size,
         windows=WindowOptions(overlap=OVERLAP, skip_empty=False),
         outputs=OutputRequest(attention_maps=tuple(names)), num_classes=card.num_classes,
-        device=device,
+        memory=memory, device=device,
         use_autocast=False,  # maps of the float32 computation, like the gradient methods
         progress=progress, cancel=cancel)
     return result.attention
 
 
 def channel_map(grid: ModelGrid, model: nn.Module, card: ModelCard, layer: str, *,
-                device: str | torch.device = "auto", progress: ProgressCallback | None = None,
+                device: str | torch.device = "auto", memory: MemoryBudget = MemoryBudget(),
+                progress: ProgressCallback | None = None,
                 cancel: CancelCheck | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Channel weights of the block at ``layer`` and the weighted feature map.
 
@@ -118,13 +120,14 @@ def channel_map(grid: ModelGrid, model: nn.Module, card: ModelCard, layer: str, 
         return upsample(volume, tuple(batch.shape[2:]))[:, None]
 
     volume = window_maps(grid, model, card, weighted_features, device=device,
-                         gradients=False, progress=progress, cancel=cancel)[0]
+                         gradients=False, memory=memory, progress=progress, cancel=cancel)[0]
     weights = torch.cat(per_window).mean(dim=0).numpy().astype(np.float32)
     return weights, volume
 
 
 def routing_maps(grid: ModelGrid, model: nn.Module, card: ModelCard, layers: list[str], *,
-                 device: str | torch.device = "auto", progress: ProgressCallback | None = None,
+                 device: str | torch.device = "auto", memory: MemoryBudget = MemoryBudget(),
+                 progress: ProgressCallback | None = None,
                  cancel: CancelCheck | None = None) -> dict[str, np.ndarray]:
     """How often each region of the DSSA blocks at ``layers`` is routed to, on the model grid.
 
@@ -166,5 +169,5 @@ def routing_maps(grid: ModelGrid, model: nn.Module, card: ModelCard, layers: lis
         return torch.stack(out, dim=1)
 
     maps = window_maps(grid, model, card, routed, device=device, gradients=False,
-                       progress=progress, cancel=cancel)
+                       memory=memory, progress=progress, cancel=cancel)
     return dict(zip(layers, maps))
