@@ -353,6 +353,7 @@ def dicom_browser(viewer, widgets: dict, out: Path) -> None:
         values = np.asarray(scan.data)
         viewer.add_labels((values > np.percentile(values, 97)).astype(np.uint8),
                           name="bright", scale=scan.scale, translate=scan.translate,
+                          units=scan.units,
                           metadata={GEOMETRY_KEY: scan.metadata[GEOMETRY_KEY]})
         with only_docks(viewer, widget):
             viewer.reset_view()
