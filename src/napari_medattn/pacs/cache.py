@@ -12,10 +12,11 @@ already there.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import platformdirs
@@ -26,6 +27,8 @@ from napari_medattn.io.dicom_pixels import first_line
 from napari_medattn.pacs.client import Connection, server_faults
 
 PARTIAL_SUFFIX = ".partial"
+#: SOP Instance UID in DICOM JSON (QIDO-RS answers).
+SOP_INSTANCE_UID_TAG = "00080018"
 #: Environment variable that moves the cache (tests, shared machines).
 CACHE_ENV = "MEDATTN_CACHE_DIR"
 
@@ -86,41 +89,68 @@ def retrieve_series(connection: Connection, study_uid: str, series_uid: str, *,
         return final
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     partial.mkdir(parents=True, exist_ok=True)
-    client = connection.client()
+    present = {path.stem for path in partial.glob("*.dcm")}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The server lists the series (the instances it must send) while it streams them:
+        # Orthanc takes about as long to answer the listing as to send a 300-image series.
+        listing = pool.submit(_listed_instances, connection, study_uid, series_uid)
+        if not present:
+            # One streamed multipart request for a fresh series, kept as the bytes sent.
+            _fetch(connection, partial, present, _series_parts(
+                connection, study_uid, series_uid), listing, progress, cancel)
+        expected = listing.result()
+        for stray in present - expected:  # sent, or kept from before, but not listed
+            (partial / f"{stray}.dcm").unlink(missing_ok=True)
+        present &= expected
+        if progress is not None:
+            progress(len(present), len(expected))
+        missing = sorted(expected - present)
+        if missing:
+            client = connection.client()
+            _fetch(connection, partial, present, (
+                client.retrieve_instance(study_uid, series_uid, uid) for uid in missing),
+                listing, progress, cancel)
+    if present != expected:
+        raise PacsError(f"{connection.display_url} sent {len(present)} of "
+                        f"{len(expected)} instances of series {series_uid}; retrieve it "
+                        f"again to fetch the rest.")
+    os.replace(partial, final)
+    return final
+
+
+def _listed_instances(connection: Connection, study_uid: str, series_uid: str) -> set[str]:
+    """The SOP Instance UIDs the server lists for a series (QIDO-RS)."""
     with server_faults(connection, "listing the series' instances"):
-        listed = client.search_for_instances(study_uid, series_uid,
-                                             fields=["SOPInstanceUID"], get_remaining=True)
-    expected = {str(pydicom.Dataset.from_json(item).SOPInstanceUID) for item in listed}
+        listed = connection.client().search_for_instances(
+            study_uid, series_uid, fields=["SOPInstanceUID"], get_remaining=True)
+    # Read from the DICOM JSON directly: building a pydicom Dataset per row cost a third
+    # of a second per 300 instances.
+    expected = {str(item[SOP_INSTANCE_UID_TAG]["Value"][0]) for item in listed
+                if item.get(SOP_INSTANCE_UID_TAG, {}).get("Value")}
     if not expected:
         raise PacsError(f"{connection.display_url} has no instances in series "
                         f"{series_uid}.")
-    present = {path.stem for path in partial.glob("*.dcm")} & expected
-    total = len(expected)
-    if progress is not None:
-        progress(len(present), total)
+    return expected
+
+
+def _fetch(connection: Connection, partial: Path, present: set[str],
+           instances: Iterable[bytes | pydicom.Dataset], listing: Future,
+           progress: Callable[[int, int], None] | None,
+           cancel: Callable[[], bool] | None) -> None:
+    """Write ``instances`` into ``partial`` as ``<SOPInstanceUID>.dcm``, adding each UID to
+    ``present``; progress counts against the listing once it has answered."""
     with server_faults(connection, "retrieving the series"):
-        if not present:
-            # One streamed multipart request for a fresh series, kept as the bytes sent.
-            instances = _series_parts(connection, study_uid, series_uid)
-        else:
-            instances = (client.retrieve_instance(study_uid, series_uid, uid)
-                         for uid in sorted(expected - present))
         for instance in instances:
             if cancel is not None and cancel():
                 raise Cancelled("Retrieval cancelled; the next retrieval of this series "
                                 "resumes where it stopped.")
-            uid = _sop_instance_uid(instance)
-            if uid in present or uid not in expected:
+            uid = _write_instance(partial, instance)
+            if uid in present:
                 continue
-            _write_instance(partial / f"{uid}.dcm", instance)
             present.add(uid)
             if progress is not None:
-                progress(len(present), total)
-    if present != expected:
-        raise PacsError(f"{connection.display_url} sent {len(present)} of {total} instances "
-                        f"of series {series_uid}; retrieve it again to fetch the rest.")
-    os.replace(partial, final)
-    return final
+                total = len(listing.result()) if listing.done() else None
+                progress(len(present), max(total or 0, len(present)))
 
 
 def _series_parts(connection: Connection, study_uid: str, series_uid: str
@@ -178,25 +208,36 @@ def _boundary(content_type: str) -> bytes | None:
     return None
 
 
-def _sop_instance_uid(instance: bytes | pydicom.Dataset) -> str:
-    if isinstance(instance, pydicom.Dataset):
-        return str(instance.SOPInstanceUID)
+def _write_instance(folder: Path, instance: bytes | pydicom.Dataset) -> str:
+    """Write one instance into ``folder`` as ``<SOPInstanceUID>.dcm`` (whole or not at
+    all) and return the UID."""
+    temporary = folder / f".{threading.get_ident()}.tmp"
     try:
-        header = pydicom.dcmread(io.BytesIO(instance), stop_before_pixels=True,
-                                 specific_tags=["SOPInstanceUID"])
-        return str(header.SOPInstanceUID)
+        if isinstance(instance, pydicom.Dataset):
+            uid = str(instance.SOPInstanceUID)
+            instance.save_as(temporary, enforce_file_format=True)
+        else:
+            temporary.write_bytes(instance)
+            uid = _sop_instance_uid(temporary)
+        os.replace(temporary, folder / f"{_safe_uid(uid)}.dcm")
+    finally:
+        temporary.unlink(missing_ok=True)
+    return uid
+
+
+def _sop_instance_uid(path: Path) -> str:
+    """The SOP Instance UID of a Part 10 file, from its file meta information (a Part 10
+    file repeats it there); reading only that group is 2.5 times faster than parsing the
+    header for it."""
+    try:
+        uid = pydicom.filereader.read_file_meta_info(path).get("MediaStorageSOPInstanceUID")
+        if not uid:
+            uid = pydicom.dcmread(path, stop_before_pixels=True,
+                                  specific_tags=["SOPInstanceUID"]).SOPInstanceUID
+        return str(uid)
     except Exception as error:  # a part that is not DICOM: the server's fault
         raise PacsError(f"The server sent a part that is not a DICOM instance "
                         f"({first_line(error)}).") from None
-
-
-def _write_instance(path: Path, instance: bytes | pydicom.Dataset) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    if isinstance(instance, pydicom.Dataset):
-        instance.save_as(temporary, enforce_file_format=True)
-    else:
-        temporary.write_bytes(instance)
-    os.replace(temporary, path)
 
 
 def clear_cache(cache_dir: str | os.PathLike | None = None) -> int:
