@@ -216,3 +216,23 @@ def test_no_full_size_temporaries():
 def test_unknown_mode_is_refused():
     with pytest.raises(GeometryError, match="border mode"):
         resample_to_grid(source_volume(), np.eye(4), (2, 2, 2), mode="wrap")
+
+
+@pytest.mark.parametrize("mode", ["constant", "itk"])
+def test_point_path_keeps_the_border_rule(mode):
+    """A transform given as a callable (evaluated point by point, as displacement fields
+    are) and the same shift as a matrix make the same border decisions."""
+    from napari_medattn.inference.resample import resample_through
+    from napari_medattn.registration.transforms import LinearTransform
+
+    volume = source_volume(np.float32, seed=6)
+    affine, shape, _ = border_grid(volume, (0.5, 0.25, 0.5))
+    matrix = np.eye(4)
+    matrix[:3, 3] = (0.75, -1.0, 1.25)  # mm; binary fractions keep coordinates exact
+    through_points = resample_through(volume, affine, shape, lambda p: p + matrix[:3, 3],
+                                      mode=mode, cval=-7.0).data
+    through_matrix = resample_through(volume, affine, shape, LinearTransform(matrix, "rigid"),
+                                      mode=mode, cval=-7.0).data
+    np.testing.assert_array_equal(through_points == -7.0, through_matrix == -7.0)
+    np.testing.assert_allclose(through_points, through_matrix, rtol=1e-6, atol=1e-5)
+    assert 0.1 < (through_points == -7.0).mean() < 0.9
