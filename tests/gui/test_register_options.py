@@ -1,13 +1,19 @@
-"""The Register widget's defaults per modality pair, fixed mask and Stop and keep, in a
-real viewer on nibabel's anatomical pair (known rigid motion)."""
+"""The Register widget's defaults per modality pair, fixed mask, Stop and keep and the
+learned methods, in a real viewer on nibabel's anatomical pair (known rigid motion)."""
 
 import numpy as np
 import pytest
+import torch
 from napari.utils.notifications import notification_manager
 
 from napari_medattn.display.layers import volume_layer_data
 from napari_medattn.io import Volume
+from napari_medattn.models import create
+from napari_medattn.models.card import ModelCard
+from napari_medattn.models.registry import save_model
 from napari_medattn.registration import defaults_for
+from napari_medattn.registration.learned import register_learned
+from napari_medattn.registration.transforms import grid_points
 from napari_medattn.widgets.parts import TRANSFORM_KEY
 from napari_medattn.widgets.register import LPS_TO_WORLD, NO_MASK
 
@@ -125,3 +131,42 @@ def test_stop_and_keep_in_the_deformable_stage(make_napari_viewer, qtbot):
     field = widget.transform
     assert field.displacement.shape[1:] == viewer.layers["fixed"].data.shape
     assert moving_layer.metadata[TRANSFORM_KEY]["transform"] is field
+
+
+def tiny_registration_model(folder):
+    """An untrained VoxelMorph-style network with a registration card (the shipped models'
+    grid: RAS, 2 mm), saved as a model folder the widget can open."""
+    torch.manual_seed(0)
+    net = create("voxelmorph", channels=[8, 8, 8]).eval()
+    card = ModelCard(name="tiny-voxelmorph", task="registration", architecture="voxelmorph",
+                     config=net.config, classes=[("background", "#000000"),
+                                                 ("brain", "#ffffff")],
+                     patch_size=(32, 32, 32), modality="MR", spacing=(2.0, 2.0, 2.0),
+                     orientation="RAS", in_channels=2,
+                     normalization={"scheme": "percentile", "percentiles": [0.5, 99.5]})
+    return save_model(net, card, folder)
+
+
+def test_learned_method_runs_the_chosen_network(make_napari_viewer, qtbot, tmp_path):
+    folder = tiny_registration_model(tmp_path / "tiny-voxelmorph")
+    viewer, widget, _ = make_widget(make_napari_viewer)
+    moving_layer = viewer.layers["moving"]
+    names = {layer.name for layer in viewer.layers}
+    widget.method.setCurrentText("learned")
+    assert widget.model.isEnabled() and widget.metric.currentText() == "ncc"
+    widget.model.add(folder)
+    job = widget.run()
+    qtbot.waitUntil(lambda: job.finished, timeout=120_000)
+    assert job.outcome == "done"
+    added = [layer.name for layer in viewer.layers if layer.name not in names]
+    assert added[:2] == ["moving on fixed", "moving det J - 1"]
+    assert moving_layer.metadata[TRANSFORM_KEY]["method"] == "learned"
+    # The widget hands the library's own result through (deterministic on the CPU).
+    fixed, moving = widget.volume("fixed"), widget.volume("moving")
+    direct = register_learned(fixed, moving, model=str(folder))
+    points = grid_points(fixed.affine, fixed.spatial_shape).reshape(-1, 3)
+    assert np.abs(widget.transform(points) - direct.transform(points)).max() < 1e-3
+    # A mask is refused before anything runs: the network takes none.
+    add_fixed_mask(viewer, fixed, np.ones(fixed.spatial_shape), "fixed everything")
+    widget.mask.setCurrentText("fixed everything")
+    assert widget.run() is None and "take no mask" in widget.status.text()

@@ -1,10 +1,13 @@
 """Register widget: align a moving scan to a fixed scan, live, with QA and saved transforms.
 
-The computation is :func:`napari_medattn.registration.register` (and
-:func:`~napari_medattn.registration.fit_landmarks` for landmarks) run on the one Job helper;
-this widget collects the parameters, shows the optimisation as it goes and turns results
-into layers. Its panels: landmarks (:mod:`.register_landmarks`), results and QA
-(:mod:`.register_results`), comparison views (:mod:`.register_compare`).
+The computation is :func:`napari_medattn.registration.register` (the classical methods),
+:func:`~napari_medattn.registration.learned.register_learned` (``learned``: a registration
+network's field after an affine pre-alignment; ``learned-refine``: then classical iterations
+started from it) or :func:`~napari_medattn.registration.fit_landmarks` (landmarks), run on
+the one Job helper; this widget collects the parameters, shows the optimisation as it goes
+and turns results into layers. Its parts: the moving layer's live preview and placement
+(:mod:`.register_live`), and the panels of landmarks (:mod:`.register_landmarks`), results
+and QA (:mod:`.register_results`) and comparison views (:mod:`.register_compare`).
 
 * **Defaults per modality pair.** Choosing the scans (or switching between a linear and
   the deformable method) fills Metric, Levels, Regularisation and Smoothness from
@@ -12,10 +15,9 @@ into layers. Its panels: landmarks (:mod:`.register_landmarks`), results and QA
   command line reads too; the user may change them afterwards.
 * **Mask.** An optional labels layer on the fixed scan's grid: only its voxels > 0 count
   in the metric (the engine takes a fixed mask only).
-* **Live preview.** Every snapshot the engine hands back is relayed to the GUI thread at
-  most :data:`PREVIEW_INTERVAL_S` apart; a linear transform moves the moving layer through
-  its napari affine (nothing is resampled), a deformable one is shown by a preview layer
-  resampled on the fixed grid in the worker.
+* **Live preview.** The moving scan follows the optimisation about twice a second: a
+  linear transform moves the moving layer through its napari affine (nothing is
+  resampled), a deformable one is shown by a preview layer on the fixed grid.
 * **Stopping.** *Cancel* keeps nothing: the moving layer goes back where it was. *Stop and
   keep* stops as Cancel does and keeps the last state the engine reached (the
   :class:`~napari_medattn.errors.Cancelled` error's ``partial`` transform) as the result.
@@ -29,11 +31,11 @@ into layers. Its panels: landmarks (:mod:`.register_landmarks`), results and QA
 from __future__ import annotations
 
 import dataclasses
-import time
+import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -46,7 +48,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medattn.display.layers import GEOMETRY_KEY, layer_volume
-from napari_medattn.errors import Cancelled, GeometryError, MedAttnError
+from napari_medattn.errors import Cancelled, GeometryError, MedAttnError, ModelError
 from napari_medattn.io import Volume, volume_like
 from napari_medattn.registration import (
     LinearTransform,
@@ -58,10 +60,12 @@ from napari_medattn.registration import (
     warp,
 )
 from napari_medattn.registration.defaults import deformable_iterations_for, pair_kind
+from napari_medattn.registration.learned import DEFAULT_MODEL, register_learned
 from napari_medattn.widgets.choices import labels_on_scan_grid, on_layers_changed, set_items
 from napari_medattn.widgets.parts import (
     TRANSFORM_KEY,
     JobWidget,
+    ModelPicker,
     device_choice,
     heat_map_layer_data,
     labels_layer_data,
@@ -69,28 +73,22 @@ from napari_medattn.widgets.parts import (
 )
 from napari_medattn.widgets.register_compare import ComparisonPanel
 from napari_medattn.widgets.register_landmarks import LPS_TO_WORLD, MADE_BY, LandmarksPanel
+from napari_medattn.widgets.register_live import LiveMovingLayer
 from napari_medattn.widgets.register_results import ResultsPanel
 from napari_medattn.widgets.tooltips import REGISTER as TOOLTIPS
 from napari_medattn.widgets.worker import Job, add_layers
 
-METHODS = ("rigid", "similarity", "affine", "deformable", "landmarks")
+LEARNED_METHODS = ("learned", "learned-refine")
+METHODS = ("rigid", "similarity", "affine", "deformable", *LEARNED_METHODS, "landmarks")
 #: Methods whose result has a deformable part (their metric is the table's deformable one).
-DEFORMABLE_METHODS = ("deformable",)
+DEFORMABLE_METHODS = ("deformable", *LEARNED_METHODS)
 METRICS = ("mse", "ncc", "mi")
 NO_MASK = "(none)"
 #: How the pair note names each row of the defaults table.
 PAIR_KINDS = {"same": "same contrast", "cross": "different contrasts", "pet": "PET pair",
               "unknown": "modality unknown"}
-#: Longest wait between two preview updates while a registration runs (seconds).
-PREVIEW_INTERVAL_S = 0.5
 
 __all__ = ["LPS_TO_WORLD", "RegisterWidget"]
-
-
-class _PreviewRelay(QObject):
-    """Carries snapshots from the worker thread to the GUI thread (queued signal)."""
-
-    snapshot = Signal(object)
 
 
 @dataclasses.dataclass
@@ -121,19 +119,20 @@ class RegisterWidget(JobWidget):
         self.smoothing = QDoubleSpinBox(minimum=0.5, maximum=30.0, value=Settings.smoothing_mm,
                                         suffix=" mm")
         self.device = device_choice()
+        # Registration networks by name (none loaded here: register_learned loads the chosen
+        # one through the shared model cache), or a model folder the user opens.
+        self.model = ModelPicker(self.jobs, tooltip=TOOLTIPS["model"], load=False,
+                                 open_button=True, task="registration", default=DEFAULT_MODEL)
         self.keep_button = QPushButton("Stop and keep")
         self.keep_button.setToolTip(TOOLTIPS["keep"])
         self.keep_button.setEnabled(False)
         self.keep_button.clicked.connect(self.stop_and_keep)
         self.transform: Any = None
         self._run: _Run | None = None
-        self._original: dict[str, Any] | None = None
         self._defaults_key: tuple | None = None
         self._keep = False
         self._outcome: Any = None  # the worker's result, or the partial transform
-        self._last_preview = 0.0
-        self._relay = _PreviewRelay()
-        self._relay.snapshot.connect(self._show_snapshot)
+        self.live = LiveMovingLayer(self)
         self.landmarks = LandmarksPanel(self)
         self.results = ResultsPanel(self)
         self.views = ComparisonPanel(self)
@@ -142,6 +141,7 @@ class RegisterWidget(JobWidget):
             box.currentTextChanged.connect(self._choices_changed)
         self.jobs.idle.connect(self._job_ended)
         on_layers_changed(napari_viewer, self._refresh)
+        self.model.refresh()
         self._refresh()
 
     # ------------------------------------------------------------------ layout and lists
@@ -159,6 +159,7 @@ class RegisterWidget(JobWidget):
                                 ("Device", self.device, "device")):
             box.setToolTip(TOOLTIPS[key])
             form.addRow(label, box)
+        form.addRow("Model", self.model.row())
         buttons = QHBoxLayout()
         buttons.addWidget(self.jobs)
         buttons.addWidget(self.keep_button)
@@ -192,6 +193,9 @@ class RegisterWidget(JobWidget):
 
     def _choices_changed(self, text: str = "") -> None:
         set_items(self.mask, [NO_MASK, *self._masks_on_fixed_grid()])
+        learned = self.method.currentText() in LEARNED_METHODS
+        for box in (self.model, self.model.open_button):
+            box.setEnabled(learned)
         self._apply_defaults()
         self.jobs.refresh()
 
@@ -250,14 +254,31 @@ class RegisterWidget(JobWidget):
         except ValueError:
             raise GeometryError("Levels must be comma-separated shrink factors, e.g. "
                                 "4,2,1.") from None
-        device = self.device.currentText()
-        base = defaults_for(*self._contrasts(), method)
+        base = defaults_for(*self._contrasts(),
+                            "deformable" if method in DEFORMABLE_METHODS else method)
         return dataclasses.replace(
             base, metric=self.metric.currentText(), levels=levels,
             iterations=self.iterations.value(),
             deformable_iterations=deformable_iterations_for(levels),
             weight=self.weight.value(), smoothing_mm=self.smoothing.value(),
-            device="cpu" if device == "auto" else device)
+            device=self._device())
+
+    def _device(self) -> str:
+        device = self.device.currentText()
+        return "cpu" if device == "auto" else device
+
+    def _learned_options(self, method: str) -> dict[str, Any]:
+        """register_learned's keywords for the chosen model (name or folder)."""
+        entry = self.model.entry
+        if entry is None:
+            raise ModelError("No registration model is installed; open a model folder "
+                             "(Open model...) or choose a classical method.")
+        if self._mask_volume() is not None:
+            raise GeometryError("The learned methods take no mask; choose (none) or the "
+                                "deformable method.")
+        refine = self.iterations.value() if method == "learned-refine" else 0
+        return {"model": str(entry) if isinstance(entry, Path) else entry.name,
+                "refine_iterations": refine, "device": self._device()}
 
     def _mask_volume(self) -> Volume | None:
         name = self.mask.currentText()
@@ -278,25 +299,27 @@ class RegisterWidget(JobWidget):
                        self.fixed.currentText(), self.moving.currentText())
             initial = self.landmarks.fit() if method == "landmarks" or \
                 self.landmarks.has_pairs() else None
-            settings = None if method == "landmarks" else self.settings()
-            mask = self._mask_volume()
+            if method in LEARNED_METHODS:  # with its own affine pre-alignment
+                engine = functools.partial(register_learned, run.fixed, run.moving,
+                                           **self._learned_options(method))
+            elif method != "landmarks":
+                engine = functools.partial(register, run.fixed, run.moving, self.settings(),
+                                           initial=initial, fixed_mask=self._mask_volume())
         except MedAttnError as error:
             self.status.setText(str(error))
             return None
         self._run = run
-        self._remember_moving_layer()
+        self.live.start(run.moving_layer)
         self.status.setText("Registering...")
-        self._last_preview = 0.0
         self._keep, self._outcome = False, None
 
         def work(progress, cancel):
-            if settings is None:
+            if method == "landmarks":
                 self._outcome = initial
                 return initial
             try:
-                result = register(run.fixed, run.moving, settings, initial=initial,
-                                  fixed_mask=mask, progress=progress, cancel=cancel,
-                                  callback=lambda s: self._preview(s, run))
+                result = engine(progress=progress, cancel=cancel,
+                                callback=lambda s: self.live.relay(s, run.fixed, run.moving))
             except Cancelled as error:
                 self._outcome = getattr(error, "partial", None)
                 raise
@@ -318,7 +341,7 @@ class RegisterWidget(JobWidget):
         """After every outcome: drop the preview; after Stop and keep show the last state;
         after Cancel or a failure put the moving layer back (nothing is kept)."""
         self.keep_button.setEnabled(False)
-        self._remove_preview()
+        self.live.remove_preview()
         job = self.jobs.job
         if job is None or job.outcome == "done":
             return
@@ -326,69 +349,14 @@ class RegisterWidget(JobWidget):
             try:
                 self._show_result(self._outcome)
             except MedAttnError as error:
-                self._restore_moving_layer()
+                self.live.restore()
                 self.status.setText(f"{error} Nothing was kept.")
                 return
             self.status.setText(f"Stopped; kept the last state of {self._run.moving_layer} "
                                 f"({self._run.method}).")
             return
-        self._restore_moving_layer()
+        self.live.restore()
         self.status.setText(f"Registration {job.outcome}; nothing was kept.")
-
-    def _preview(self, snapshot, run: _Run) -> None:
-        """Worker thread: throttle, resample deformable snapshots, relay to the GUI."""
-        now = time.perf_counter()
-        if now - self._last_preview < PREVIEW_INTERVAL_S:
-            return
-        self._last_preview = now
-        transform = snapshot.transform
-        if isinstance(transform, LinearTransform):
-            self._relay.snapshot.emit((snapshot, None))
-        else:
-            self._relay.snapshot.emit((snapshot, warp(run.moving, transform, run.fixed)))
-
-    def _show_snapshot(self, item) -> None:
-        snapshot, warped = item
-        self.status.setText(f"{snapshot.stage}, level {snapshot.level + 1}: metric "
-                            f"{snapshot.loss:.4g}")
-        if warped is None:
-            self._place_moving_layer(snapshot.transform)
-            return
-        name = f"{self._run.moving_layer} (preview)"
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = warped.data
-        else:
-            data, kwargs, kind = heat_map_layer_data(warped, MADE_BY, {})
-            kwargs.update(name=name, colormap="gray", blending="translucent", opacity=1.0)
-            add_layers(self.viewer, [(data, kwargs, kind)], widget=self)
-
-    def _remove_preview(self) -> None:
-        if self._run is None:
-            return
-        name = f"{self._run.moving_layer} (preview)"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-
-    # ------------------------------------------------------------- moving layer placement
-    def _remember_moving_layer(self) -> None:
-        layer = self.viewer.layers[self._run.moving_layer]
-        self._original = {"name": layer.name, "scale": np.array(layer.scale),
-                          "translate": np.array(layer.translate),
-                          "affine": np.array(layer.affine.affine_matrix)}
-
-    def _restore_moving_layer(self) -> None:
-        if self._original and self._original["name"] in self.viewer.layers:
-            layer = self.viewer.layers[self._original["name"]]
-            layer.affine = self._original["affine"]
-            layer.scale, layer.translate = self._original["scale"], self._original["translate"]
-
-    def _place_moving_layer(self, transform: LinearTransform) -> None:
-        """Show the moving layer where the transform puts it in fixed space, through its
-        napari affine (world = inverse(T) of its exact patient position)."""
-        layer = self.viewer.layers[self._run.moving_layer]
-        geometry = layer.metadata[GEOMETRY_KEY].affine
-        layer.scale, layer.translate = (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)
-        layer.affine = LPS_TO_WORLD @ np.linalg.inv(transform.matrix) @ geometry
 
     # ------------------------------------------------------------------------- results
     def show_loaded(self, transform) -> None:
@@ -396,7 +364,7 @@ class RegisterWidget(JobWidget):
         self._run = _Run(self.volume(self.fixed.currentText()),
                          self.volume(self.moving.currentText()), "file",
                          self.fixed.currentText(), self.moving.currentText())
-        self._remember_moving_layer()
+        self.live.start(self._run.moving_layer)
         self._show_result(transform)
 
     def _show_result(self, result) -> None:
@@ -408,11 +376,11 @@ class RegisterWidget(JobWidget):
         transform = getattr(result, "transform", result)
         layers = []
         if isinstance(transform, LinearTransform):
-            self._place_moving_layer(transform)
+            self.live.place(transform)
         else:
             # The moving layer showed the affine stage's preview; the result is the
             # resampled layer below, so the moving scan goes back where it was.
-            self._restore_moving_layer()
+            self.live.restore()
             transform = bake(transform, fixed.affine, fixed.spatial_shape)
             warped = warp(moving, transform, fixed)
             data, kwargs, kind = heat_map_layer_data(warped, MADE_BY, {})

@@ -192,7 +192,9 @@ REGISTER = {
     "moving": "The scan to align to the fixed one; grids, orientations and spacings may "
               "differ.",
     "method": "rigid / similarity / affine: one matrix; deformable: affine, then a smooth "
-              "diffeomorphic field; landmarks: the least-squares fit of the clicked pairs.",
+              "diffeomorphic field; learned: affine, then a registration network's field "
+              "(one pass); learned-refine: then classical iterations from it; landmarks: the "
+              "least-squares fit of the clicked pairs.",
     "defaults": "The contrasts read off the two scans (modality, and the MR weighting their "
                 "names give) and the row of the defaults table they chose; choosing the scans "
                 "or the method fills Metric, Levels, Regularisation and Smoothness from it.",
@@ -200,10 +202,13 @@ REGISTER = {
               "ncc (local normalised cross-correlation): the same contrast.",
     "levels": "Pyramid shrink factors, coarse to fine (4,2,1: quarter, half, full "
               "resolution).",
-    "iterations": "Most L-BFGS iterations per level of the linear stage.",
+    "iterations": "Most L-BFGS iterations per level of the linear stage; learned-refine: "
+                  "classical iterations at full resolution (twice as many at half first).",
     "weight": "Deformable only: weight of the diffusion penalty (higher: smoother, less "
               "exact).",
     "smoothing": "Deformable only: Gaussian sigma of the velocity field in mm.",
+    "model": "Learned methods: the registration network (a shipped model, or a model "
+             "folder opened with Open model...).",
     "mask": "Optional labels layer on the fixed scan's grid: only its voxels > 0 count in "
             "the metric (e.g. the brain, to ignore the skull and neck).",
     "device": "Where the optimiser runs: auto uses the CPU; cuda or mps where present.",
