@@ -6,8 +6,9 @@ basic authentication) receives a synthetic 300 x 512 x 512 CT series (written by
 ``--repeats`` times each, median wall time:
 
 * ours: :func:`napari_medattn.pacs.retrieve_series` into a fresh cache folder (one streamed
-  WADO-RS request, each instance written to the cache) and :func:`napari_medattn.io.read_volume`
-  of the folder: the series ready as a volume, on disk for next time;
+  WADO-RS request, each instance written to the cache, while the server's list of the
+  series' instances is asked for alongside) and :func:`napari_medattn.io.read_volume` of the
+  folder: the series ready as a volume, on disk for next time;
 * peer: dicomweb-client's own ``DICOMwebClient.retrieve_series`` on the same server and
   session settings: the instances parsed into pydicom datasets in memory, not stacked, not
   stored;
