@@ -71,34 +71,25 @@ def _box_sum(values: torch.Tensor, axis: int, radius: int) -> torch.Tensor:
     return running.narrow(axis, size, n) - running.narrow(axis, 0, n)
 
 
-def _bspline3(d: torch.Tensor) -> torch.Tensor:
-    """Cubic B-spline kernel (support |d| < 2)."""
-    a = d.abs()
-    inner = (4 - 6 * a ** 2 + 3 * a ** 3) / 6
-    outer = (2 - a).clamp_min(0) ** 3 / 6
-    return torch.where(a < 1, inner, outer)
-
-
-def _bspline3_derivative(d: torch.Tensor) -> torch.Tensor:
-    """Derivative of :func:`_bspline3`."""
-    a = d.abs()
-    inner = (1.5 * a - 2) * a
-    outer = -0.5 * (2 - a).clamp_min(0) ** 2
-    return torch.where(a < 1, inner, outer) * torch.sign(d)
-
-
 def _parzen(values: torch.Tensor, bins: int, derivative: bool = False
             ) -> tuple[torch.Tensor, ...]:
-    """The 4 bins each value (in bin units) touches and its B-spline weights there (and
-    their derivatives with respect to the value when ``derivative``).
+    """The 4 bins each value (in bin units) touches and its cubic B-spline weights there
+    (and their derivatives with respect to the value when ``derivative``).
 
     Only the kernel's support is evaluated (4 of ``bins`` per sample), which makes the
-    histogram about ``bins / 4`` times cheaper than a dense Parzen window."""
-    first = torch.floor(values).detach() - 1
-    index = first[:, None] + torch.arange(4, dtype=values.dtype, device=values.device)
-    offsets = values[:, None] - index
-    out = (index.clamp(0, bins - 1).long(), _bspline3(offsets))
-    return (*out, _bspline3_derivative(offsets)) if derivative else out
+    histogram about ``bins / 4`` times cheaper than a dense Parzen window; the four
+    weights are the cubic B-spline's polynomial pieces in the fractional part ``t``."""
+    floor = torch.floor(values).detach()
+    t = values - floor
+    s = 1 - t
+    t2 = t * t
+    t3 = t2 * t
+    index = floor[:, None] + torch.arange(-1, 3, dtype=values.dtype, device=values.device)
+    weights = torch.stack([s * s * s, 3 * t3 - 6 * t2 + 4, 3 * (t + t2 - t3) + 1, t3], 1) / 6
+    out = (index.clamp(0, bins - 1).long(), weights)
+    if not derivative:
+        return out
+    return (*out, torch.stack([-s * s, 3 * t2 - 4 * t, 1 + 2 * t - 3 * t2, t2], 1) / 2)
 
 
 def _joint(index_f: torch.Tensor, weights_f: torch.Tensor, index_m: torch.Tensor,
@@ -143,7 +134,8 @@ def loss_and_gradient(name: str, fixed: torch.Tensor, moved: torch.Tensor,
     evaluation in a profile); the closed forms need a third of the operations. For
     Mattes MI the derivative is ITK's (Mattes et al. 2003, eq. 8): with the fixed
     marginal constant and the histogram mass constant (B-spline weights sum to 1),
-    ``dMI/dm_n = (bins - 1) / mass * sum_ab wf_na wm'_nb log(p_ab / pm_b)``.
+    ``dMI/dm_n = (bins - 1) / mass * sum_ab wf_na wm'_nb log(p_ab / pm_b)`` (with the
+    logarithms' eps kept, as in :func:`mattes_mi`).
     """
     if name == "mse":
         total = weight.sum().clamp_min(1.0)
@@ -159,7 +151,10 @@ def loss_and_gradient(name: str, fixed: torch.Tensor, moved: torch.Tensor,
     index_m, weights_m, slopes_m = _parzen(m.clamp(0, bins - 1), bins, derivative=True)
     joint, cells = _joint(index_f, weights_f, index_m, weights_m, bins)
     mass = weight.sum().clamp_min(1e-12)
-    log_ratio = (torch.log(joint + _EPS) - torch.log(joint.sum(0, keepdim=True) + _EPS))
+    moving = joint.sum(0, keepdim=True)
+    # d(p log(p + eps))/dp, exactly (the eps'd ratios differ from 1 in near-empty cells).
+    log_ratio = (torch.log(joint + _EPS) + joint / (joint + _EPS)
+                 - torch.log(moving + _EPS) - moving / (moving + _EPS))
     terms = log_ratio.reshape(-1)[cells].reshape(-1, 4, 4)
     slope = torch.einsum("na,nb,nab->n", weights_f, slopes_m, terms)
     return -_mutual_information(joint), -(bins - 1) / mass * slope * in_range
