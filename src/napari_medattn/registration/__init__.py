@@ -11,7 +11,9 @@ Modules: :mod:`.transforms` (linear, displacement and velocity fields, compositi
 inverse), :mod:`.landmarks` (least-squares fits from paired points, TRE), :mod:`.engine`
 (the classical multi-resolution optimiser in torch), :mod:`.apply` (warping volumes and
 label maps through the one resampler), :mod:`.itk_files` (ITK transform files and
-displacement-field NIfTI), :mod:`.defaults` (settings by modality pair). Quality measures are in :mod:`napari_medattn.metrics.registration`.
+displacement-field NIfTI), :mod:`.defaults` (settings by modality pair), :mod:`.learned`
+(registration networks: a velocity field in one pass, optionally refined). Quality measures
+are in :mod:`napari_medattn.metrics.registration`.
 """
 
 from napari_medattn.registration.apply import grid_lines, warp
@@ -19,6 +21,7 @@ from napari_medattn.registration.defaults import contrast_of, defaults_for
 from napari_medattn.registration.engine import METHODS, Result, Settings, Snapshot, register
 from napari_medattn.registration.itk_files import read_transform, write_transform
 from napari_medattn.registration.landmarks import fit_landmarks, landmark_errors
+from napari_medattn.registration.learned import register_learned
 from napari_medattn.registration.transforms import (
     CompositeTransform,
     DisplacementField,
@@ -46,6 +49,7 @@ __all__ = [
     "landmark_errors",
     "read_transform",
     "register",
+    "register_learned",
     "warp",
     "write_transform",
 ]
