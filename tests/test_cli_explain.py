@@ -133,14 +133,19 @@ def test_dicom_maps_are_parametric_maps_and_derived_series(gated, tmp_path, caps
                                                          "PatientID": "E1"})
     out = tmp_path / "out"
     assert main(["explain", str(series), "--out", str(out), "--model", "tiny-gate",
-                 "--device", "cpu", "--class", "bright", "--format", "dicom"]) == 0, \
-        capsys.readouterr().err
+                 "--device", "cpu", "--class", "bright", "--format", "dicom", "--method",
+                 "gradcam", "gate"]) == 0, capsys.readouterr().err
     scan = read_volume(series)
     module, card = registry.load_model(gated)
     expected = explain(scan, module, card, "gradcam", target_class=2, device="cpu")[0]
     (pmap_path,) = out.glob("*_gradcam_decoder.0_bright.dcm")
     assert not list(out.glob("*.nii.gz"))
     assert dciodvfy(pmap_path)[0] == []
+    (gate_path,) = out.glob("*_gate_decoder.0.gate.dcm")
+    # Grad-CAM is an explanation; attention gates are the model's own attention.
+    assert [pydicom.dcmread(path, stop_before_pixels=True).SharedFunctionalGroupsSequence[0]
+            .RealWorldValueMappingSequence[0].LUTLabel for path in (pmap_path, gate_path)] \
+        == ["EXPL", "ATTN"]
     # The Parametric Map's frames, placed by its own positions, hold the map's values.
     placed = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(pmap_path)).get_volume()
     mm = np.indices(placed.array.shape).reshape(3, -1).T @ placed.affine[:3, :3].T \
@@ -155,7 +160,8 @@ def test_dicom_maps_are_parametric_maps_and_derived_series(gated, tmp_path, caps
     np.testing.assert_allclose(np.asarray(derived.data), np.asarray(expected.volume.data),
                                atol=5e-4 + 1e-6)
     record = json.loads(next(out.glob("*_provenance.json")).read_text())
-    assert set(record["outputs"].values()) == {pmap_path.name, derived_folder.name}
+    assert set(record["outputs"].values()) == {pmap_path.name, derived_folder.name,
+                                               gate_path.name, f"{gate_path.stem}_derived"}
     # A NIfTI scan: one sentence before any map is computed.
     assert main(["explain", ANATOMICAL, "--out", str(tmp_path / "nifti"), "--model",
                  "tiny-gate", "--device", "cpu", "--format", "dicom"]) == 1

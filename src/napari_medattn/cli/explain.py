@@ -30,6 +30,9 @@ from napari_medattn.cli.common import (
 )
 from napari_medattn.errors import ModelError
 
+#: Methods whose maps are the model's own attention weights (Parametric Maps labelled ATTN;
+#: the others are explanations, EXPL).
+ATTENTION_METHODS = ("gate", "cbam", "dssa")
 #: Method names, kept here so that ``medattn --help`` does not import torch; a test checks
 #: they equal :data:`napari_medattn.explain.METHODS`.
 METHOD_NAMES = ("gradcam", "gradcam++", "hirescam", "layercam", "gate", "cbam", "channels",
@@ -151,7 +154,8 @@ def explain_volume(item: VolumeOutput, module, card, methods: list[str],
             parts.append(card.class_names[map_.target])
         kind = "_".join(p for p in parts if p).replace("+", "pp")
         if args.format == "dicom":
-            path = _write_dicom_map(item, kind, map_.volume)
+            path = _write_dicom_map(item, kind, map_.volume, "attention"
+                                    if map_.method in ATTENTION_METHODS else "explanation")
         else:
             path = item.write_nifti(kind, map_.volume)
         written.append(path)
@@ -166,17 +170,18 @@ def explain_volume(item: VolumeOutput, module, card, methods: list[str],
     return written
 
 
-def _write_dicom_map(item: VolumeOutput, kind: str, volume) -> Path:
-    """A map as ``<stem>_<kind>.dcm`` (Parametric Map) and ``<stem>_<kind>_derived/``."""
+def _write_dicom_map(item: VolumeOutput, kind: str, volume, map_kind: str) -> Path:
+    """A map as ``<stem>_<kind>.dcm`` (Parametric Map of ``map_kind``, see
+    :data:`napari_medattn.io.dicom_pmap.KINDS`) and ``<stem>_<kind>_derived/``."""
     from napari_medattn.errors import MedAttnError
     from napari_medattn.io.dicom_pmap import write_derived_series, write_parametric_map
 
     kind = safe_name(kind)
-    path = write_parametric_map(item.path(kind, ".dcm"), volume, "explanation",
+    path = write_parametric_map(item.path(kind, ".dcm"), volume, map_kind,
                                 description=volume.name)
     try:
-        derived = write_derived_series(item.path(f"{kind}_derived", ""), volume,
-                                       "explanation", description=f"{volume.name} (derived)")
+        derived = write_derived_series(item.path(f"{kind}_derived", ""), volume, map_kind,
+                                       description=f"{volume.name} (derived)")
     except MedAttnError:
         path.unlink(missing_ok=True)  # the map goes out as both or not at all
         raise
