@@ -130,3 +130,39 @@ def test_heat_maps_lie_on_the_scan_and_follow_it_when_its_axes_are_permuted(one_
         assert np.allclose(turned.volume.data, plain.volume.data.transpose(2, 0, 1), atol=1e-4)
         assert plain.volume.data.max() > 0
     assert plain.method == "dssa" and plain.target is None  # routing is class-free
+
+
+class BrightSpotOracle(nn.Module):
+    """A classifier whose class-1 logit is a soft maximum of its feature map: it "finds"
+    the brightest spot of the scan, as a presence classifier should."""
+
+    spatial_dims, in_channels = 3, 1
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv3d(1, 2, 1, bias=False)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.tensor([1.0, -1.0]).reshape(2, 1, 1, 1, 1))
+
+    def forward(self, x):
+        f = self.features(x)
+        logit = torch.logsumexp(4.0 * f[:, 0].flatten(1), dim=1) / 4.0 - 2.0
+        return torch.stack([torch.zeros_like(logit), logit], dim=1)
+
+
+@pytest.mark.parametrize("name", ["permuted-flipped", "oblique"])
+def test_explain_takes_a_classifier_and_its_map_peaks_at_the_lesion(name):
+    from napari_medattn.explain import explain
+
+    lesion_mm = np.array([-10.0, 8.0, 6.0])
+    volume = head(AFFINES[name], lesion_mm)
+    (found,) = explain(volume, BrightSpotOracle(), card(spacing=(2.5, 2.5, 2.5)), "hirescam",
+                       layer="features", device="cpu")
+    assert found.target == 1 and found.volume.data.shape == volume.data.shape
+    assert np.array_equal(found.volume.affine, volume.affine)
+    # The independent truth: where the phantom's spot was put, in patient mm.
+    peak = np.unravel_index(int(np.argmax(found.volume.data)), found.volume.data.shape)
+    peak_mm = volume.index_to_mm(np.array([peak]))[0]
+    body = np.argwhere(np.asarray(volume.data) > 0.5)
+    chance_mm = np.linalg.norm(volume.index_to_mm(body) - lesion_mm, axis=1).mean()
+    assert np.linalg.norm(peak_mm - lesion_mm) < min(3.0, chance_mm / 4)
