@@ -171,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "evaluate":
         cases = [read_case(p)[:2] for p in case_paths(args.data, held_out=True)]
-        print(json.dumps(training.evaluate_classifier(args.model, cases), indent=2))
+        scores = training.evaluate_classifier(args.model, cases)
+        print(json.dumps(scores, indent=2))
+        for name in ("auc", "auc_ci95_low", "auc_ci95_high", "accuracy", "sensitivity",
+                     "specificity"):
+            print(f"FIGURE classifier_{name} {scores[name]:.3f} ratio")
+        print(f"FIGURE classifier_seconds_per_scan {scores['seconds_per_scan']:.2f} s")
         return 0
     for name, value in heat_map_distances(args.data[0], args.model).items():
         print(f"FIGURE heatmap_peak_to_lesion_{name} {value:.1f} "
