@@ -38,10 +38,15 @@ def model():
     return net, _card(net)
 
 
-def _scans(seed=0) -> dict[str, Volume]:
+def _scans(seed=0, shape=SHAPE, head=slice(3, 13)) -> dict[str, Volume]:
+    """Four scans: a noisy bright head in a dark (zero) field of view."""
     rng = np.random.default_rng(seed)
-    return {m: Volume(rng.normal(k, 1.0, SHAPE).astype(np.float32), AFFINE.copy(), "MR",
-                      {"name": m}) for k, m in enumerate(MODALITIES)}
+    scans = {}
+    for k, m in enumerate(MODALITIES):
+        data = np.zeros(shape, np.float32)
+        data[head, head, head] = rng.normal(10 + k, 1.0, (head.stop - head.start,) * 3)
+        scans[m] = Volume(data, AFFINE.copy(), "MR", {"name": m})
+    return scans
 
 
 def test_labels_equal_the_networks_argmax(one_torch_thread, model):
@@ -83,6 +88,21 @@ def test_reference_grid_and_maps(one_torch_thread, model):
     # Each voxel's contributions of the given modalities sum to 1 (blended windows too).
     np.testing.assert_allclose(total, 1.0, atol=1e-4)
     np.testing.assert_array_equal(result.attention["t1"].affine, moved_affine)
+
+
+def test_only_the_heads_box_runs(one_torch_thread, model):
+    """Outside the union of the given scans' head boxes (head + 4 voxels) nothing runs:
+    background labels and zero weight; inside, the weights of the given scans sum to 1."""
+    net, card = model
+    scans = _scans(2, shape=(28, 28, 28), head=slice(10, 18))
+    result = segment_multimodal({"t2": scans["t2"], "flair": scans["flair"]}, net, card,
+                                attention=True, device="cpu", use_autocast=False)
+    inside = np.zeros((28, 28, 28), bool)
+    inside[6:22, 6:22, 6:22] = True
+    assert result.labels.data[inside].any() and not result.labels.data[~inside].any()
+    total = result.attention["t2"].data + result.attention["flair"].data
+    np.testing.assert_allclose(total[inside], 1.0, atol=1e-4)
+    assert not total[~inside].any()
 
 
 def test_bad_inputs(model):

@@ -27,7 +27,8 @@ from torch import nn
 
 from napari_medattn.errors import ModelError
 from napari_medattn.fusion.multimodal import multimodal_inputs
-from napari_medattn.inference.pipeline import segment
+from napari_medattn.inference.pipeline import _body_box, segment
+from napari_medattn.inference.preprocess import body_threshold, crop, paste
 from napari_medattn.inference.sliding_window import CancelCheck, ProgressCallback
 from napari_medattn.inference.window_options import OutputRequest, WindowOptions
 from napari_medattn.io.volume import Volume
@@ -139,6 +140,13 @@ class _PresenceBound(nn.Module):
                 if bool(self.present[m])}
 
 
+def _union_body_box(channels: np.ndarray) -> tuple[slice, ...]:
+    """The smallest box holding the head box of every given channel (reference grid)."""
+    boxes = [_body_box(c, body_threshold(c, "MR")) for c in channels]
+    return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes))
+                 for a in range(3))
+
+
 def region_volumes_ml(labels: np.ndarray, affine: np.ndarray) -> dict[str, float]:
     """WT, TC and ET volumes in mL of a BraTS label map on a grid with ``affine``."""
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
@@ -203,7 +211,11 @@ def segment_multimodal(
     grid = inputs.grid
     reference_name = (reference.lower() if reference else
                       next(m for m, p in zip(modalities, inputs.present) if p))
-    stacked = Volume(inputs.array, grid.affine.copy(), grid.modality, dict(grid.meta))
+    # Only the union of the given scans' head boxes runs: windows over air cost as much
+    # as windows over the head, and which scan shows the head depends on which are given.
+    box = _union_body_box(inputs.array[inputs.present])
+    stacked = crop(Volume(inputs.array, grid.affine.copy(), grid.modality, dict(grid.meta)),
+                   box)
     bound = _PresenceBound(model, inputs.present, modalities)
     maps = tuple(attention_map_name(m) for m, p in zip(modalities, inputs.present) if p)
     # The pipeline runs the stacked channels as one scan of a segmentation model.
@@ -212,7 +224,8 @@ def segment_multimodal(
                      outputs=OutputRequest(attention_maps=maps if attention else ()),
                      windows=dataclasses.replace(windows, skip_empty=False),
                      use_autocast=use_autocast, progress=progress, cancel=cancel)
-    labels = classes_to_labels(result.labels.data)
+    shape = grid.spatial_shape
+    labels = paste(classes_to_labels(result.labels.data), box, shape)
     meta = {**grid.meta, "name": f"{grid.name} {card.name} tumour",
             "labels": dict(BRATS_LABELS), "label_colours": dict(LABEL_COLOURS)}
     meta.pop("classes", None)
@@ -224,7 +237,9 @@ def segment_multimodal(
     return MultimodalSegmentation(
         labels=Volume(labels, grid.affine.copy(), "SEG", meta),
         volumes_ml=region_volumes_ml(labels, grid.affine), modality_weights=weights,
-        attention={name.removeprefix("attention_"): volume
-                   for name, volume in result.attention.items()},
+        attention={name.removeprefix("attention_"): Volume(
+            paste(volume.data, box, shape), grid.affine.copy(), "OT",
+            {**grid.meta, "name": f"{grid.name} {card.name} {name}"})
+            for name, volume in result.attention.items()},
         reference=reference_name, provenance=provenance)
 

@@ -179,7 +179,7 @@ def ship_dmaf(weights: Path, run: dict, means: dict, folder: Path, spacing_mm) -
     card = ModelCard(
         name=folder.name, task=MULTIMODAL_TASK, architecture=run["architecture"],
         config=run["config"], classes=[{"name": n, "color": c} for n, c in CLASSES],
-        modality="MR", patch_size=(64, 64, 64), spacing=tuple(spacing_mm), orientation="RAS",
+        modality="MR", patch_size=(96, 96, 96), spacing=tuple(spacing_mm), orientation="RAS",
         normalization={"scheme": "zscore"}, in_channels=len(run["config"]["modalities"]),
         training_data=(
             f"Synthetic BraTS-like cases only: {protocol['train_cases']} whole heads made by "
