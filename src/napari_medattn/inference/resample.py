@@ -193,11 +193,14 @@ def _threads() -> int:
 def _in_slabs(run, planes: int) -> None:
     """Call ``run(start, stop)`` over slabs of output planes, on a thread pool."""
     threads = min(_threads(), planes)
+    # A few slabs per thread evens out slabs that cost more (more of them inside); at most
+    # 32 planes each bounds the separable path's working copy to a slab's source planes.
+    count = min(planes, max(4 * threads, -(-planes // 32)))
+    bounds = np.linspace(0, planes, count + 1).round().astype(int)
     if threads <= 1:
-        run(0, planes)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            run(int(a), int(b))
         return
-    # A few slabs per thread evens out slabs that cost more (more of them inside).
-    bounds = np.linspace(0, planes, min(planes, 4 * threads) + 1).round().astype(int)
     with ThreadPoolExecutor(threads) as pool:
         jobs = [pool.submit(run, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])
                 if b > a]
