@@ -107,7 +107,7 @@ def heat_map_distances(data: Path, model: Path) -> dict[str, float]:
             continue
         centres = np.array([d.centre_mm for d in large])
 
-        def nearest(points_mm: np.ndarray) -> np.ndarray:
+        def nearest(points_mm: np.ndarray, centres: np.ndarray = centres) -> np.ndarray:
             return np.linalg.norm(points_mm[:, None] - centres[None], axis=2).min(axis=1)
 
         brain = np.argwhere(np.asarray(image.data) > np.percentile(image.data, 60))

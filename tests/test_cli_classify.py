@@ -48,7 +48,7 @@ def test_classify_writes_the_library_probability_and_a_heat_map_on_the_scan(clas
                  "--heatmap", "gradcam", "--device", "cpu"]) == 0
     document = json.loads(next(out.glob("*_classification.json")).read_text())
     record = json.loads(next(out.glob("*_provenance.json")).read_text())
-    (row,) = list(csv.DictReader(open(out / TABLE)))
+    (row,) = list(csv.DictReader((out / TABLE).read_text().splitlines()))
     module, card = load_model(classifier)
     volume = read_volume(ANATOMICAL)
     expected = classify(volume, module, card, device="cpu")
@@ -76,7 +76,8 @@ def test_bad_input_and_a_detector_are_one_sentence(classifier, tmp_path, capsys)
                  str(classifier), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("medattn classify:") and "Traceback" not in err
-    assert len(list(csv.DictReader(open(out / TABLE)))) == 1  # the good scan still ran
+    rows = list(csv.DictReader((out / TABLE).read_text().splitlines()))
+    assert len(rows) == 1  # the good scan still ran
     assert main(["classify", ANATOMICAL, "--out", str(out), "--model",
                  "medformer-lesion-detector"]) == 1
     assert "not a classifier" in capsys.readouterr().err

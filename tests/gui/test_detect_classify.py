@@ -106,7 +106,7 @@ def model_folder_of(widget) -> Path:
 
 
 def test_classify_screenshot(setup, qtbot, tmp_path):
-    viewer, scan, widget = setup
+    viewer, _, widget = setup
     viewer.window.resize(1400, 900)
     widget.heatmap.setCurrentText("gradcam")
     classify_and_wait(qtbot, widget)

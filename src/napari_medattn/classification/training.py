@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from napari_medattn.classification.classify import check_classifier, classifier_input, classify
 from napari_medattn.detection.boxes import Detection
 from napari_medattn.errors import DimensionError, ModelError
+from napari_medattn.io.atomic import write_text_atomically
 from napari_medattn.io.volume import Volume
 from napari_medattn.metrics.classification import auc_with_ci
 from napari_medattn.models import create
@@ -231,10 +232,7 @@ def evaluate_classifier(model_dir: str | Path, cases: Sequence[tuple[Volume, int
             f"percentile bootstrap 95 % CI ({auc.n_resamples} resamples); accuracy, "
             f"sensitivity and specificity at probability 0.5.")
         updated = dataclasses.replace(card, metrics=metrics, evaluated_on=on)
-        folder = Path(model_dir)
-        tmp = folder / (CARD_FILE + ".tmp")
-        tmp.write_text(updated.to_json(), encoding="utf-8")
-        tmp.replace(folder / CARD_FILE)
+        write_text_atomically(Path(model_dir) / CARD_FILE, updated.to_json())
     return summary
 
 

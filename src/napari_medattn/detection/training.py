@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from napari_medattn.detection.boxes import Detection, boxes_in_frame
 from napari_medattn.detection.detector import SIZE_SCALE_MM, check_detector, detect
 from napari_medattn.inference.preprocess import CardGrid, normalize_intensity
+from napari_medattn.io.atomic import write_text_atomically
 from napari_medattn.io.volume import Volume
 from napari_medattn.metrics.detection import evaluate_detections
 from napari_medattn.models import create
@@ -284,8 +285,5 @@ def evaluate_detector(model_dir: str | Path, cases: Sequence[tuple[Volume, list[
                              f"({summary['lesions']} lesions) made like the training data "
                              f"with other seeds; FROC hit = IoU >= 0.1, no TTA.")
         updated = dataclasses.replace(card, metrics=metrics, evaluated_on=on)
-        folder = Path(model_dir)
-        tmp = folder / (CARD_FILE + ".tmp")
-        tmp.write_text(updated.to_json(), encoding="utf-8")
-        tmp.replace(folder / CARD_FILE)
+        write_text_atomically(Path(model_dir) / CARD_FILE, updated.to_json())
     return summary

@@ -59,9 +59,9 @@ from napari_medattn.widgets.parts import (
     heat_map_layer_data,
     scan_layers,
 )
-from napari_medattn.widgets.worker import add_layers
 from napari_medattn.widgets.radiology_view import viewer_camera
 from napari_medattn.widgets.tooltips import DETECT as TOOLTIPS
+from napari_medattn.widgets.worker import add_layers
 
 #: Columns of the table (score first: rows are sorted by it).
 COLUMNS = ("Score", "Class", "x (mm)", "y (mm)", "z (mm)", "Size (mm)", "Volume (mL)")
