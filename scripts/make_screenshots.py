@@ -286,6 +286,29 @@ def _query_point_on_tissue(viewer, widget) -> tuple[float, float, float]:
     return max(candidates, key=on_tissue)
 
 
+def multimodal(viewer, widgets: dict, out: Path) -> None:
+    """The Multimodal segment widget after a run of dmaf-brain-tumour on a synthetic case
+    (held-out seed 900000, 2 mm), its four contrasts written as NIfTI files named like a
+    BraTS case so the widget assigns them by name (Multimodal segment dock only)."""
+    from napari_medattn.io import write_nifti
+    from napari_medattn.training.multimodal_synthesis import synthetic_multimodal_case
+
+    widget = widgets["Multimodal segment"]
+    case = synthetic_multimodal_case(900_000)
+    fresh_view(viewer)
+    with tempfile.TemporaryDirectory() as folder:
+        for key, image in case.images.items():
+            open_scan(viewer, str(write_nifti(Path(folder) / f"case_{key}.nii.gz", image)))
+        with only_docks(viewer, widget):
+            wait_until(lambda: widget.run_button.isEnabled())
+            widget.run_button.click()
+            wait_for_job(widget, "multimodal segmentation")
+            centre = case.labels.meta["lesion"]["centre_mm"]  # LPS mm; world is (z, y, x)
+            viewer.dims.set_point(0, float(centre[2]))
+            viewer.reset_view()
+            save_window_screenshot(viewer, out / "multimodal_widget.png")
+
+
 #: Shots by name, in the order they are made.
 #: A synthetic FLAIR-like scan the classifier never saw (seeds of its data start at 100000),
 #: holding a tumour-like lesion: the Classify shot's subject.
@@ -363,7 +386,7 @@ def dicom_browser(viewer, widgets: dict, out: Path) -> None:
 SHOTS = {"main": main_window, "open": open_series, "views": views,
          "window_level": window_level, "segment": segment, "finetune": finetune,
          "inspector": inspector, "gradcam": gradcam, "register": registration,
-         "classify": classify_shot, "dicom_browser": dicom_browser}
+         "classify": classify_shot, "dicom_browser": dicom_browser, "multimodal": multimodal}
 
 
 def main(argv: list[str] | None = None) -> int:
