@@ -1,32 +1,39 @@
 """Cohort throughput on Dask: ``cohort.run`` with 1 and 2 workers against a plain serial loop
-of the same work, in one run.
+of the same work, in one run, with the cohort's fixed cost taken apart by phase.
 
 The work: ``segment`` with the built-in default model on the CPU over ``--cases`` small MR
 scans (parts of nibabel's anatomical.nii, 2 mm, each cut and scaled differently; written
 once into the work folder), outputs written as the command writes them.
 
-* serial: one process, one torch thread, the model loaded once, then a ``for`` loop over the
-  cases calling the same per-case step the cohort's workers call
-  (``SegmentTask.run_case``: read, segment, write labels and provenance, the figures);
-* cohort, N workers: ``napari_medattn.cohort.run`` on a LocalCluster of N single-thread
-  worker processes it starts and closes (the wall time includes starting the cluster, each
-  worker importing torch and loading the model, and writing the results table and plots).
+* serial: this process, one torch thread and one BLAS/OpenMP thread (threadpoolctl), the
+  model loaded once, then a ``for`` loop over the cases calling the same per-case step the
+  cohort's workers call (``SegmentTask.run_case``: read, segment, write labels and
+  provenance, the figures);
+* cohort, N workers: ``napari_medattn.cohort.run`` on a LocalCluster of N worker processes
+  of one Dask thread, one torch thread and ``OMP/MKL/OPENBLAS_NUM_THREADS=1`` each, which it
+  starts and closes (the wall time includes starting the cluster, each worker importing
+  torch and the package and loading the model, and writing the results table and plots).
 
-The overhead is ``cohort 1 worker wall / serial wall - 1``; it is also given without the
-cluster's start-up (measured on its own right before: start a LocalCluster, wait for its
-workers, close it), and per case: the cases' own seconds on the worker (from their records,
-the first one including the model load, as the serial loop's includes it) against the serial
-loop's, which is what a longer cohort converges to. Throughput is cases per minute.
-Runs alternate serial, 1 worker, 2 workers ``--repeats`` times; figures are medians. Ends
-with ``FIGURE`` lines.
+Like with like: both run one thread of numerical work per process; the serial loop runs
+first in this process, so torch and the package are already imported for the cohort's
+calling process (not for its workers). Printed per contender: wall seconds, cases per
+minute and CPU seconds (this process plus its finished child processes, i.e. the workers);
+per cohort run the phases of ``CohortResult.timings`` and, from the case records, the
+workers' first-case set-up (imports and model load) and the dispatch overhead (the cases'
+phase less the cases' own seconds per worker). The overhead is ``cohort 1 worker wall /
+serial wall - 1``. Runs alternate serial, 1 worker, 2 workers ``--repeats`` times; figures
+are medians. Ends with ``FIGURE`` lines.
 
-Usage: ``python benchmarks/bench_cohort.py [--cases 16] [--repeats 1] [--workdir DIR]``
+Usage: ``python benchmarks/bench_cohort.py [--cases 12] [--workers 1 2] [--repeats 1]
+[--workdir DIR]``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -51,7 +58,7 @@ def make_cases(folder: Path, count: int) -> list[Path]:
     paths = []
     for index in range(count):
         start = (index % 3, index % 2, index % 4)
-        crop = data[start[0]:, start[1]:, start[2]:] * (1.0 + 0.05 * index)
+        crop = data[start[0]:, start[1]:, start[2]:] * (1.0 + 0.05 * (index % 20))
         affine = source.affine.copy()
         affine[:3, 3] += affine[:3, :3] @ np.array(start)
         path = folder / f"case_{index:03d}.nii.gz"
@@ -60,105 +67,106 @@ def make_cases(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def serial_loop(cases: list[Path], out: Path, options: list[str]) -> tuple[float, float]:
-    """The same work as a plain loop in this process (one torch thread): wall seconds, twice
-    (its cases' own seconds are the whole loop, model load included)."""
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished (joined) child processes."""
+    return sum(getattr(resource.getrusage(who), field)
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for field in ("ru_utime", "ru_stime"))
+
+
+def serial_loop(cases: list[Path], out: Path, options: list[str]) -> dict:
+    """The same work as a plain loop in this process, one thread of numerical work."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from napari_medattn.cohort import Case, make_task
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what each single-thread worker gets
     try:
-        started = time.perf_counter()
-        task = make_task("segment", options)
-        state = task.load()
-        for path in cases:
-            case_dir = out / path.name.removesuffix(".nii.gz")
-            case_dir.mkdir(parents=True)
-            task.run_case(state, Case(case_dir.name, (path,)), case_dir)
-        elapsed = time.perf_counter() - started
-        return elapsed, elapsed
+        with threadpool_limits(1):  # as the workers' OMP/MKL/OPENBLAS_NUM_THREADS=1
+            cpu, started = cpu_seconds(), time.perf_counter()
+            task = make_task("segment", options)
+            state = task.load()
+            for path in cases:
+                case_dir = out / path.name.removesuffix(".nii.gz")
+                case_dir.mkdir(parents=True)
+                task.run_case(state, Case(case_dir.name, (path,)), case_dir)
+            return {"wall": time.perf_counter() - started, "cpu": cpu_seconds() - cpu}
     finally:
         torch.set_num_threads(threads)
 
 
-def cohort_run(folder: Path, out: Path, options: list[str], workers: int
-               ) -> tuple[float, float]:
-    """Wall seconds of the whole run, and the sum of the cases' own seconds on the workers
-    (each case's record: from the worker picking it up to its record written; the first
-    case of each worker includes the model load)."""
+def cohort_run(folder: Path, out: Path, options: list[str], workers: int) -> dict:
+    """One cohort run: wall and CPU seconds, its phases, and from the case records the
+    workers' set-up and the dispatch overhead."""
     from napari_medattn.cohort import run
 
-    started = time.perf_counter()
+    cpu, started = cpu_seconds(), time.perf_counter()
     result = run(folder, "segment", out, task_options=options, workers=workers,
                  torch_threads=1, progress=False,
                  cluster_options={"dashboard_address": ":0"})
-    elapsed = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     if result.failed or result.ran != len(result.table):
         sys.exit(f"the cohort run failed: {result.table[['case', 'error']]}")
-    return elapsed, float(result.table["runtime_s"].sum())
-
-
-def cluster_startup(workers: int) -> float:
-    from distributed import Client
-
-    from napari_medattn.cohort import local_cluster
-
-    started = time.perf_counter()
-    with local_cluster(workers, dashboard_address=":0") as cluster, \
-            Client(cluster, set_as_default=False) as client:
-        client.wait_for_workers(workers)
-        elapsed = time.perf_counter() - started
-    return elapsed
+    records = [json.loads((out / folder / "case.json").read_text())
+               for folder in result.table["folder"]]
+    runtimes = [r["runtime_s"] for r in records]
+    first = {}  # each worker's first case: imports and model load, and its runtime
+    for record in sorted(records, key=lambda r: r["started_utc"]):
+        first.setdefault(record["details"]["worker"], record)
+    phases = dict(result.timings)
+    phases["worker_first_case_s"] = statistics.mean(r["runtime_s"] for r in first.values())
+    phases["worker_model_load_s"] = statistics.mean(r["details"]["load_s"]
+                                                    for r in first.values())
+    phases["case_median_s"] = statistics.median(runtimes)
+    phases["dispatch_s"] = result.timings["cases_s"] - sum(runtimes) / workers
+    return {"wall": wall, "cpu": cpu, "phases": phases}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=int, default=16)
+    parser.add_argument("--cases", type=int, default=12)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_cohort_"))
     cases = make_cases(workdir / "scans", args.cases)
     options = ["--device", "cpu"]
-    print(f"{args.cases} cases of {ANATOMICAL.name} parts, default model, CPU; "
-          f"load average {os.getloadavg()[0]:.1f} at the start")
-    times: dict[str, list[float]] = {"serial": [], "cohort_1w": [], "cohort_2w": [],
-                                     "startup_1w": []}
-    case_seconds: dict[str, list[float]] = {"serial": [], "cohort_1w": [], "cohort_2w": []}
+    print(f"{args.cases} cases of {ANATOMICAL.name} parts, default model, CPU "
+          f"({len(os.sched_getaffinity(0))} cores); load average {os.getloadavg()[0]:.1f} at "
+          f"the start. Serial: 1 process, torch 1 thread, BLAS/OpenMP 1 thread. Cohort: N "
+          f"worker processes, each 1 Dask thread, torch 1 thread, OMP/MKL/OPENBLAS 1.")
+    contenders = {"serial": lambda o: serial_loop(cases, o, options)}
+    for n in args.workers:
+        contenders[f"cohort_{n}w"] = lambda o, n=n: cohort_run(workdir / "scans", o, options, n)
+    runs: dict[str, list[dict]] = {name: [] for name in contenders}
     for repeat in range(args.repeats):
-        for name, function in (
-                ("serial", lambda o: serial_loop(cases, o, options)),
-                ("startup_1w", lambda o: cluster_startup(1)),
-                ("cohort_1w", lambda o: cohort_run(workdir / "scans", o, options, 1)),
-                ("cohort_2w", lambda o: cohort_run(workdir / "scans", o, options, 2))):
+        for name, function in contenders.items():
             out = workdir / f"out_{name}_{repeat}"
             shutil.rmtree(out, ignore_errors=True)
-            seconds = function(out)
-            if isinstance(seconds, tuple):
-                seconds, cases_s = seconds
-                case_seconds[name].append(cases_s)
-            times[name].append(seconds)
-            print(f"repeat {repeat + 1}: {name:11s} {seconds:7.1f} s   "
-                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
-    median = {name: statistics.median(values) for name, values in times.items()}
-    per_min = {name: 60 * args.cases / median[name] for name in ("serial", "cohort_1w",
-                                                                 "cohort_2w")}
-    overhead = median["cohort_1w"] / median["serial"] - 1
-    steady = (median["cohort_1w"] - median["startup_1w"]) / median["serial"] - 1
-    per_case = {name: statistics.median(v) / args.cases for name, v in case_seconds.items()}
-    print(f"per case: serial {per_case['serial']:.2f} s, on the 1 worker "
-          f"{per_case['cohort_1w']:.2f} s, on each of 2 workers {per_case['cohort_2w']:.2f} s")
-    print(f"FIGURE cohort_1_worker_per_case_overhead "
-          f"{100 * (per_case['cohort_1w'] / per_case['serial'] - 1):.1f} %")
-    print(f"FIGURE serial_loop_throughput {per_min['serial']:.2f} cases/min")
-    print(f"FIGURE cohort_1_worker_throughput {per_min['cohort_1w']:.2f} cases/min")
-    print(f"FIGURE cohort_2_workers_throughput {per_min['cohort_2w']:.2f} cases/min")
-    print(f"FIGURE cohort_1_worker_overhead {100 * overhead:.1f} %")
-    print(f"FIGURE cohort_1_worker_overhead_without_cluster_start {100 * steady:.1f} %")
-    print(f"FIGURE cluster_start_1_worker {median['startup_1w']:.1f} s")
-    print(f"FIGURE cohort_2_workers_speedup {median['serial'] / median['cohort_2w']:.2f} ratio")
+            measured = function(out)
+            runs[name].append(measured)
+            phases = " ".join(f"{k.removesuffix('_s')} {v:.2f}"
+                              for k, v in measured.get("phases", {}).items())
+            print(f"repeat {repeat + 1}: {name:10s} wall {measured['wall']:7.1f} s, CPU "
+                  f"{measured['cpu']:7.1f} s (load average {os.getloadavg()[0]:.1f})"
+                  + (f"\n    phases (s): {phases}" if phases else ""), flush=True)
+    wall = {name: statistics.median(r["wall"] for r in v) for name, v in runs.items()}
+    cpu = {name: statistics.median(r["cpu"] for r in v) for name, v in runs.items()}
+    for name in runs:
+        print(f"FIGURE {name}_throughput {60 * args.cases / wall[name]:.2f} cases/min")
+        print(f"FIGURE {name}_cpu_per_case {cpu[name] / args.cases:.3f} s")
+    for name in runs:
+        if name == "serial":
+            continue
+        phases = {k: statistics.median(r["phases"][k] for r in runs[name])
+                  for k in runs[name][0]["phases"]}
+        for key in ("cluster_start_s", "worker_first_case_s", "worker_model_load_s",
+                    "dispatch_s", "results_s", "cluster_close_s", "case_median_s"):
+            print(f"FIGURE {name}_{key.removesuffix('_s')} {phases[key]:.2f} s")
+        print(f"FIGURE {name}_overhead {100 * (wall[name] / wall['serial'] - 1):.1f} %")
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 

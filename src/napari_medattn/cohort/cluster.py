@@ -289,7 +289,16 @@ def local_cluster(workers: int | None = None, *, resources: dict | None = None,
                 # The statistical profiler samples the running case every 10 ms (the
                 # dashboard's Profile tab): measured on the 2-core machine it made each
                 # case ~25 % slower (docs/benchmarks/cohort.md).
-                "distributed.worker.profile.enabled": False}
+                "distributed.worker.profile.enabled": False,
+                # Dask's housekeeping polls an idle 1-worker cluster at 4.8 % of a core
+                # (1.8 % in the worker, beside its case), measured on the 2-core machine;
+                # these intervals bring it to 0.9 %: the event-loop health check (20 ms;
+                # it only warns of a blocked loop), the dashboard's system graphs (0.5 s)
+                # and the memory monitor (0.1 s; a worker past its limit is then restarted
+                # within 1 s, and each case plans within the limit).
+                "distributed.admin.tick.interval": "1s",
+                "distributed.admin.system-monitor.interval": "2s",
+                "distributed.worker.memory.monitor-interval": "1s"}
     try:
         with dask.config.set(settings):
             cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,

@@ -174,14 +174,8 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
     parameters = task.parameters()
     parameters_sha = sha256_json(parameters)
     check_out_folder(out, task.name, parameters, rerun_changed)
-    todo, skipped = [], 0
-    for case in cases:
-        inputs_sha, stats, needed = plan_case(case, out / CASES_DIR / folders[case.case_id],
-                                              parameters_sha)
-        if needed:
-            todo.append((case, inputs_sha, stats))
-        else:
-            skipped += 1
+    todo = _cases_to_run(cases, out, folders, parameters_sha)
+    skipped = len(cases) - len(todo)
     timings = {"plan_s": time.perf_counter() - started}
     ran = failed = 0
     dashboard = closing = None
@@ -223,6 +217,19 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
         raise Cancelled(f"Stopped with {finished} of {len(table)} cases finished; they are "
                         f"kept, and the same command runs the rest.")
     return CohortResult(table, out, ran, skipped, failed, files, dashboard, timings)
+
+
+def _cases_to_run(cases: Sequence[Case], out: Path, folders: dict[str, str],
+                  parameters_sha: str) -> list[tuple[Case, str | None, dict]]:
+    """``(case, inputs SHA-256 or None, input stats)`` of each case not yet done (see
+    :func:`~napari_medattn.cohort.records.plan_case`)."""
+    todo = []
+    for case in cases:
+        inputs_sha, stats, needed = plan_case(case, out / CASES_DIR / folders[case.case_id],
+                                              parameters_sha)
+        if needed:
+            todo.append((case, inputs_sha, stats))
+    return todo
 
 
 def _import_in_background(modules: Sequence[str]) -> None:
