@@ -1,4 +1,4 @@
-"""Registration figures: ours against SimpleITK (rigid/affine) and ANTsPy SyN (deformable).
+"""Registration figures: ours against SimpleITK (rigid/affine) and the deformable peers.
 
 1. **Rigid and affine on the nibabel pair** (``anatomical.nii`` and nibabel's rigidly moved
    copy, Euler angles 0.1, 0.2, 0.3 rad and translation 3, 4, 5 mm) and on a
@@ -7,21 +7,39 @@
    true transform (mm); time = wall time of the call. Ours: Mattes MI, levels 4, 2, 1,
    L-BFGS. SimpleITK: ImageRegistrationMethod, Mattes MI (32 bins, all voxels), shrink
    4, 2, 1 with smoothing 2, 1, 0 voxels, regular-step gradient descent, centred
-   geometric initialisation, Euler3D (rigid) or Affine.
+   geometric initialisation, Euler3D (rigid) or Affine. One untimed warm-up call of each
+   engine first (the first call of a process pays for imports and allocator warm-up).
 2. **Deformable on a 2 mm MNI152 pair**: the MNI152 T1 at 2 mm, moved by a held-out
    smooth diffeomorphism (velocity seed 7, up to 6 mm) with an intensity change (gamma 0.8)
    for the moving scan; the tissue labels (``mni152_tissue_labels``) moved alike. Dice and
    HD95 of the moving labels warped back onto the fixed ones (CSF, grey, white matter),
    % voxels with det J <= 0 and SDlogJ of the deformable part on the fixed grid (the same
-   code for both: ANTs' warp field is read with our ITK reader), time. Ours: affine (MI)
-   then SVF with local NCC, levels 4, 2, 1. ANTsPy: ``registration(type_of_transform="SyN")``.
+   code for every engine: each peer's field is read as a displacement field), time.
+   Ours: affine (MI) then SVF with local NCC, levels 4, 2, 1. Peers, each behind
+   ``--peers`` (comma-separated; a peer that fails is reported with its error and skipped):
 
-Every engine runs on one thread (torch, SimpleITK, ITK in ANTs): the test machine has two
-cores shared by other jobs. Run from the repository root::
+   * ``syn``: ANTsPy ``registration(type_of_transform="SyN")``;
+   * ``synS``: ANTsPy ``antsRegistrationSyN[s]`` (slow: not in the default set);
+   * ``elastix``: itk-elastix, elastix's default ``bspline`` parameter map;
+   * ``dipy``: dipy ``SymmetricDiffeomorphicRegistration`` with ``CCMetric(3)``, defaults;
+   * ``fireants``: FireANTs ``GreedyRegistration`` on CPU with its README's brain settings
+     (scales 4, 2, 1; iterations 200, 100, 50; CC kernel 5; Adam, step 0.5).
 
-    .venv/bin/python benchmarks/bench_register.py [--repeats 3]
+   Labels of every peer but ANTs are warped by our warp through the peer's field (nearest
+   neighbour), ANTs' by ``apply_transforms`` (nearest neighbour).
 
-Ends with ``FIGURE`` lines.
+Peers install with pip's ``bench`` extra, but FireANTs, whose dependency pins would
+replace torch and SimpleITK: ``pip install --no-deps fireants`` (its licence allows
+calling it; this script only calls it).
+
+``--threads N`` (default 1) gives every engine N threads: torch (ours, FireANTs),
+SimpleITK, ITK inside ANTs and elastix (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``), OpenMP
+(dipy). Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_register.py [--repeats 3] [--threads 1]
+        [--peers syn,elastix,dipy,fireants] [--skip-linear] [--skip-deformable]
+
+Ends with ``FIGURE`` lines (names carry the thread count, e.g. ``..._t1``).
 """
 
 from __future__ import annotations
@@ -29,11 +47,26 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
-os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+
+def _threads_argument() -> str:
+    """The thread count, read before the imports below (ITK and OpenMP read their
+    environment variables when they load)."""
+    for index, arg in enumerate(sys.argv):
+        if arg == "--threads" and index + 1 < len(sys.argv):
+            return sys.argv[index + 1]
+        if arg.startswith("--threads="):
+            return arg.split("=", 1)[1]
+    return "1"
+
+
+for _name in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS"):
+    os.environ[_name] = _threads_argument()
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
@@ -45,6 +78,7 @@ from napari_medattn.io import Volume, read_volume, write_nifti  # noqa: E402
 from napari_medattn.metrics.registration import folding, jacobian_determinant, sdlogj  # noqa: E402
 from napari_medattn.metrics.segmentation import evaluate_pair  # noqa: E402
 from napari_medattn.registration import (  # noqa: E402
+    DisplacementField,
     LinearTransform,
     Settings,
     bake,
@@ -121,6 +155,8 @@ def linear_figures(repeats: int) -> list[tuple[str, float, str]]:
     fixed = read_volume(SAMPLES / "nibabel_anatomical.nii.gz")
     moved = read_volume(SAMPLES / "nibabel_anatomical_moved.nii.gz")
     truth = nibabel_truth()
+    register(fixed, moved, Settings(method="rigid", metric="mi"))  # untimed warm-ups
+    sitk_register(fixed, moved, "rigid")
     figures = []
     for pair, moving in (("t1", moved), ("t1_t2", t2_like(moved))):
         for kind in ("rigid", "affine"):
@@ -165,7 +201,7 @@ def overlap(warped, fixed_labels) -> dict[str, tuple[float, float]]:
             for s in evaluate_pair(warped, fixed_labels, classes=CLASSES)}
 
 
-def deformable_figures() -> list[tuple[str, float, str]]:
+def deformable_figures(peers: list[str]) -> list[tuple[str, float, str]]:
     fixed, moving, fixed_labels, moving_labels = deformable_pair()
     before = overlap(Volume(np.asarray(moving_labels.data), fixed.affine, "SEG"), fixed_labels)
     print("unregistered Dice " + ", ".join(f"{k} {v[0]:.3f}" for k, v in before.items()))
@@ -175,7 +211,21 @@ def deformable_figures() -> list[tuple[str, float, str]]:
                                fixed.affine, fixed.spatial_shape)
     rows["ours"] = (overlap(warp(moving_labels, result.transform, fixed), fixed_labels),
                     det, result.seconds)
-    rows["ants_syn"] = ants_syn(fixed, moving, fixed_labels, moving_labels)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {name: write_nifti(Path(folder) / f"{name}.nii.gz", volume)
+                 for name, volume in (("fixed", fixed), ("moving", moving),
+                                      ("moving_labels", moving_labels))}
+        for peer in peers:
+            try:
+                field, seconds, warped = PEERS[peer](paths, Path(folder))
+            except Exception as error:  # a missing or broken peer must not stop the rest
+                traceback.print_exc()
+                print(f"{peer}: FAILED ({type(error).__name__}: {error})")
+                continue
+            if warped is None:
+                warped = warp(moving_labels, field, fixed)
+            det = jacobian_determinant(field, fixed.affine, fixed.spatial_shape)
+            rows[peer] = (overlap(warped, fixed_labels), det, seconds)
     figures = []
     brain = np.asarray(fixed_labels.data) > 0
     for name, (scores, det, seconds) in rows.items():
@@ -190,40 +240,106 @@ def deformable_figures() -> list[tuple[str, float, str]]:
         figures += [(f"deformable_{name}_folding", percent, "percent"),
                     (f"deformable_{name}_sdlogj", spread, "sdlogj"),
                     (f"deformable_{name}_time", seconds, "s")]
-    figures.append(("deformable_time_ours_over_ants_syn",
-                    rows["ours"][2] / rows["ants_syn"][2], "ratio"))
+        if name != "ours":
+            figures.append((f"deformable_time_ours_over_{name}", rows["ours"][2] / seconds,
+                            "ratio"))
     return figures
 
 
-def ants_syn(fixed, moving, fixed_labels, moving_labels):
-    import ants
+def ants_peer(kind: str):
+    """ANTsPy ``registration(type_of_transform=kind)``."""
+    def run(paths, folder):
+        import ants
 
-    with tempfile.TemporaryDirectory() as folder:
-        paths = {}
-        for name, volume in (("fixed", fixed), ("moving", moving),
-                             ("moving_labels", moving_labels)):
-            paths[name] = write_nifti(Path(folder) / f"{name}.nii.gz", volume)
         f, m = ants.image_read(str(paths["fixed"])), ants.image_read(str(paths["moving"]))
         start = time.perf_counter()
-        out = ants.registration(f, m, type_of_transform="SyN")
+        out = ants.registration(f, m, type_of_transform=kind)
         seconds = time.perf_counter() - start
         labels = ants.apply_transforms(f, ants.image_read(str(paths["moving_labels"])),
                                        out["fwdtransforms"], interpolator="nearestNeighbor")
+        fixed = read_volume(paths["fixed"])
         warped = Volume(labels.numpy().astype(np.uint8), fixed.affine, "SEG")
-        field = read_transform(out["fwdtransforms"][0])  # ANTs' warp: ITK displacement NIfTI
-        det = jacobian_determinant(field, fixed.affine, fixed.spatial_shape)
-    return overlap(warped, fixed_labels), det, seconds
+        # fwdtransforms = [warp, affine]: the warp (an ITK displacement NIfTI) is the
+        # deformable part.
+        return read_transform(out["fwdtransforms"][0]), seconds, warped
+    return run
+
+
+def elastix_peer(paths, folder):
+    import itk
+
+    fixed = itk.imread(str(paths["fixed"]), itk.F)
+    moving = itk.imread(str(paths["moving"]), itk.F)
+    parameters = itk.ParameterObject.New()
+    parameters.AddParameterMap(parameters.GetDefaultParameterMap("bspline"))
+    start = time.perf_counter()
+    _, found = itk.elastix_registration_method(
+        fixed, moving, parameter_object=parameters, log_to_console=False,
+        number_of_threads=int(os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"]))
+    seconds = time.perf_counter() - start
+    field = itk.transformix_deformation_field(moving, found)
+    itk.imwrite(field, str(folder / "elastix_field.nii.gz"))
+    return read_transform(folder / "elastix_field.nii.gz"), seconds, None
+
+
+def dipy_peer(paths, folder):
+    from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
+    from dipy.align.metrics import CCMetric
+
+    fixed, moving = read_volume(paths["fixed"]), read_volume(paths["moving"])
+    start = time.perf_counter()
+    mapping = SymmetricDiffeomorphicRegistration(CCMetric(3)).optimize(
+        np.asarray(fixed.data, np.float64), np.asarray(moving.data, np.float64),
+        static_grid2world=fixed.affine, moving_grid2world=moving.affine)
+    seconds = time.perf_counter() - start
+    # The forward field maps each fixed point x (world = our LPS mm, from the affines
+    # given) to x + d(x) in the moving scan.
+    forward = np.moveaxis(np.asarray(mapping.get_forward_field(), np.float32), -1, 0)
+    return DisplacementField(forward, fixed.affine), seconds, None
+
+
+def fireants_peer(paths, folder):
+    from fireants.io import BatchedImages, Image
+    from fireants.registration.greedy import GreedyRegistration
+
+    fixed = BatchedImages([Image.load_file(str(paths["fixed"]), device="cpu")])
+    moving = BatchedImages([Image.load_file(str(paths["moving"]), device="cpu")])
+    start = time.perf_counter()
+    method = GreedyRegistration(scales=[4, 2, 1], iterations=[200, 100, 50],
+                                fixed_images=fixed, moving_images=moving, cc_kernel_size=5,
+                                deformation_type="compositive", smooth_grad_sigma=1,
+                                optimizer="adam", optimizer_lr=0.5)
+    method.optimize()
+    seconds = time.perf_counter() - start
+    method.save_as_ants_transforms(str(folder / "fireants_field.nii.gz"))
+    return read_transform(folder / "fireants_field.nii.gz"), seconds, None
+
+
+PEERS = {"syn": ants_peer("SyN"), "synS": ants_peer("antsRegistrationSyN[s]"),
+         "elastix": elastix_peer, "dipy": dipy_peer, "fireants": fireants_peer}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of every engine (read before the imports)")
+    parser.add_argument("--peers", default="syn,elastix,dipy,fireants",
+                        help=f"deformable peers, comma-separated, of {', '.join(PEERS)}")
+    parser.add_argument("--skip-linear", action="store_true")
+    parser.add_argument("--skip-deformable", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    figures = linear_figures(args.repeats) + deformable_figures()
+    peers = [p for p in args.peers.split(",") if p]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        parser.error(f"unknown peers {unknown}; choose from {', '.join(PEERS)}")
+    torch.set_num_threads(args.threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    figures = [] if args.skip_linear else linear_figures(args.repeats)
+    if not args.skip_deformable:
+        figures += deformable_figures(peers)
     for name, value, unit in figures:
-        print(f"FIGURE {name} {value:.4g} {unit}")
+        print(f"FIGURE {name}_t{args.threads} {value:.4g} {unit}")
 
 
 if __name__ == "__main__":
