@@ -153,7 +153,9 @@ def test_learned_method_runs_the_chosen_network(make_napari_viewer, qtbot, tmp_p
     moving_layer = viewer.layers["moving"]
     names = {layer.name for layer in viewer.layers}
     widget.method.setCurrentText("learned")
-    assert widget.model.isEnabled() and widget.metric.currentText() == "ncc"
+    # The network reads no metric, pyramid, penalty or mask: only the model is offered.
+    assert widget.model.isEnabled() and not widget.metric.isEnabled()
+    assert not widget.iterations.isEnabled() and not widget.mask.isEnabled()
     widget.model.add(folder)
     job = widget.run()
     qtbot.waitUntil(lambda: job.finished, timeout=120_000)
@@ -166,7 +168,11 @@ def test_learned_method_runs_the_chosen_network(make_napari_viewer, qtbot, tmp_p
     direct = register_learned(fixed, moving, model=str(folder))
     points = grid_points(fixed.affine, fixed.spatial_shape).reshape(-1, 3)
     assert np.abs(widget.transform(points) - direct.transform(points)).max() < 1e-3
-    # A mask is refused before anything runs: the network takes none.
+    # A mask chosen for a classical run is refused before anything runs.
     add_fixed_mask(viewer, fixed, np.ones(fixed.spatial_shape), "fixed everything")
+    widget.method.setCurrentText("deformable")
+    assert widget.metric.isEnabled() and not widget.model.isEnabled()
     widget.mask.setCurrentText("fixed everything")
+    widget.method.setCurrentText("learned-refine")
+    assert widget.iterations.isEnabled()
     assert widget.run() is None and "take no mask" in widget.status.text()

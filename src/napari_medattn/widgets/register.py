@@ -50,6 +50,7 @@ from qtpy.QtWidgets import (
 from napari_medattn.display.layers import GEOMETRY_KEY, layer_volume
 from napari_medattn.errors import Cancelled, GeometryError, MedAttnError, ModelError
 from napari_medattn.io import Volume, volume_like
+from napari_medattn.registration import METHODS as ENGINE_METHODS
 from napari_medattn.registration import (
     LinearTransform,
     Settings,
@@ -193,9 +194,14 @@ class RegisterWidget(JobWidget):
 
     def _choices_changed(self, text: str = "") -> None:
         set_items(self.mask, [NO_MASK, *self._masks_on_fixed_grid()])
-        learned = self.method.currentText() in LEARNED_METHODS
+        # Each box is enabled only where the chosen method reads it.
+        method = self.method.currentText()
+        classical = method in ENGINE_METHODS
+        for box in (self.metric, self.levels, self.weight, self.smoothing, self.mask):
+            box.setEnabled(classical)
+        self.iterations.setEnabled(classical or method == "learned-refine")
         for box in (self.model, self.model.open_button):
-            box.setEnabled(learned)
+            box.setEnabled(method in LEARNED_METHODS)
         self._apply_defaults()
         self.jobs.refresh()
 
