@@ -57,6 +57,9 @@ class Settings:
         Most L-BFGS iterations per level for the linear stage.
     deformable_iterations : tuple of int
         Adam iterations of the deformable stage at each level (same length as ``levels``).
+        The default spends few where an iteration is dearest: on the 2 mm MNI152 pair of
+        docs/benchmarks/registration.md, (80, 20, 5) reaches Dice within 0.02 of
+        (80, 40, 20) in 40 % of its time.
     regularisation : str
         ``"diffusion"`` (squared first derivatives of the velocity, per mm) or
         ``"bending"`` (squared second derivatives).
@@ -88,7 +91,7 @@ class Settings:
     metric: str = "mse"
     levels: tuple[int, ...] = (4, 2, 1)
     iterations: int = 20
-    deformable_iterations: tuple[int, ...] = (80, 40, 20)
+    deformable_iterations: tuple[int, ...] = (80, 20, 5)
     regularisation: str = "diffusion"
     weight: float = 2.0
     smoothing_mm: float = 4.0
