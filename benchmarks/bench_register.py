@@ -211,6 +211,20 @@ def deformable_figures(peers: list[str]) -> list[tuple[str, float, str]]:
                                fixed.affine, fixed.spatial_shape)
     rows["ours"] = (overlap(warp(moving_labels, result.transform, fixed), fixed_labels),
                     det, result.seconds)
+    rows.update(peer_rows(peers, fixed, moving, fixed_labels, moving_labels))
+    figures = row_figures(rows, "deformable", fixed_labels)
+    for name, (_, _, seconds) in rows.items():
+        if name != "ours":
+            figures.append((f"deformable_time_ours_over_{name}", rows["ours"][2] / seconds,
+                            "ratio"))
+    return figures
+
+
+def peer_rows(peers: list[str], fixed: Volume, moving: Volume, fixed_labels: Volume,
+              moving_labels: Volume) -> dict[str, tuple[dict, np.ndarray, float]]:
+    """``{peer: (overlap scores, det J on the fixed grid, seconds)}``; a peer that fails
+    is reported and left out."""
+    rows = {}
     with tempfile.TemporaryDirectory() as folder:
         paths = {name: write_nifti(Path(folder) / f"{name}.nii.gz", volume)
                  for name, volume in (("fixed", fixed), ("moving", moving),
@@ -226,23 +240,32 @@ def deformable_figures(peers: list[str]) -> list[tuple[str, float, str]]:
                 warped = warp(moving_labels, field, fixed)
             det = jacobian_determinant(field, fixed.affine, fixed.spatial_shape)
             rows[peer] = (overlap(warped, fixed_labels), det, seconds)
+    return rows
+
+
+def ants_syn(fixed: Volume, moving: Volume, fixed_labels: Volume, moving_labels: Volume
+             ) -> tuple[dict, np.ndarray, float]:
+    """ANTsPy ``SyN``'s row: (overlap scores, det J, seconds)."""
+    return peer_rows(["syn"], fixed, moving, fixed_labels, moving_labels)["syn"]
+
+
+def row_figures(rows: dict, prefix: str, fixed_labels: Volume) -> list[tuple[str, float, str]]:
+    """Print each row (Dice and HD95 per class, folding, SDlogJ inside the brain, time)
+    and return its ``FIGURE`` triples named ``{prefix}_{row}_...``."""
     figures = []
     brain = np.asarray(fixed_labels.data) > 0
     for name, (scores, det, seconds) in rows.items():
-        percent, _ = folding(det, fixed.affine)
+        percent, _ = folding(det, fixed_labels.affine)
         spread = sdlogj(det, brain)
-        print(f"{name}: " + ", ".join(f"{k} Dice {d:.3f} HD95 {h:.2f} mm"
-                                      for k, (d, h) in scores.items())
+        print(f"{prefix} {name}: " + ", ".join(f"{k} Dice {d:.3f} HD95 {h:.2f} mm"
+                                               for k, (d, h) in scores.items())
               + f"; folding {percent:.4f} %; SDlogJ {spread:.4f}; {seconds:.1f} s")
         for label, (dice, hd95) in scores.items():
-            figures += [(f"deformable_{name}_dice_{label}", dice, "dice"),
-                        (f"deformable_{name}_hd95_{label}", hd95, "mm")]
-        figures += [(f"deformable_{name}_folding", percent, "percent"),
-                    (f"deformable_{name}_sdlogj", spread, "sdlogj"),
-                    (f"deformable_{name}_time", seconds, "s")]
-        if name != "ours":
-            figures.append((f"deformable_time_ours_over_{name}", rows["ours"][2] / seconds,
-                            "ratio"))
+            figures += [(f"{prefix}_{name}_dice_{label}", dice, "dice"),
+                        (f"{prefix}_{name}_hd95_{label}", hd95, "mm")]
+        figures += [(f"{prefix}_{name}_folding", percent, "percent"),
+                    (f"{prefix}_{name}_sdlogj", spread, "sdlogj"),
+                    (f"{prefix}_{name}_time", seconds, "s")]
     return figures
 
 
