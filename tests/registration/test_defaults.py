@@ -55,7 +55,7 @@ def test_metrics_levels_and_smoothness_by_pair():
 
 def test_deformable_iterations_are_the_engines_measured_default():
     assert deformable_iterations_for((4, 2, 1)) == Settings().deformable_iterations
-    assert deformable_iterations_for((2,)) == (40,)
+    assert deformable_iterations_for((2,)) == (20,)
 
 
 def test_contrast_of_sample_scans():
