@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--batch-size", type=int, default=2)
+    train.add_argument("--positive-weight", type=float, default=1.0,
+                       help="weight of the true centres in the focal loss (default 1)")
+    train.add_argument("--start-from", metavar="MODEL",
+                       help="continue from this detector (same configuration)")
+    train.add_argument("--lr", type=float, default=3e-3)
     evaluate = sub.add_parser("evaluate")
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument("--model", type=Path, required=True)
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = [read_case(p) for p in case_paths(args.data, held_out=False)]
         training.train_detector(cases, args.out, seconds=args.seconds, seed=args.seed,
                                 batch_size=args.batch_size,
+                                positive_weight=args.positive_weight,
+                                start_from=args.start_from, lr=args.lr,
                                 command=" ".join(["python", *sys.argv]))
         return 0
     cases = [read_case(p) for p in case_paths(args.data, held_out=True)]

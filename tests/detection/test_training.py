@@ -61,3 +61,24 @@ def test_placed_lesions_are_separate_and_their_boxes_cover_them():
         assert not (grown & (instances > 0) & (instances != i)).any()
     again = place_lesions(volume, [1, 2, 3, 2], seed=3)
     assert np.array_equal(again[1], instances)
+
+
+def test_positive_weight_scales_the_true_centres_term_only():
+    import torch.nn.functional as F
+
+    heat = torch.zeros((1, 1, 4, 4, 4))
+    heat[0, 0, 1, 1, 1] = 1.0                      # one true centre
+    heat[0, 0, 2, 1, 1] = 0.5                      # a neighbour: penalty-reduced negative
+    log_size = torch.zeros((1, 3, 4, 4, 4))
+    mask = torch.zeros((1, 4, 4, 4), dtype=torch.bool)   # no size term
+    logits = torch.full((1, 1, 4, 4, 4), -1.0)
+    output = torch.cat([logits, log_size], 1)
+    # By hand: p = sigmoid(-1); the centre costs -log(p)(1-p)^2, each negative
+    # -log(1-p) p^2 (1-heat)^4; one positive normalises.
+    p = torch.sigmoid(torch.tensor(-1.0))
+    positive = -F.logsigmoid(torch.tensor(-1.0)) * (1 - p) ** 2
+    negative = -F.logsigmoid(torch.tensor(1.0)) * p ** 2 * (62 + 0.5 ** 4)
+    for weight in (1.0, 4.0):
+        expected = weight * positive + negative
+        assert torch.isclose(detection_loss(output, heat, log_size, mask, weight), expected,
+                             rtol=1e-5)

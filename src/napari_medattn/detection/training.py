@@ -34,6 +34,7 @@ from napari_medattn.metrics.detection import evaluate_detections
 from napari_medattn.models import create
 from napari_medattn.models.card import NOT_CLINICAL, ModelCard
 from napari_medattn.models.registry import CARD_FILE, load_model, save_model
+from napari_medattn.training.cards import initialise_from
 from napari_medattn.training.lesion_synthesis import KIND_COLOURS, LESION_KINDS
 from napari_medattn.training.loop import cosine_lr
 
@@ -119,8 +120,9 @@ def lesion_targets(shape: Sequence[int], affine: np.ndarray, lesions: Sequence[D
 
 
 def detection_loss(output: torch.Tensor, heat: torch.Tensor, log_size: torch.Tensor,
-                   size_mask: torch.Tensor) -> torch.Tensor:
-    """CenterNet focal loss on the heatmaps plus L1 on the log-sizes inside ``size_mask``."""
+                   size_mask: torch.Tensor, positive_weight: float = 1.0) -> torch.Tensor:
+    """CenterNet focal loss on the heatmaps plus L1 on the log-sizes inside ``size_mask``;
+    ``positive_weight`` scales the focal loss's term of the true centres (1: CenterNet's)."""
     k = heat.shape[1]
     logits = output[:, :k].float()
     p = torch.sigmoid(logits)
@@ -128,7 +130,7 @@ def detection_loss(output: torch.Tensor, heat: torch.Tensor, log_size: torch.Ten
     # log(p) and log(1 - p) from the logits, stable where sigmoid saturates.
     pos = -(F.logsigmoid(logits) * (1 - p) ** 2)[positive].sum()
     neg = -(F.logsigmoid(-logits) * p ** 2 * (1 - heat) ** 4)[~positive].sum()
-    focal = (pos + neg) / positive.sum().clamp(min=1)
+    focal = (positive_weight * pos + neg) / positive.sum().clamp(min=1)
     mask = size_mask[:, None].expand_as(log_size)
     size = F.l1_loss(output[:, k:k + 3].float()[mask], log_size[mask]) if mask.any() else \
         output.sum() * 0.0
@@ -197,7 +199,8 @@ def detector_card(seeds: str, procedure: str) -> ModelCard:
 
 def train_detector(cases: Sequence[tuple[Volume, list[Detection]]], out_dir: str | Path, *,
                    seconds: float = 600.0, batch_size: int = 2, lr: float = 3e-3,
-                   seed: int = 0, command: str = "") -> Path:
+                   seed: int = 0, command: str = "", positive_weight: float = 1.0,
+                   start_from: str | Path | None = None) -> Path:
     """Train the detector on ``cases`` for ``seconds`` of wall time and save it.
 
     Parameters
@@ -212,6 +215,11 @@ def train_detector(cases: Sequence[tuple[Volume, list[Detection]]], out_dir: str
         Patches per step, peak AdamW learning rate, random seed.
     command : str
         The command line, for the card.
+    positive_weight : float
+        Weight of the true centres in the focal loss (see :func:`detection_loss`).
+    start_from : str or Path, optional
+        A detector of the same configuration to continue from (e.g. the shipped one);
+        default a fresh network with the prior bias.
 
     Returns
     -------
@@ -223,8 +231,13 @@ def train_detector(cases: Sequence[tuple[Volume, list[Detection]]], out_dir: str
     card = detector_card("", "")
     n_classes = check_detector(card)
     model = create(card.architecture, **card.config)
-    with torch.no_grad():
-        model.head.bias[:n_classes].fill_(PRIOR_LOGIT)
+    start = "a fresh network"
+    if start_from is not None:
+        start = "the weights of {name} (sha256 {sha256})".format(
+            **initialise_from(model, card.architecture, model.config, start_from))
+    else:
+        with torch.no_grad():
+            model.head.bias[:n_classes].fill_(PRIOR_LOGIT)
     prepared = _prepared(cases, card)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     model.train()
@@ -236,7 +249,7 @@ def train_detector(cases: Sequence[tuple[Volume, list[Detection]]], out_dir: str
         batch = [_sample(prepared[int(rng.integers(len(prepared)))], rng, n_classes)
                  for _ in range(batch_size)]
         image, heat, log_size, mask = (torch.from_numpy(np.stack(b)) for b in zip(*batch))
-        loss = detection_loss(model(image), heat, log_size, mask)
+        loss = detection_loss(model(image), heat, log_size, mask, positive_weight)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
@@ -247,11 +260,13 @@ def train_detector(cases: Sequence[tuple[Volume, list[Detection]]], out_dir: str
             print(f"step {step} loss {np.mean(losses[-20:]):.3f} "
                   f"{time.perf_counter() - started:.0f} s", flush=True)
     procedure = (
-        f"{command or 'napari_medattn.detection.training.train_detector'}: {step} AdamW steps "
+        f"{command or 'napari_medattn.detection.training.train_detector'}: from {start}, "
+        f"{step} AdamW steps "
         f"(lr {lr:g}, cosine over a {seconds:.0f} s wall-clock budget, weight decay 1e-4), "
         f"batch {batch_size} patches of {PATCH[0]}^3 voxels at {SPACING_MM[0]:g} mm "
         f"({LESION_PATCH_FRACTION:.0%} centred near a lesion), random flips and intensity "
-        f"scaling, CenterNet focal loss + L1 on log box sizes, float32, "
+        f"scaling, CenterNet focal loss (true centres weighted {positive_weight:g}) + L1 on "
+        f"log box sizes, float32, "
         f"{torch.get_num_threads()} CPU threads on a shared 2-core machine; final mean loss "
         f"{np.mean(losses[-20:]):.3f} (first steps {np.mean(losses[:20]):.3f}), seed {seed}.")
     card = detector_card(f"{len(cases)} training cases", procedure)
