@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from napari_medattn.inference.preprocess import (
 from napari_medattn.inference.sliding_window import check_cancel
 from napari_medattn.io.volume import Volume, require_3d
 from napari_medattn.models.card import ModelCard
+
+if TYPE_CHECKING:  # explain imports the inference stack; heat_map imports it when called
+    from napari_medattn.explain.dispatch import ExplanationMap
 
 __all__ = ["CAM_LAYER", "DEFAULT_CLASSIFIER", "HEATMAPS", "ClassificationResult",
            "check_classifier", "classifier_input", "classify", "heat_map"]
@@ -182,7 +185,7 @@ def classify(volume: Volume, model: nn.Module, card: ModelCard, *, device: str =
 
 def heat_map(volume: Volume, model: nn.Module, card: ModelCard, kind: str = "gradcam", *,
              device: str = "auto", progress: Callable[[int, int], None] | None = None,
-             cancel: Callable[[], bool] | None = None):
+             cancel: Callable[[], bool] | None = None) -> ExplanationMap:
     """Where the classifier looked, on the scan's geometry, through
     :func:`napari_medattn.explain.explain`.
 
