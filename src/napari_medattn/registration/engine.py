@@ -59,7 +59,7 @@ class Settings:
         Adam iterations of the deformable stage at each level (same length as ``levels``).
         The default spends few where an iteration is dearest: on the 2 mm MNI152 pair of
         docs/benchmarks/registration.md, (80, 20, 5) reaches Dice within 0.02 of
-        (80, 40, 20) in 40 % of its time.
+        (80, 40, 20) in 38 % of its time.
     regularisation : str
         ``"diffusion"`` (squared first derivatives of the velocity, per mm) or
         ``"bending"`` (squared second derivatives).
@@ -75,8 +75,9 @@ class Settings:
         Mattes MI histogram bins; local NCC window radius (voxels).
     samples : int
         Fixed voxels sampled per level for the linear stage (all if fewer). 8,000 (elastix
-        draws 2,048 per iteration) kept TRE at 0.003-0.019 mm on the nibabel pairs of
-        docs/benchmarks/registration.md at three fifths of the time of 20,000.
+        draws 2,048 per iteration) kept TRE at 0.004-0.027 mm on the nibabel pairs of
+        docs/benchmarks/registration.md (SimpleITK on every voxel: 0.018-1.26 mm) at
+        about three quarters of the time of 20,000.
     tolerance : float
         Stop a level when the loss changes less than this between iterations.
     steps : int
