@@ -306,7 +306,7 @@ def test_count_flops_restores_the_training_mode_and_rejects_bad_shapes():
 
 @pytest.mark.parametrize(("name", "config", "message"), [
     ("vnet", {}, "valid choices are dmaf_net, dssa_unet, early_fusion_unet, medformer, "
-                 "region_fusion_net, unet, unetr"),
+                 "region_fusion_net, transmorph, unet, unetr, voxelmorph"),
     ("unet", {"attention": "sparse"}, "valid choices are 'none', 'se'"),
     ("unet", {"width": 3}, "valid options are spatial_dims"),
     ("unet", {"spatial_dims": 4}, "valid choices are 2, 3"),
