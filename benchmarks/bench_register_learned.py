@@ -40,10 +40,10 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 
-from bench_register import ants_syn, deformable_pair, overlap  # noqa: E402
+from bench_register import ants_syn, deformable_pair, overlap, row_figures  # noqa: E402
 
 from napari_medattn.io import Volume  # noqa: E402
-from napari_medattn.metrics.registration import folding, jacobian_determinant, sdlogj  # noqa: E402
+from napari_medattn.metrics.registration import jacobian_determinant  # noqa: E402
 from napari_medattn.models.registry import load_model  # noqa: E402
 from napari_medattn.registration import Settings, register, warp  # noqa: E402
 from napari_medattn.registration.engine import _normalise  # noqa: E402
@@ -104,21 +104,7 @@ def accuracy_figures(pair_name: str, pair, peers: bool) -> list[tuple[str, float
                                               result.seconds)
     if peers:
         rows["ants_syn"] = ants_syn(fixed, moving, fixed_labels, moving_labels)
-    figures = []
-    brain = np.asarray(fixed_labels.data) > 0
-    for name, (scores, det, seconds) in rows.items():
-        percent, _ = folding(det, fixed.affine)
-        spread = sdlogj(det, brain)
-        print(f"{pair_name} {name}: " + ", ".join(f"{k} Dice {d:.3f} HD95 {h:.2f} mm"
-                                                  for k, (d, h) in scores.items())
-              + f"; folding {percent:.4f} %; SDlogJ {spread:.4f}; {seconds:.1f} s")
-        for label, (dice, hd95) in scores.items():
-            figures += [(f"{pair_name}_{name}_dice_{label}", dice, "dice"),
-                        (f"{pair_name}_{name}_hd95_{label}", hd95, "mm")]
-        figures += [(f"{pair_name}_{name}_folding", percent, "percent"),
-                    (f"{pair_name}_{name}_sdlogj", spread, "sdlogj"),
-                    (f"{pair_name}_{name}_time", seconds, "s")]
-    return figures
+    return row_figures(rows, pair_name, fixed_labels)
 
 
 def main() -> None:

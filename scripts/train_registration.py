@@ -50,8 +50,12 @@ from napari_medattn.models.card import NOT_CLINICAL, ModelCard
 from napari_medattn.models.registry import BUILTIN_DIR, load_model, save_model
 from napari_medattn.registration.engine import _normalise
 from napari_medattn.registration.learned import network_velocity
-from napari_medattn.registration.sampling import exponentiate, grid_points, mm_to_normalised, \
-    sample
+from napari_medattn.registration.sampling import (
+    exponentiate,
+    grid_points,
+    mm_to_normalised,
+    sample,
+)
 from napari_medattn.training.synthesis import TISSUE_LABELS
 
 #: Seeds of the training pool and of the held-out pairs (different streams).
@@ -242,13 +246,31 @@ def train(pool_path: Path, name: str, cpu_minutes: float, wall_minutes: float, s
     folder = out / name
     save_model(net, card, folder)
     (folder / "training_log.json").write_text(json.dumps(history, indent=1) + "\n")
-    from napari_medattn.training.plot import plot_curves
-
-    # plot_curves draws per "epoch": here one point per logged block of steps.
-    plot_curves([{"epoch": h["step"], "loss": h["loss"]} for h in history],
-                folder / "training.png", title=f"{name}: training loss per step "
-                                                f"({STEPS_PER_LOG}-step means)")
+    plot_log(history, folder / "training.png", name)
     print(f"wrote {folder}")
+
+
+def plot_log(history: list[dict], path: Path, name: str) -> None:
+    """The velocity error per step against what predicting no motion would score (the
+    training package's plot_curves draws segmentation epochs and validation Dice)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from napari_medattn.io.atomic import atomic_path
+
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    steps = [h["step"] for h in history]
+    axes.plot(steps, [h["velocity_mse"] for h in history], label="network")
+    axes.plot(steps, [h["zero_prediction_mse"] for h in history], "--",
+              label="predicting no motion")
+    axes.set(xlabel="step", ylabel=f"velocity squared error (mm^2, {STEPS_PER_LOG}-step means)",
+             title=f"{name}: training")
+    axes.legend()
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary)
 
 
 def _training_data(pool) -> str:
@@ -260,8 +282,9 @@ def _training_data(pool) -> str:
             f"deformation_mm {DEFORMATION_MM:g}) plus, for every fourth brain, its plain "
             f"deformed T1 with a random gamma: " + ", ".join(f"{n} {k}" for k, n in
                                                             kinds.items())
-            + ". Pairs are two different brains (mostly of different contrasts). No scan of "
-              "any person was used. Template (c) 1993-2009 Louis Collins, McConnell Brain "
+            + ". A pair is one brain against its twin rendering or a random intensity map of "
+              "it (mostly another contrast), moved by a known random diffeomorphism. No scan "
+              "of any person was used. Template (c) 1993-2009 Louis Collins, McConnell Brain "
               "Imaging Centre, free for use with attribution.")
 
 

@@ -198,6 +198,11 @@ def register_learned(fixed: Volume, moving: Volume, *, model: str = DEFAULT_MODE
     if card.task != "registration":
         raise ModelError(f"The model {card.name!r} is a {card.task} model; choose a "
                          f"registration model such as {DEFAULT_MODEL!r}.")
+    if card.orientation and np.asarray(fixed.data).ndim == 3:
+        # Every stage sees the fixed scan in the card's array order (a view, same voxels,
+        # exact affine): the affine stage samples fixed voxels, so without this a flipped
+        # file would give a (slightly) different pre-alignment.
+        fixed = reorient(fixed, card.orientation)[0]
     affine_run = register(fixed, moving, Settings(method="affine", metric="mi", device=device),
                           progress=_stage(progress, 0.0, _SHARES[0]), cancel=cancel,
                           callback=callback)
@@ -220,7 +225,7 @@ def register_learned(fixed: Volume, moving: Volume, *, model: str = DEFAULT_MODE
         return Result(transform, linear, field, velocity, loss_before, loss_after, history,
                       time.perf_counter() - start)
     _check_cancel(cancel, transform)
-    on_fixed = resample_to_grid(Volume(velocity, grid_affine), fixed.affine,
+    on_fixed = resample_to_grid(Volume(velocity, field.affine), fixed.affine,
                                 fixed.spatial_shape, order=LINEAR).data
     settings = Settings(method="deformable", metric="ncc", levels=(2, 1),
                         deformable_iterations=(2 * refine_iterations, refine_iterations),
