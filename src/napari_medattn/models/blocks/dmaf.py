@@ -24,7 +24,7 @@ from napari_medattn.models import capture
 from napari_medattn.models.blocks.common import check_spatial_dims
 from napari_medattn.models.blocks.global_attention import head_dim
 
-__all__ = ["DMAFBlock", "presence_mask"]
+__all__ = ["DMAFBlock", "masked_features", "presence_mask"]
 
 
 def presence_mask(present: torch.Tensor | None, batch: int, n_modalities: int,
@@ -50,6 +50,39 @@ def presence_mask(present: torch.Tensor | None, batch: int, n_modalities: int,
     if not bool(mask.any(dim=1).all()):
         raise DimensionError("Every case needs at least one modality present.")
     return mask
+
+
+def masked_features(features: torch.Tensor, present: torch.Tensor | None, *,
+                    n_modalities: int, channels: int, spatial_dims: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check per-modality ``features`` (B, M, C, *grid) and zero the missing modalities.
+
+    Zeroing keeps a NaN or inf in a missing input from reaching any sum, whatever weight
+    a fusion block gives it.
+
+    Returns
+    -------
+    features : Tensor
+        The same shape, missing modalities' features set to 0.
+    mask : Tensor
+        ``(B, M)`` bool presence mask (:func:`presence_mask`).
+
+    Raises
+    ------
+    DimensionError
+        Features of the wrong shape, or a bad presence mask.
+    """
+    if features.ndim != spatial_dims + 3 or features.shape[1] != n_modalities \
+            or features.shape[2] != channels:
+        raise DimensionError(
+            f"The modality features must have shape (batch, {n_modalities}, {channels}, "
+            f"*grid) with {spatial_dims} grid axes, not {tuple(features.shape)}.")
+    b, m = features.shape[:2]
+    mask = presence_mask(present, b, m, features.device)
+    expand = (b, m, *([1] * (features.ndim - 2)))
+    features = torch.where(mask.reshape(expand), features,
+                           torch.zeros((), dtype=features.dtype, device=features.device))
+    return features, mask
 
 
 class DMAFBlock(nn.Module):
@@ -114,20 +147,13 @@ class DMAFBlock(nn.Module):
         ``present`` is a (B, M) or (M,) bool mask (None: all present). Features of a
         missing modality do not influence the output.
         """
-        if features.ndim != self.spatial_dims + 3 or features.shape[1] != self.n_modalities \
-                or features.shape[2] != self.channels:
-            raise DimensionError(
-                f"The modality features must have shape (batch, {self.n_modalities}, "
-                f"{self.channels}, *grid) with {self.spatial_dims} grid axes, not "
-                f"{tuple(features.shape)}.")
+        # Zeroed missing modalities are also what the ablation without masking attends to
+        # (zero-filled modalities, as early fusion).
+        features, mask = masked_features(features, present, n_modalities=self.n_modalities,
+                                         channels=self.channels,
+                                         spatial_dims=self.spatial_dims)
         b, m, c = features.shape[:3]
         grid = tuple(features.shape[3:])
-        mask = presence_mask(present, b, m, features.device)
-        # Zero the missing modalities' features: masking gives them zero weight anyway, but
-        # zeroing keeps a NaN or inf in a missing input from reaching the sum, and is what
-        # the ablation without masking attends to (zero-filled modalities, as early fusion).
-        features = torch.where(mask.reshape(b, m, 1, *([1] * len(grid))), features,
-                               torch.zeros((), dtype=features.dtype, device=features.device))
         n = features[0, 0, 0].numel()
         tokens = features.reshape(b, m, c, n).permute(0, 3, 1, 2).reshape(b * n, m, c)
         tokens = tokens + self.modality_embedding

@@ -17,10 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from napari_medattn.errors import DimensionError
 from napari_medattn.models import capture
 from napari_medattn.models.blocks.common import check_spatial_dims, conv_nd
-from napari_medattn.models.blocks.dmaf import presence_mask
+from napari_medattn.models.blocks.dmaf import masked_features
 
 __all__ = ["RegionFusionBlock"]
 
@@ -62,18 +61,11 @@ class RegionFusionBlock(nn.Module):
                 ) -> torch.Tensor:
         """Fuse ``features`` (B, M, C, *grid) into (B, C, *grid); ``present`` as
         :class:`~napari_medattn.models.blocks.dmaf.DMAFBlock` takes it."""
-        if features.ndim != self.spatial_dims + 3 or features.shape[1] != self.n_modalities \
-                or features.shape[2] != self.channels:
-            raise DimensionError(
-                f"The modality features must have shape (batch, {self.n_modalities}, "
-                f"{self.channels}, *grid) with {self.spatial_dims} grid axes, not "
-                f"{tuple(features.shape)}.")
+        features, mask = masked_features(features, present, n_modalities=self.n_modalities,
+                                         channels=self.channels,
+                                         spatial_dims=self.spatial_dims)
         b, m, c = features.shape[:3]
         grid = tuple(features.shape[3:])
-        mask = presence_mask(present, b, m, features.device)
-        expand = (b, m, *([1] * (len(grid) + 1)))
-        features = torch.where(mask.reshape(expand), features,
-                               torch.zeros((), dtype=features.dtype, device=features.device))
         count = mask.sum(1).to(features.dtype).reshape(b, *([1] * (len(grid) + 1)))
         regions = self.region_logits(features.sum(1) / count).softmax(1)  # (B, K, *grid)
         logits = self.weight_logits(features.reshape(b, m * c, *grid))
