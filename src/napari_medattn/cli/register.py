@@ -12,6 +12,7 @@ saved transforms (ours or ITK's/ANTs'), to fixed points in the order given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -43,15 +44,19 @@ def register(subparsers) -> None:
                         help="classical iterations of learned-refine at full resolution "
                              "(twice as many at half resolution first) (default: 20)")
     parser.add_argument("--metric", choices=("auto", "mse", "ncc", "mi"), default="auto",
-                        help="auto: Mattes MI for linear methods, local NCC for deformable")
-    parser.add_argument("--levels", default="4,2,1",
-                        help="pyramid shrink factors, coarse to fine (default 4,2,1)")
+                        help="auto: by the scans' modalities and MR weightings, as the "
+                             "Register widget (same contrast: MSE linear, local NCC "
+                             "deformable; across contrasts: Mattes MI)")
+    parser.add_argument("--levels", default=None,
+                        help="pyramid shrink factors, coarse to fine (default by the "
+                             "modality pair: 4,2,1; 4,2 with PET)")
     parser.add_argument("--iterations", type=int, default=20,
                         help="L-BFGS iterations per level of the linear stage")
     parser.add_argument("--weight", type=float, default=2.0,
                         help="regularisation weight of the deformable stage")
-    parser.add_argument("--smoothing-mm", type=float, default=4.0,
-                        help="Gaussian sigma of the velocity field (mm)")
+    parser.add_argument("--smoothing-mm", type=float, default=None,
+                        help="Gaussian sigma of the velocity field (mm; default by the "
+                             "modality pair: 4, or 8 with PET)")
     parser.add_argument("--landmarks", nargs=2, metavar=("FIXED_CSV", "MOVING_CSV"),
                         help="paired points (x, y, z LPS mm per row): the fit for "
                              "--method landmarks, the start of the others")
@@ -78,21 +83,28 @@ def register(subparsers) -> None:
     warp.set_defaults(func=run_warp)
 
 
-def _settings(args: argparse.Namespace, device: str):
-    from napari_medattn.registration import Settings
+def _settings(args: argparse.Namespace, device: str, fixed, moving):
+    """The engine settings: the modality pair's defaults (the one table the widget uses
+    too, :func:`~napari_medattn.registration.defaults.defaults_for`), then the options."""
+    from napari_medattn.registration.defaults import (
+        contrast_of,
+        defaults_for,
+        deformable_iterations_for,
+    )
 
-    try:
-        levels = tuple(int(f) for f in args.levels.split(","))
-    except ValueError:
-        raise GeometryError(f"--levels must be comma-separated integers, got "
-                            f"{args.levels!r}.") from None
-    metric = args.metric
-    if metric == "auto":
-        metric = "ncc" if args.method == "deformable" else "mi"
-    iterations = tuple(max(10, 80 // f) for f in levels)
-    return Settings(method=args.method, metric=metric, levels=levels,
-                    iterations=args.iterations, deformable_iterations=iterations,
-                    weight=args.weight, smoothing_mm=args.smoothing_mm, device=device)
+    base = defaults_for(contrast_of(fixed), contrast_of(moving), args.method)
+    levels = base.levels
+    if args.levels is not None:
+        try:
+            levels = tuple(int(f) for f in args.levels.split(","))
+        except ValueError:
+            raise GeometryError(f"--levels must be comma-separated integers, got "
+                                f"{args.levels!r}.") from None
+    return dataclasses.replace(
+        base, metric=base.metric if args.metric == "auto" else args.metric, levels=levels,
+        iterations=args.iterations, deformable_iterations=deformable_iterations_for(levels),
+        weight=args.weight, device=device,
+        smoothing_mm=base.smoothing_mm if args.smoothing_mm is None else args.smoothing_mm)
 
 
 def run_register(args: argparse.Namespace) -> int:
@@ -137,7 +149,7 @@ def run_register(args: argparse.Namespace) -> int:
         record.details["model"] = args.model or DEFAULT_MODEL
         record.details["seconds"] = result.seconds
     else:
-        settings = _settings(args, str(choice.device))
+        settings = _settings(args, str(choice.device), fixed, moving)
         with ProgressBar("register", unit="step") as bar:
             result = register(fixed, moving, settings, initial=initial, progress=bar.update)
         transform, similarity = result.transform, (result.loss_before, result.loss_after)
