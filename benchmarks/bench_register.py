@@ -300,7 +300,9 @@ def elastix_peer(paths, folder):
         fixed, moving, parameter_object=parameters, log_to_console=False,
         number_of_threads=int(os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"]))
     seconds = time.perf_counter() - start
-    field = itk.transformix_deformation_field(moving, found)
+    # transformix writes its deformationField.nii into the output folder (the working
+    # directory unless told).
+    field = itk.transformix_deformation_field(moving, found, output_directory=str(folder))
     itk.imwrite(field, str(folder / "elastix_field.nii.gz"))
     return read_transform(folder / "elastix_field.nii.gz"), seconds, None
 
