@@ -46,7 +46,7 @@ from napari_medattn.io import Volume  # noqa: E402
 from napari_medattn.metrics.registration import jacobian_determinant  # noqa: E402
 from napari_medattn.models.registry import load_model  # noqa: E402
 from napari_medattn.registration import Settings, register, warp  # noqa: E402
-from napari_medattn.registration.engine import _normalise  # noqa: E402
+from napari_medattn.registration.engine import normalise_intensities  # noqa: E402
 from napari_medattn.registration.learned import predict_field, register_learned  # noqa: E402
 
 MODELS = {"transmorph": "transmorph-brain-2mm", "voxelmorph": "voxelmorph-brain-2mm"}
@@ -56,7 +56,7 @@ REFINE_ITERATIONS = 20
 def inference_figures(repeats: int) -> list[tuple[str, float, str]]:
     fixed, moving, _, _ = deformable_pair()
     linear = register(fixed, moving, Settings(method="affine", metric="mi")).linear
-    normalised = [Volume(_normalise(np.asarray(v.data, np.float32)), v.affine)
+    normalised = [Volume(normalise_intensities(np.asarray(v.data, np.float32)), v.affine)
                   for v in (fixed, moving)]
     figures = []
     for short, name in MODELS.items():

@@ -48,7 +48,7 @@ from napari_medattn.io.volume import Volume
 from napari_medattn.models import create
 from napari_medattn.models.card import NOT_CLINICAL, ModelCard
 from napari_medattn.models.registry import BUILTIN_DIR, load_model, save_model
-from napari_medattn.registration.engine import _normalise
+from napari_medattn.registration.engine import normalise_intensities
 from napari_medattn.registration.learned import network_velocity
 from napari_medattn.registration.sampling import (
     exponentiate,
@@ -98,14 +98,14 @@ def make_pool(out: Path, size: int = POOL_SIZE, seed: int = POOL_SEED) -> None:
     images, labels, kinds = [], [], []
     for case, (image, label) in enumerate(synthetic_brain_cases(
             size, seed, synthetic_fraction=0.6, deformation_mm=DEFORMATION_MM)):
-        images.append(_normalise(np.asarray(image.data, np.float32)))
+        images.append(normalise_intensities(np.asarray(image.data, np.float32)))
         labels.append(np.asarray(label.data, np.uint8))
         kinds.append(image.meta["synthesis"]["kind"])
         if case % 4 == 0:
             rng = np.random.default_rng((seed, case, 1))
             plain = np.asarray(apply_deformation(t1, image.meta["displacement_mm"]).data)
             plain = np.clip(plain / plain.max(), 0, 1) ** rng.uniform(0.7, 1.4)
-            images.append(_normalise(plain.astype(np.float32)))
+            images.append(normalise_intensities(plain.astype(np.float32)))
             labels.append(labels[-1])
             kinds.append("plain T1")
         print(f"case {case}: {kinds[-1]}", flush=True)

@@ -233,8 +233,8 @@ def register(fixed: Volume, moving: Volume, settings: Settings | None = None, *,
     mask = _checked_mask(fixed_mask, fixed) if fixed_mask is not None else None
     start_velocity = (_checked_velocity(initial_velocity, fixed, settings, initial)
                       if initial_velocity is not None else None)
-    fixed_levels = pyramid(_normalise(fixed_data), fixed.affine, settings.levels)
-    moving_levels = pyramid(_normalise(moving_data), moving.affine, settings.levels)
+    fixed_levels = pyramid(normalise_intensities(fixed_data), fixed.affine, settings.levels)
+    moving_levels = pyramid(normalise_intensities(moving_data), moving.affine, settings.levels)
     mask_levels = _mask_pyramid(mask, fixed.affine, fixed_levels) if mask is not None else None
     if initial is None:
         coarse_f, coarse_m = fixed_levels[0], moving_levels[0]
@@ -304,7 +304,7 @@ def _checked_mask(mask: Volume, fixed: Volume) -> np.ndarray:
     return data
 
 
-def _normalise(data: np.ndarray) -> np.ndarray:
+def normalise_intensities(data: np.ndarray) -> np.ndarray:
     """Intensities mapped so that the 0.5th and 99.5th percentiles become 0 and 1 (the
     similarity losses and step sizes then mean the same for CT, MR and PET)."""
     sample = data.reshape(-1)[:: max(1, data.size // 200_000)]

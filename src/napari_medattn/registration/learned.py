@@ -40,7 +40,7 @@ from napari_medattn.inference.resample import (
 from napari_medattn.io.volume import Volume
 from napari_medattn.models.card import ModelCard
 from napari_medattn.registration import similarity
-from napari_medattn.registration.engine import Result, Settings, Snapshot, _normalise, register
+from napari_medattn.registration.engine import Result, Settings, Snapshot, normalise_intensities, register
 from napari_medattn.registration.transforms import (
     DisplacementField,
     LinearTransform,
@@ -208,7 +208,7 @@ def register_learned(fixed: Volume, moving: Volume, *, model: str = DEFAULT_MODE
                           callback=callback)
     linear = affine_run.linear
     _check_cancel(cancel, linear)
-    normalised = [Volume(_normalise(np.asarray(v.data, np.float32)), v.affine)
+    normalised = [Volume(normalise_intensities(np.asarray(v.data, np.float32)), v.affine)
                   for v in (fixed, moving)]
     with held.lease(cancel):
         velocity, field = predict_field(held.module, card, *normalised, linear, device)
