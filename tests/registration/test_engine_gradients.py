@@ -8,7 +8,7 @@ import torch
 
 from napari_medattn.io import read_volume
 from napari_medattn.registration import Settings, optimise, similarity
-from napari_medattn.registration.engine import _normalise, pyramid
+from napari_medattn.registration.engine import normalise_intensities, pyramid
 
 SAMPLES = Path(__file__).parents[2] / "src" / "napari_medattn" / "sample_data"
 FIXED = SAMPLES / "nibabel_anatomical.nii.gz"
@@ -54,7 +54,7 @@ def _torch_matrix(run, params: torch.Tensor, kind: str) -> torch.Tensor:
 def test_parameter_gradients_equal_autograd_on_the_nibabel_pair(metric):
     fixed, moved = read_volume(FIXED), read_volume(MOVED)
     factors = (2,)
-    levels = [pyramid(_normalise(np.asarray(v.data, np.float32)), v.affine, factors)
+    levels = [pyramid(normalise_intensities(np.asarray(v.data, np.float32)), v.affine, factors)
               for v in (fixed, moved)]
     run = optimise.Run(levels[0], levels[1], None, Settings(metric=metric, levels=factors),
                        None, None, None)
