@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 
 
-def make_scans(folder: Path, count: int = 8, corrupt: str | None = "case_3") -> list[Path]:
+def make_scans(folder: Path, count: int = 8, corrupt: str | None = "case_3",
+               tile: int = 1) -> list[Path]:
     """``count`` small MR scans cut from nibabel's anatomical.nii (33 x 41 x 25 at 2 mm),
     each a different part and intensity scaling of the head; ``corrupt`` is a truncated
-    gzip file (a NIfTI that cannot be read)."""
+    gzip file (a NIfTI that cannot be read). ``tile`` repeats each scan along every axis
+    (``tile**3`` times the work per case)."""
     import nibabel as nib
     from nibabel.testing import data_path
 
@@ -24,6 +26,7 @@ def make_scans(folder: Path, count: int = 8, corrupt: str | None = "case_3") -> 
             path.write_bytes(b"\x1f\x8b\x08\x00 not a whole gzip stream")
         else:
             crop = data[index % 3:, :, index % 4:] * (1.0 + 0.1 * index)
+            crop = np.tile(crop, (tile, tile, tile))
             affine = source.affine.copy()
             affine[:3, 3] += affine[:3, :3] @ np.array([index % 3, 0, index % 4])
             nib.save(nib.Nifti1Image(crop, affine), str(path))
