@@ -36,7 +36,11 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_runs_only_the_rest(
     process = subprocess.Popen(
         [sys.executable, "-m", "napari_medattn.cli", *command, "--workers", "1",
          "--dashboard", ":0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # As a terminal starts it, whatever this process inherited: a shell that runs the
+        # tests in the background sets SIGINT to "ignore", a child inherits that, and
+        # Python then never raises KeyboardInterrupt (the run went on to the end).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while len(list(out.glob("cases/*/case.json"))) < 2 and time.monotonic() < deadline \
