@@ -6,7 +6,7 @@ about 8 % of the voxels) are drawn on it. Then, side by side, each case ``--repe
 after one warm-up (highdicom loads its DICOM standard tables on first use), median wall
 time:
 
-* ``write``: :func:`napari_medattn.io.dicom_seg.write_seg` (labels cut per source instance,
+* ``write``: :func:`napari_medattn.io.dicom.seg.write_seg` (labels cut per source instance,
   highdicom's binary SEG, atomic file write); the source headers given, as the napari
   writer and the CLI have them from the open series, plus a row with them re-read;
 * ``read onto scan``: :func:`read_seg` with the scan (labels on its grid, via the SEG's
@@ -33,7 +33,8 @@ import highdicom as hd
 import numpy as np
 
 from napari_medattn.io import Volume, read_volume, volume_like, write_dicom_series, write_nifti
-from napari_medattn.io.dicom_seg import read_seg, source_instances, write_seg
+from napari_medattn.io.dicom.seg import read_seg, write_seg
+from napari_medattn.io.dicom.source import source_instances
 from napari_medattn.io.nifti import read_nifti
 
 CLASSES = [("background", "#000000"), ("liver", "#dd4411"), ("spleen", "#3cb44b"),

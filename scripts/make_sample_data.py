@@ -20,7 +20,7 @@ from nibabel.affines import from_matvec
 from nibabel.eulerangles import euler2mat
 
 from napari_medattn.io import Volume, read_volume
-from napari_medattn.io.dicom_write import write_dicom_series
+from napari_medattn.io.dicom.write import write_dicom_series
 from napari_medattn.io.volume import RAS_TO_LPS
 from napari_medattn.training.synthesis import mni152_tissue_labels
 

@@ -15,7 +15,7 @@ from test_cli_segment import models, reference_labels  # noqa: F401 (fixture, he
 
 from napari_medattn.cli import main
 from napari_medattn.io import read_volume, write_dicom_series
-from napari_medattn.io.dicom_seg import read_seg
+from napari_medattn.io.dicom.seg import read_seg
 from napari_medattn.models import registry
 
 

@@ -22,9 +22,9 @@ from napari_medattn.display.layers import (
 )
 from napari_medattn.errors import MedAttnError
 from napari_medattn.io import read, write_nifti
-from napari_medattn.io.dicom_files import has_dicom_preamble
-from napari_medattn.io.dicom_pmap import write_parametric_map
-from napari_medattn.io.dicom_seg import is_seg, read_seg_onto, write_seg
+from napari_medattn.io.dicom.files import has_dicom_preamble
+from napari_medattn.io.dicom.pmap import write_parametric_map
+from napari_medattn.io.dicom.seg import is_seg, read_seg_onto, write_seg
 from napari_medattn.io.nifti import is_nifti
 from napari_medattn.widgets.dicom_browser import (
     layer_algorithm,

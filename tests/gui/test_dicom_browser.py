@@ -17,7 +17,7 @@ from nibabel.testing import data_path
 from napari_medattn._napari_hooks import write_image_parametric_map, write_labels_dicom_seg
 from napari_medattn.display.layers import GEOMETRY_KEY
 from napari_medattn.io import read_volume, write_dicom_series
-from napari_medattn.io.dicom_seg import read_seg
+from napari_medattn.io.dicom.seg import read_seg
 from napari_medattn.pacs import Connection, store
 from napari_medattn.widgets.dicom_browser import DicomBrowserWidget
 from napari_medattn.widgets.parts import INSPECT_KEY, RUN_KEY

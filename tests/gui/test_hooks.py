@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from napari_medattn._napari_hooks import get_reader, read_layers
 from napari_medattn.display.layers import GEOMETRY_KEY
 from napari_medattn.io import Volume, read, read_volume
-from napari_medattn.io.dicom_write import write_dicom_series
+from napari_medattn.io.dicom.write import write_dicom_series
 
 SAMPLES = Path(__file__).parents[2] / "src" / "napari_medattn" / "sample_data"
 

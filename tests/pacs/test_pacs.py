@@ -14,7 +14,7 @@ from napari_medattn.cli import main
 from napari_medattn.errors import Cancelled, PacsError
 from napari_medattn.inference import segment
 from napari_medattn.io import read_volume, write_dicom_series
-from napari_medattn.io.dicom_seg import read_seg, write_seg
+from napari_medattn.io.dicom.seg import read_seg, write_seg
 from napari_medattn.pacs import (
     Connection,
     clear_cache,

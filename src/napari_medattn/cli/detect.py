@@ -11,7 +11,7 @@ Where detections carry instance masks, ``--format nifti`` (the default) writes t
 ``--format dicom-seg`` on a DICOM scan, a TID 1500 SR ``<scan>_detections_sr.dcm`` holds
 each box (edge lengths, score; placed by its centre on the nearest image, or by its
 segment) and the masks go to a DICOM-SEG ``<scan>_detections_seg.dcm`` the SR references
-(:func:`napari_medattn.io.dicom_sr.write_detection_report`).
+(:func:`napari_medattn.io.dicom.sr.write_detection_report`).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def prepare_detect(args: argparse.Namespace, *, memory=None):
     from napari_medattn.detection.export import write_detections_csv, write_detections_json
     from napari_medattn.errors import DimensionError
     from napari_medattn.inference.window_options import MemoryBudget
-    from napari_medattn.io.dicom_seg import require_dicom_source
-    from napari_medattn.io.dicom_sr import detection_masks, write_detection_report
+    from napari_medattn.io.dicom.source import require_dicom_source
+    from napari_medattn.io.dicom.sr import detection_masks, write_detection_report
 
     if not 0.0 <= args.threshold <= 1.0:
         raise DimensionError(f"--threshold must be between 0 and 1, not {args.threshold}.")

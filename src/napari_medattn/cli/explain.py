@@ -7,7 +7,7 @@ For every volume in the inputs (found as ``medattn segment`` finds them) and eve
 :mod:`napari_medattn.io.provenance`; ``details.maps`` has each map's layer, class, channel
 weights and faithfulness numbers). With ``--format dicom`` (DICOM scans only) each map is
 instead a Parametric Map ``<...>.dcm`` plus a derived image series ``<...>_derived/`` for
-viewers that do not read Parametric Maps (:mod:`napari_medattn.io.dicom_pmap`). A bad
+viewers that do not read Parametric Maps (:mod:`napari_medattn.io.dicom.pmap`). A bad
 input gets one sentence on stderr, the others still run, and the exit code is 1 at the end.
 """
 
@@ -136,7 +136,7 @@ def explain_volume(item: VolumeOutput, module, card, methods: list[str],
     """
     from napari_medattn.explain import explain
     from napari_medattn.inference.window_options import MemoryBudget
-    from napari_medattn.io.dicom_seg import require_dicom_source
+    from napari_medattn.io.dicom.source import require_dicom_source
 
     if args.format == "dicom":  # refused before any map is computed
         require_dicom_source(item.volume, "a DICOM Parametric Map")
@@ -172,9 +172,9 @@ def explain_volume(item: VolumeOutput, module, card, methods: list[str],
 
 def _write_dicom_map(item: VolumeOutput, kind: str, volume, map_kind: str) -> Path:
     """A map as ``<stem>_<kind>.dcm`` (Parametric Map of ``map_kind``, see
-    :data:`napari_medattn.io.dicom_pmap.KINDS`) and ``<stem>_<kind>_derived/``."""
+    :data:`napari_medattn.io.dicom.pmap.KINDS`) and ``<stem>_<kind>_derived/``."""
     from napari_medattn.errors import MedAttnError
-    from napari_medattn.io.dicom_pmap import write_derived_series, write_parametric_map
+    from napari_medattn.io.dicom.pmap import write_derived_series, write_parametric_map
 
     kind = safe_name(kind)
     path = write_parametric_map(item.path(kind, ".dcm"), volume, map_kind,

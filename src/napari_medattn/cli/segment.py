@@ -181,14 +181,14 @@ def segment_volume(item: VolumeOutput, module, card, options: dict, *,
     """
     from napari_medattn.cli.common import ProgressBar
     from napari_medattn.inference import segment
-    from napari_medattn.io.dicom_seg import require_dicom_source
+    from napari_medattn.io.dicom.source import require_dicom_source
 
     if label_format == "dicom-seg":  # refused before the model runs
         require_dicom_source(item.volume)
     with ProgressBar(item.volume.name) as bar:
         result = segment(item.volume, module, card, progress=bar.update, **options)
     if label_format == "dicom-seg":
-        from napari_medattn.io.dicom_sr import write_seg_with_report
+        from napari_medattn.io.dicom.sr import write_seg_with_report
 
         labels, report = write_seg_with_report(
             item.path("labels", ".dcm"), item.path("measurements", ".dcm"), result.labels,

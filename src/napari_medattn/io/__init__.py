@@ -7,8 +7,7 @@ reference's grid, e.g. labels drawn in napari, ready for :func:`write_nifti`),
 :class:`Volume` contract.
 """
 
-from napari_medattn.io.dicom import read_dicom
-from napari_medattn.io.dicom_write import write_dicom_series
+from napari_medattn.io.dicom import read_dicom, write_dicom_series
 from napari_medattn.io.nifti import read_nifti, source_order, volume_like, write_nifti
 from napari_medattn.io.reader import nonfinite_warning, read, read_volume
 from napari_medattn.io.volume import Volume, affine_from_itk, require_3d

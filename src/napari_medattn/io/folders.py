@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from napari_medattn.errors import MedAttnError, ReadError
-from napari_medattn.io.dicom_files import find_dicom_files
+from napari_medattn.io.dicom.files import find_dicom_files
 from napari_medattn.io.nifti import is_nifti
 from napari_medattn.io.provenance import PROVENANCE, read_outputs
 

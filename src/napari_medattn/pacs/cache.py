@@ -23,7 +23,7 @@ import platformdirs
 import pydicom
 
 from napari_medattn.errors import Cancelled, PacsError
-from napari_medattn.io.dicom_pixels import first_line
+from napari_medattn.io.dicom.pixels import first_line
 from napari_medattn.pacs.client import Connection, server_faults
 
 PARTIAL_SUFFIX = ".partial"

@@ -36,8 +36,8 @@ import napari_medattn
 from napari_medattn.display.layers import GEOMETRY_KEY, layer_volume, volume_layer_data
 from napari_medattn.errors import DimensionError, MedAttnError
 from napari_medattn.io import read
-from napari_medattn.io.dicom_seg import is_seg, read_seg_onto
-from napari_medattn.io.dicom_sr import write_seg_with_report
+from napari_medattn.io.dicom.seg import is_seg, read_seg_onto
+from napari_medattn.io.dicom.sr import write_seg_with_report
 from napari_medattn.models.registry import find_model
 from napari_medattn.pacs import Connection, retrieve_series, search_series, store
 from napari_medattn.widgets.choices import on_layers_changed, set_items
@@ -276,7 +276,7 @@ def layer_algorithm(metadata: dict) -> dict | None:
 
 def layer_map_kind(metadata: dict, name: str = "This layer") -> str:
     """What a map layer made by Segment or the inspector holds, as a Parametric Map kind
-    (:data:`napari_medattn.io.dicom_pmap.KINDS`): probability, uncertainty, attention,
+    (:data:`napari_medattn.io.dicom.pmap.KINDS`): probability, uncertainty, attention,
     or explanation (the inspector's other maps).
 
     Raises

@@ -8,7 +8,7 @@ import pytest
 from nibabel.testing import data_path
 
 from napari_medattn.io import read_volume
-from napari_medattn.io.dicom_write import write_dicom_series
+from napari_medattn.io.dicom.write import write_dicom_series
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,10 @@ from pydicom.sr.codedict import codes
 
 import napari_medattn
 from napari_medattn.errors import WriteError
-from napari_medattn.io.dicom_seg import (
+from napari_medattn.io.dicom.seg import seg_dataset, segment_codes
+from napari_medattn.io.dicom.source import (
     refuse_source_path,
     save_dataset,
-    seg_dataset,
-    segment_codes,
     source_instances,
     with_type2_attributes,
 )
@@ -60,7 +59,7 @@ def measurement_report(
     Parameters
     ----------
     seg : pydicom Dataset
-        The SEG (as written by :func:`~napari_medattn.io.dicom_seg.write_seg`); its segment
+        The SEG (as written by :func:`~napari_medattn.io.dicom.seg.write_seg`); its segment
         numbers are the label values.
     labels : Volume
         The label map the SEG holds, on its scan's grid (volumes are measured on it).
@@ -206,7 +205,7 @@ def write_seg_with_report(seg_path: str | os.PathLike, sr_path: str | os.PathLik
     labels : Volume
         3D label map on the grid of its DICOM source series.
     classes, algorithm
-        As for :func:`~napari_medattn.io.dicom_seg.seg_dataset`.
+        As for :func:`~napari_medattn.io.dicom.seg.seg_dataset`.
 
     Returns
     -------

@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 
 from napari_medattn.errors import GeometryError, ReadError
 from napari_medattn.io import Volume, read, read_dicom, read_volume
-from napari_medattn.io.dicom_write import write_dicom_series
+from napari_medattn.io.dicom.write import write_dicom_series
 from napari_medattn.io.volume import RAS_TO_LPS, affine_from_itk
 
 ANATOMICAL = os.path.join(data_path, "anatomical.nii")

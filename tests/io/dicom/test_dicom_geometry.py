@@ -5,7 +5,7 @@ import pydicom
 import pytest
 
 from napari_medattn.errors import GeometryError
-from napari_medattn.io.dicom_geometry import stack_geometry
+from napari_medattn.io.dicom.geometry import stack_geometry
 from napari_medattn.io.pet import suv_bw_factor
 
 AXIAL = np.array([1.0, 0, 0, 0, 1, 0])

@@ -9,7 +9,7 @@ from pydicom.data import get_testdata_file
 
 from napari_medattn.errors import DimensionError, GeometryError, ReadError, WriteError
 from napari_medattn.io import Volume, read, volume_like
-from napari_medattn.io.dicom_seg import read_seg, segment_codes, write_seg
+from napari_medattn.io.dicom.seg import read_seg, segment_codes, write_seg
 from napari_medattn.io.volume import affine_from_itk
 
 CLASSES = [("background", "#000000"), ("CSF", "#4363d8"), ("grey matter", "#3cb44b"),
@@ -146,7 +146,7 @@ def test_liver_seg_from_pydicom_data():
 
 def test_fractional_seg_is_thresholded_at_one_half(mr_series, tmp_path, dciodvfy):
     _, volume = mr_series
-    from napari_medattn.io.dicom_seg import source_instances
+    from napari_medattn.io.dicom.source import source_instances
     instances = source_instances(volume)
     probability = np.zeros((len(instances), *volume.spatial_shape[1:]), dtype=np.float32)
     probability[3, 10:20, 5:9] = 0.8
@@ -209,7 +209,7 @@ def test_bad_input_gets_one_sentence(truth, written, tmp_path, mr_series):
 
 
 def test_label_map_seg_reads_onto_the_scan_and_by_its_frames(mr_series, tmp_path):
-    from napari_medattn.io.dicom_seg import source_instances, with_type2_attributes
+    from napari_medattn.io.dicom.source import source_instances, with_type2_attributes
 
     _, volume = mr_series
     instances = with_type2_attributes(source_instances(volume))

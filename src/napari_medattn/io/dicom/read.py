@@ -3,10 +3,10 @@
 The work is done in two passes. The header pass reads every file with its pixel data
 deferred (pydicom records where they sit), sorts out non-image objects, and groups the
 image planes by SeriesInstanceUID. For each series the planes are ordered along the
-slice normal and checked into one regular stack (:mod:`dicom_geometry`); repeated
+slice normal and checked into one regular stack (:mod:`.geometry`); repeated
 positions with equal counts become frames (time, echoes). The pixel pass then fills one
-preallocated array (:mod:`dicom_pixels`) and applies the rescale, and PET becomes SUVbw
-when its tags allow (:mod:`pet`).
+preallocated array (:mod:`.pixels`) and applies the rescale, and PET becomes SUVbw
+when its tags allow (:mod:`napari_medattn.io.pet`).
 """
 
 from __future__ import annotations
@@ -23,20 +23,20 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from napari_medattn.errors import MedAttnError, ReadError
-from napari_medattn.io.dicom_files import (
+from napari_medattn.io.dicom.files import (
     MEDIA_STORAGE_DIRECTORY,
     dicomdir_files,
     find_dicom_files,
     is_dicomdir,
 )
-from napari_medattn.io.dicom_geometry import (
+from napari_medattn.io.dicom.geometry import (
     ORIENTATION_TOLERANCE,
     POSITION_TOLERANCE_MM,
     check_same,
     slice_normal,
     stack_geometry,
 )
-from napari_medattn.io.dicom_pixels import (
+from napari_medattn.io.dicom.pixels import (
     PixelSource,
     first_line,
     read_pixels,
@@ -44,7 +44,7 @@ from napari_medattn.io.dicom_pixels import (
     stored_dtype,
     worker_count,
 )
-from napari_medattn.io.dicom_seg import SEG_SOP_CLASSES, read_seg
+from napari_medattn.io.dicom.seg import SEG_SOP_CLASSES, read_seg
 from napari_medattn.io.nifti import is_nifti
 from napari_medattn.io.pet import suv_bw_factor
 from napari_medattn.io.volume import Volume
@@ -100,7 +100,7 @@ def read_dicom(path: str | os.PathLike) -> list[Volume]:
     list of Volume
         One per series, ordered by series number, each named
         ``"<SeriesDescription> <Modality> #<SeriesNumber>"``, then one label map per
-        DICOM-SEG (:func:`~napari_medattn.io.dicom_seg.read_seg`: named, coloured
+        DICOM-SEG (:func:`~napari_medattn.io.dicom.seg.read_seg`: named, coloured
         segments, on the grid of the series it references when that series is read
         here too, else by its own frame positions). Non-image objects (SR, RT
         structure sets, ...) and unreadable files are listed in ``meta["skipped"]`` and in

@@ -12,9 +12,9 @@ import pytest
 from napari_medattn.detection.lesions import lesions_from_labels
 from napari_medattn.errors import DimensionError, WriteError
 from napari_medattn.io import Volume, read, volume_like
-from napari_medattn.io.dicom_pmap import write_derived_series, write_parametric_map
-from napari_medattn.io.dicom_seg import read_seg, write_seg
-from napari_medattn.io.dicom_sr import write_detection_report, write_measurement_report
+from napari_medattn.io.dicom.pmap import write_derived_series, write_parametric_map
+from napari_medattn.io.dicom.seg import read_seg, write_seg
+from napari_medattn.io.dicom.sr import write_detection_report, write_measurement_report
 
 CLASSES = [("background", "#000000"), ("liver", "#aa3311"), ("lesion", "#ffe119")]
 

@@ -13,7 +13,7 @@ import napari_medattn
 from napari_medattn._napari_hooks import read_layers
 from napari_medattn.cli.common import VolumeOutput, run_over_inputs
 from napari_medattn.io import read, read_volume, volume_like
-from napari_medattn.io.dicom_seg import write_seg
+from napari_medattn.io.dicom.seg import write_seg
 
 MR_SERIES = Path(napari_medattn.__file__).parent / "sample_data" / "mr_series"
 CLASSES = [("background", "#000000"), ("liver", "#e6194b"), ("tumour", "#3cb44b")]

@@ -140,5 +140,5 @@ def rescale(raw: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.n
 
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message, for one-sentence user errors."""
-    text = str(error).strip().rstrip(".")
-    return text.splitlines()[0] if text else type(error).__name__
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__).rstrip(".")

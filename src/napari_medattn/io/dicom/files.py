@@ -1,6 +1,6 @@
 """Which files are DICOM: a folder's candidates, the Part 10 marker, DICOMDIR listings.
 
-Shared by the DICOM reader (:mod:`napari_medattn.io.dicom`), the folder expansion and the
+Shared by the DICOM reader (:mod:`napari_medattn.io.dicom.read`), the folder expansion and the
 napari reader hook, so that all three agree on what a DICOM file is.
 """
 
@@ -13,7 +13,7 @@ import pydicom
 from pydicom.fileset import FileSet
 
 from napari_medattn.errors import ReadError
-from napari_medattn.io.dicom_pixels import first_line
+from napari_medattn.io.dicom.pixels import first_line
 from napari_medattn.io.nifti import is_nifti
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"

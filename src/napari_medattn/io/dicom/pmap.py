@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 import napari_medattn
 from napari_medattn.errors import DimensionError, WriteError
-from napari_medattn.io.dicom_seg import (
+from napari_medattn.io.dicom.source import (
     planes_for_instances,
     save_dataset,
     source_instances,

@@ -2,8 +2,9 @@
 
 Writing ties every frame to the source image it was drawn on: the label map (any array
 order, on the source series' grid) is cut into one plane per source instance, in that
-instance's own row/column order, and highdicom builds the SEG from those instances, so the
-patient, study and frame-of-reference identifiers are the source's (never invented).
+instance's own row/column order (:mod:`~napari_medattn.io.dicom.source`), and highdicom
+builds the SEG from those instances, so the patient, study and frame-of-reference
+identifiers are the source's (never invented).
 Each class becomes a segment with a coded category and type (SNOMED CT where pydicom's
 code dictionary names the class, else a private ``99MEDATTN`` code) and its colour, and an
 automatic segmentation names its algorithm (model, version, weights hash).
@@ -16,7 +17,6 @@ the SEG's own frame positions describe.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -30,64 +30,27 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import SegmentationStorage
 
 import napari_medattn
-from napari_medattn.errors import DimensionError, GeometryError, ReadError, WriteError
-from napari_medattn.io.atomic import atomic_path
+from napari_medattn.errors import DimensionError, GeometryError, ReadError
+from napari_medattn.io.dicom.pixels import first_line
+from napari_medattn.io.dicom.source import (
+    GRID_TOLERANCE_VOXELS,
+    planes_for_instances,
+    refuse_source_path,
+    save_dataset,
+    source_instances,
+    with_type2_attributes,
+)
 from napari_medattn.io.volume import Volume, require_3d
 
 #: SOP classes read by :func:`read_seg` (binary/fractional, and label-map SEG).
 SEG_SOP_CLASSES = (SegmentationStorage, "1.2.840.10008.5.1.4.1.1.66.7")
 #: Private coding scheme for class names SNOMED CT (as pydicom knows it) does not name.
 PRIVATE_SCHEME = "99MEDATTN"
-# A plane counts as on the label grid when its indices are this close to whole numbers.
-GRID_TOLERANCE_VOXELS = 1e-3
 _SYNONYMS = {"csf": "CerebrospinalFluid", "grey matter": "GrayMatter",
              "gm": "GrayMatter", "wm": "WhiteMatter", "tumour": "Tumor"}
 _ABNORMAL = re.compile(r"lesion|tumou?r|neoplasm|nodule|metasta|cancer|mass", re.I)
 _TISSUE = re.compile(r"matter|fluid|csf|fat|muscle|tissue|bone", re.I)
 _DEFAULT_COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4")
-
-
-def source_instances(volume: Volume, what: str = "a DICOM-SEG") -> list[Dataset]:
-    """The headers (no pixel data) of the DICOM instances a volume was read from.
-
-    Parameters
-    ----------
-    volume : Volume
-        Read from a DICOM series (``meta["source_files"]``), or a label map made on one.
-    what : str
-        What is to reference them, for the error's sentence.
-
-    Raises
-    ------
-    WriteError
-        The volume does not come from DICOM files that still exist.
-    """
-    files = require_dicom_source(volume, what)
-    try:
-        headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-    except (OSError, pydicom.errors.InvalidDicomError) as error:
-        raise WriteError(f"The source DICOM files of {volume.name} cannot be read any more "
-                         f"({error}).") from None
-    series = {str(h.get("SeriesInstanceUID", "")) for h in headers}
-    if len(series) != 1:
-        raise WriteError(f"The source files of {volume.name} belong to {len(series)} series; "
-                         f"a DICOM-SEG references one.")
-    frames = {str(h.get("FrameOfReferenceUID", "")) for h in headers}
-    if len(frames) != 1 or not frames.pop():
-        raise WriteError(f"The images of {volume.name} do not share one frame of reference; "
-                         f"a DICOM-SEG cannot place its frames in them.")
-    return headers
-
-
-def require_dicom_source(volume: Volume, what: str = "a DICOM-SEG") -> list[str]:
-    """The DICOM files ``volume`` was read from; :class:`WriteError` (naming ``what`` is to
-    be written) when it does not come from a DICOM series. Reads nothing, so commands
-    check it before any work."""
-    files = volume.meta.get("source_files")
-    if volume.meta.get("format") != "dicom" or not files:
-        raise WriteError(f"{volume.name} does not come from a DICOM series; {what} must "
-                         f"reference its source images (write NIfTI instead).")
-    return list(files)
 
 
 def segment_codes(name: str) -> tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]:
@@ -134,63 +97,6 @@ def _classes(labels: Volume, classes: Sequence | None, n_labels: int) -> list[tu
     return out
 
 
-def _plane_indexer(affine: np.ndarray, shape: tuple[int, ...], header: Dataset
-                   ) -> tuple[tuple, bool]:
-    """The index into a label array on ``affine`` that yields one source plane as
-    (rows, columns), and whether the result must be transposed.
-
-    Raises GeometryError when the plane does not lie on the label grid.
-    """
-    position = np.asarray([float(v) for v in header.ImagePositionPatient])
-    cosines = np.asarray([float(v) for v in header.ImageOrientationPatient])
-    row_spacing, column_spacing = (float(v) for v in header.PixelSpacing)
-    inverse = np.linalg.inv(affine[:3, :3])
-    origin = inverse @ (position - affine[:3, 3])
-    # Stepping one column moves along the row cosines, one row along the column cosines.
-    column_step = inverse @ (cosines[:3] * column_spacing)
-    row_step = inverse @ (cosines[3:] * row_spacing)
-    steps = []
-    for step in (row_step, column_step):
-        axis = int(np.argmax(np.abs(step)))
-        unit = np.zeros(3)
-        unit[axis] = np.sign(step[axis])
-        if np.abs(step - unit).max() > GRID_TOLERANCE_VOXELS:
-            raise GeometryError("The label map is not on the grid of its source series "
-                                "(resample it onto the scan first).")
-        steps.append((axis, int(unit[axis])))
-    if np.abs(origin - np.round(origin)).max() > GRID_TOLERANCE_VOXELS:
-        raise GeometryError("The label map is not on the grid of its source series "
-                            "(resample it onto the scan first).")
-    origin = np.round(origin).astype(int)
-    rows, columns = int(header.Rows), int(header.Columns)
-    index: list = [None, None, None]
-    for (axis, sign), count in zip(steps, (rows, columns)):
-        start, stop = origin[axis], origin[axis] + sign * (count - 1)
-        if min(start, stop) < 0 or max(start, stop) >= shape[axis]:
-            raise GeometryError("The source series reaches beyond the label map; it was "
-                                "drawn on another grid.")
-        end = stop + sign
-        index[axis] = slice(start, None if end < 0 else end, sign)
-    (plane_axis,) = [a for a in range(3) if index[a] is None]
-    if not 0 <= origin[plane_axis] < shape[plane_axis]:
-        raise GeometryError("A source image lies outside the label map; it was drawn on "
-                            "another grid.")
-    index[plane_axis] = int(origin[plane_axis])
-    return tuple(index), steps[0][0] > steps[1][0]
-
-
-def planes_for_instances(labels: Volume, instances: Sequence[Dataset]) -> np.ndarray:
-    """The label map cut into one (rows, columns) plane per source instance, in order."""
-    data = np.asarray(labels.data)
-    planes = np.empty((len(instances), int(instances[0].Rows), int(instances[0].Columns)),
-                      dtype=data.dtype)
-    for k, header in enumerate(instances):
-        index, transposed = _plane_indexer(labels.affine, data.shape, header)
-        plane = data[index]
-        planes[k] = plane.T if transposed else plane
-    return planes
-
-
 def write_seg(path: str | os.PathLike, labels: Volume, **options) -> Path:
     """Write :func:`seg_dataset` of a label map to a new ``.dcm`` file, atomically.
 
@@ -199,14 +105,6 @@ def write_seg(path: str | os.PathLike, labels: Volume, **options) -> Path:
     """
     refuse_source_path(path, labels)
     return save_dataset(path, seg_dataset(labels, **options))
-
-
-def refuse_source_path(path: str | os.PathLike, volume: Volume) -> None:
-    """Raise :class:`WriteError` when ``path`` is one of ``volume``'s source files."""
-    if str(Path(path).resolve()) in {str(Path(f).resolve())
-                                     for f in volume.meta.get("source_files", ())}:
-        raise WriteError(f"{Path(path).name} is one of the source images; a derived DICOM "
-                         f"object goes to a new file.")
 
 
 def seg_dataset(
@@ -295,38 +193,6 @@ def seg_dataset(
         content_description=f"Labels by {model_name}"[:64], content_label="SEGMENTATION")
 
 
-#: Patient/study attributes a SEG must carry (Type 2: present, possibly empty) that some
-#: sources leave out; they are added empty, never filled with invented values.
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID",
-          "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName")
-
-
-def with_type2_attributes(instances: list[Dataset]) -> list[Dataset]:
-    """Copies of the source headers with the missing Type 2 patient/study attributes
-    present and empty (the headers themselves when none is missing)."""
-    missing = [k for k in _TYPE2 if k not in instances[0]]
-    if not missing:
-        return instances
-    out = []
-    for header in instances:
-        header = copy.copy(header)
-        for keyword in missing:
-            setattr(header, keyword, "")
-        out.append(header)
-    return out
-
-
-def save_dataset(path: str | os.PathLike, dataset: Dataset) -> Path:
-    """Write a DICOM dataset as a Part 10 file atomically (whole or not at all)."""
-    path = Path(path)
-    try:
-        with atomic_path(path) as temporary:
-            dataset.save_as(temporary, enforce_file_format=True)
-    except OSError as error:
-        raise WriteError(f"Could not write {path}: {error.strerror or error}.") from None
-    return path
-
-
 def is_seg(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a DICOM file holding a Segmentation object."""
     try:
@@ -367,7 +233,7 @@ def read_seg(path: str | os.PathLike, reference: Volume | None = None) -> Volume
     try:
         seg = hd.seg.segread(path)
     except Exception as error:  # corrupt or another SOP class: one sentence
-        raise ReadError(f"{path.name} is not a readable DICOM-SEG ({_first(error)}).") from None
+        raise ReadError(f"{path.name} is not a readable DICOM-SEG ({first_line(error)}).") from None
     numbers = list(seg.get_segment_numbers())
     fractional = str(seg.get("SegmentationType", "")) == "FRACTIONAL"
     if reference is not None:
@@ -411,8 +277,8 @@ def read_seg_onto(path: str | os.PathLike, scans: Mapping[str, Volume]) -> Volum
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as error:  # corrupt: one sentence, as read_seg says it
-        raise ReadError(f"{Path(path).name} is not a readable DICOM-SEG ({_first(error)}).") \
-            from None
+        raise ReadError(f"{Path(path).name} is not a readable DICOM-SEG "
+                        f"({first_line(error)}).") from None
     referenced = header.get("ReferencedSeriesSequence")
     series = str(referenced[0].SeriesInstanceUID) if referenced else ""
     return read_seg(path, reference=scans.get(series))
@@ -433,7 +299,7 @@ def _on_own_grid(seg: hd.seg.Segmentation, path: Path, numbers: list[int],
                                 skip_overlap_checks=True)
     except (RuntimeError, ValueError) as error:
         raise GeometryError(f"The frames of {path.name} do not form one regular volume "
-                            f"({_first(error)}).") from None
+                            f"({first_line(error)}).") from None
     array = np.asarray(volume.array)
     if fractional:
         array = _combine(array, numbers, True)
@@ -504,8 +370,3 @@ def _paste(array: np.ndarray, affine: np.ndarray, reference: Volume, path: Path
     data = np.zeros(reference.spatial_shape, dtype=array.dtype)
     data[tuple(block)] = moved
     return data
-
-
-def _first(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__).rstrip(".")
