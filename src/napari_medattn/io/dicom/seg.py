@@ -233,7 +233,8 @@ def read_seg(path: str | os.PathLike, reference: Volume | None = None) -> Volume
     try:
         seg = hd.seg.segread(path)
     except Exception as error:  # corrupt or another SOP class: one sentence
-        raise ReadError(f"{path.name} is not a readable DICOM-SEG ({first_line(error)}).") from None
+        raise ReadError(f"{path.name} is not a readable DICOM-SEG "
+                        f"({first_line(error)}).") from None
     numbers = list(seg.get_segment_numbers())
     fractional = str(seg.get("SegmentationType", "")) == "FRACTIONAL"
     if reference is not None:
