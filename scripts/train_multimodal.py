@@ -47,6 +47,7 @@ import torch
 
 from napari_medattn.metrics.segmentation import evaluate_pair
 from napari_medattn.models import create
+from napari_medattn.models.brats import REGIONS, classes_to_labels, region_masks
 from napari_medattn.training.losses import dice_ce_loss
 from napari_medattn.training.multimodal import (
     ModalityMonitor,
@@ -60,12 +61,7 @@ from napari_medattn.training.multimodal_cases import (
     random_crop,
     tumour_crop,
 )
-from napari_medattn.training.multimodal_synthesis import (
-    REGIONS,
-    classes_to_labels,
-    draw_presence,
-    region_masks,
-)
+from napari_medattn.training.multimodal_synthesis import draw_presence
 from napari_medattn.training.multimodal_table import summarise_runs
 
 SUBSETS = [s for r in range(1, 5) for s in itertools.combinations(range(4), r)]
@@ -105,7 +101,10 @@ def _batch(cases, rng, args):
 
 
 def train(model, variant: str, cases: list[dict], args, seed: int) -> dict:
-    """``args.steps`` steps of Adam; returns steps, last losses and monitor weights."""
+    """``args.steps`` steps of Adam; returns steps, the segmentation loss (soft Dice +
+    cross-entropy, without distillation or monitor weights, so comparable across models):
+    its mean over the last 20 steps and its curve (mean of each tenth of the run), and the
+    monitor's final modality weights."""
     kind, off = VARIANTS[variant]
     rng = np.random.default_rng(seed)  # same crop and subset draws for every model
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -113,13 +112,14 @@ def train(model, variant: str, cases: list[dict], args, seed: int) -> dict:
     relation = kind == "dmaf" and "relation" not in off
     prototype = kind == "dmaf" and "prototype" not in off
     monitoring = kind == "dmaf" and "monitoring" not in off and (relation or prototype)
-    losses = []
+    seg_losses = []
     model.train()
     for _ in range(args.steps):
         x, target, present = _batch(cases, rng, args)
         logits, features = model.forward_features(x, present)
         per_case = torch.stack([dice_ce_loss(logits[i:i + 1], target[i:i + 1])
                                 for i in range(len(x))])
+        seg_losses.append(float(per_case.detach().mean()))
         if relation or prototype:
             with torch.no_grad():
                 _, teacher = model.forward_features(x, None)
@@ -138,9 +138,10 @@ def train(model, variant: str, cases: list[dict], args, seed: int) -> dict:
         if monitoring:
             monitor.scale_gradients(model.encoders)
         optimiser.step()
-        losses.append(float(loss.detach()))
-    return {"steps": len(losses),
-            "final_loss": float(np.mean(losses[-20:])) if losses else float("nan"),
+    tenths = np.array_split(np.asarray(seg_losses), min(10, len(seg_losses)) or 1)
+    return {"steps": len(seg_losses),
+            "final_loss": float(np.mean(seg_losses[-20:])) if seg_losses else float("nan"),
+            "loss_curve": [round(float(t.mean()), 4) for t in tenths if t.size],
             "modality_weights": monitor.weights().tolist()}
 
 

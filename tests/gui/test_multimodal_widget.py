@@ -9,13 +9,10 @@ import pytest
 import torch
 
 from napari_medattn.display.layers import layer_volume, volume_layer_data
-from napari_medattn.inference.multimodal import (
-    LABEL_COLOURS,
-    MULTIMODAL_TASK,
-    segment_multimodal,
-)
+from napari_medattn.inference.multimodal import MULTIMODAL_TASK, segment_multimodal
 from napari_medattn.io import Volume
 from napari_medattn.models import create, registry
+from napari_medattn.models.brats import LABEL_COLOURS
 from napari_medattn.models.card import ModelCard
 from napari_medattn.widgets.multimodal import MultimodalSegmentWidget
 

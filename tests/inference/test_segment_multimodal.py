@@ -13,8 +13,8 @@ from napari_medattn.inference.multimodal import segment_multimodal
 from napari_medattn.inference.window_options import WindowOptions
 from napari_medattn.io.volume import Volume
 from napari_medattn.models import create
+from napari_medattn.models.brats import classes_to_labels
 from napari_medattn.models.card import ModelCard
-from napari_medattn.training.multimodal_synthesis import classes_to_labels
 
 MODALITIES = ["t1", "t1ce", "t2", "flair"]
 SHAPE = (16, 16, 16)

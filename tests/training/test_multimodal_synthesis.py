@@ -7,13 +7,11 @@ import pytest
 from napari_medattn.errors import DimensionError
 from napari_medattn.io.volume import Volume
 from napari_medattn.training.lesions import MODALITY_CONTRAST
+from napari_medattn.models.brats import classes_to_labels, labels_to_classes, region_masks
 from napari_medattn.training.multimodal_synthesis import (
     brats_labels,
-    classes_to_labels,
     crop_around,
     draw_presence,
-    labels_to_classes,
-    region_masks,
     synthetic_multimodal_case,
 )
 

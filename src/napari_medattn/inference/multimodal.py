@@ -33,16 +33,14 @@ from napari_medattn.inference.sliding_window import CancelCheck, ProgressCallbac
 from napari_medattn.inference.window_options import OutputRequest, WindowOptions
 from napari_medattn.io.volume import Volume
 from napari_medattn.models import capture
+from napari_medattn.models.brats import BRATS_LABELS, LABEL_COLOURS, REGIONS, classes_to_labels
 from napari_medattn.models.card import ModelCard
-from napari_medattn.training.multimodal_synthesis import BRATS_LABELS, REGIONS, classes_to_labels
 
 __all__ = ["MULTIMODAL_TASK", "MultimodalSegmentation", "segment_multimodal",
            "attention_map_name", "region_volumes_ml", "guess_modality"]
 
 #: The card task of a model that takes several modalities: not offered for single scans.
 MULTIMODAL_TASK = "multimodal-segmentation"
-#: Display colours of the BraTS labels (napari's label colours by value).
-LABEL_COLOURS = {1: "#e6194b", 2: "#3cb44b", 4: "#ffe119"}
 
 
 #: Patterns of scan names and series descriptions, most specific first: FLAIR before T2,

@@ -22,12 +22,8 @@ import numpy as np
 from napari_medattn.errors import DimensionError, GeometryError, ReadError
 from napari_medattn.io.reader import read_volume
 from napari_medattn.io.volume import Volume
-from napari_medattn.training.multimodal_synthesis import (
-    BRATS_LABELS,
-    BRATS_MODALITIES,
-    MultimodalCase,
-    labels_to_classes,
-)
+from napari_medattn.models.brats import BRATS_LABELS, BRATS_MODALITIES, labels_to_classes
+from napari_medattn.training.multimodal_synthesis import MultimodalCase
 
 __all__ = ["BRATS_SUFFIXES", "brats_case_folders", "brats_files", "read_brats_case"]
 
@@ -89,7 +85,7 @@ def brats_case_folders(folder: str | os.PathLike) -> list[Path]:
 
 
 def read_brats_case(case_folder: str | os.PathLike, *,
-                    modalities: Sequence[str] = tuple(BRATS_MODALITIES),
+                    modalities: Sequence[str] = BRATS_MODALITIES,
                     labels: bool = True, index: int = 0) -> MultimodalCase:
     """Read one BraTS case.
 

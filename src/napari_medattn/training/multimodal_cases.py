@@ -19,17 +19,16 @@ from napari_medattn.errors import DimensionError
 from napari_medattn.inference.preprocess import normalize_intensity, reorient
 from napari_medattn.inference.resample import LINEAR, NEAREST, resample_to_grid, spacing_grid
 from napari_medattn.io.volume import Volume
+from napari_medattn.models.brats import BRATS_MODALITIES, labels_to_classes
 from napari_medattn.training.multimodal_synthesis import (
-    BRATS_MODALITIES,
     MultimodalCase,
-    labels_to_classes,
     synthetic_multimodal_case,
 )
 
 __all__ = ["MODALITIES", "SPACING_MM", "ORIENTATION", "NORMALIZATION", "model_grid_case",
            "case_arrays", "random_crop", "tumour_crop"]
 
-MODALITIES: tuple[str, ...] = tuple(BRATS_MODALITIES)
+MODALITIES: tuple[str, ...] = BRATS_MODALITIES
 #: The grid and normalisation the multimodal models are trained on, as their cards say.
 SPACING_MM: tuple[float, float, float] = (2.0, 2.0, 2.0)
 ORIENTATION = "RAS"

@@ -3,10 +3,10 @@
 The anatomy, the tumour and the contrasts come from
 :mod:`~napari_medattn.training.synthesis` and :mod:`~napari_medattn.training.lesions`;
 this module turns them into what a BraTS model sees: the labels in BraTS's convention
-(:data:`BRATS_LABELS`: 1 necrotic / non-enhancing core, 2 oedema, 4 enhancing tumour), the
-modality names of BraTS files (``t1``, ``t1ce``, ``t2``, ``flair``), the evaluated regions
-(whole tumour, tumour core, enhancing tumour) and a crop around the tumour for small
-training volumes. Normalise the images as at inference
+(1 necrotic / non-enhancing core, 2 oedema, 4 enhancing tumour), images keyed by the
+modality names of BraTS files (``t1``, ``t1ce``, ``t2``, ``flair``) -- the vocabulary lives
+in :mod:`napari_medattn.models.brats` -- and a crop around the tumour for small training
+volumes. Normalise the images as at inference
 (:func:`napari_medattn.inference.preprocess.robust_zscore`). Missing modalities are drawn
 with imbalanced rates (:func:`draw_presence`), as DMAF-Net trains.
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from napari_medattn.errors import DimensionError
 from napari_medattn.io.volume import Volume
+from napari_medattn.models.brats import BRATS_LABELS, BRATS_MODALITIES, MODALITY_NAMES
 from napari_medattn.training.lesions import CORE, OEDEMA, RIM, add_tumour, render_modalities
 from napari_medattn.training.synthesis import (
     apply_deformation,
@@ -30,18 +31,8 @@ from napari_medattn.training.synthesis import (
     random_deformation,
 )
 
-__all__ = ["BRATS_LABELS", "BRATS_MODALITIES", "REGIONS", "MultimodalCase", "brats_labels",
-           "region_masks", "labels_to_classes", "classes_to_labels", "synthetic_multimodal_case",
-           "draw_presence", "crop_around"]
-
-#: BraTS label values and their names.
-BRATS_LABELS: dict[int, str] = {1: "necrotic core", 2: "oedema", 4: "enhancing tumour"}
-#: The four contrasts in BraTS's file-name spelling and the lesions module's names.
-BRATS_MODALITIES: dict[str, str] = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
-#: The evaluated regions, each a union of BraTS labels.
-REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
-#: Network class index -> BraTS label (class 0 is background).
-CLASS_LABELS: tuple[int, ...] = (0, 1, 2, 4)
+__all__ = ["MultimodalCase", "brats_labels", "synthetic_multimodal_case", "draw_presence",
+           "crop_around"]
 
 #: Tumour size ranges in mm, larger than :func:`add_tumour`'s defaults: BraTS gliomas are
 #: high-grade tumours whose oedema often spans several centimetres.
@@ -69,29 +60,6 @@ def brats_labels(labels: np.ndarray) -> np.ndarray:
     out[labels == OEDEMA] = 2
     out[labels == RIM] = 4
     return out
-
-
-def region_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Whole tumour, tumour core and enhancing tumour masks of a BraTS label map."""
-    labels = np.asarray(labels)
-    return {name: np.isin(labels, values) for name, values in REGIONS.items()}
-
-
-def labels_to_classes(labels: np.ndarray) -> np.ndarray:
-    """BraTS labels (0, 1, 2, 4) as class indices (0, 1, 2, 3) for a network's logits."""
-    labels = np.asarray(labels)
-    unknown = np.setdiff1d(np.unique(labels), CLASS_LABELS)
-    if unknown.size:
-        raise DimensionError(f"BraTS labels are 0, 1, 2 and 4; this map also holds "
-                             f"{unknown.tolist()}.")
-    lookup = np.zeros(5, dtype=np.int64)
-    lookup[list(CLASS_LABELS)] = np.arange(len(CLASS_LABELS))
-    return lookup[labels]
-
-
-def classes_to_labels(classes: np.ndarray) -> np.ndarray:
-    """Class indices (0..3) back to BraTS labels (0, 1, 2, 4), uint8."""
-    return np.asarray(CLASS_LABELS, dtype=np.uint8)[np.asarray(classes)]
 
 
 def crop_around(volume: Volume, centre_index: Sequence[int], size: Sequence[int]) -> Volume:
@@ -140,7 +108,7 @@ def synthetic_multimodal_case(seed: int, *, resolution: int = 2, deformation_mm:
     meta = {"name": f"synthetic multimodal {seed} labels", "labels": dict(BRATS_LABELS),
             "lesion": lesion.meta["lesion"]}
     labels = Volume(brats_labels(lesion.data), lesion.affine.copy(), "SEG", meta)
-    images = {key: rendered[name] for key, name in BRATS_MODALITIES.items()}
+    images = {key: rendered[MODALITY_NAMES[key]] for key in BRATS_MODALITIES}
     if crop is not None:
         centre = np.round(labels.mm_to_index(np.asarray(meta["lesion"]["centre_mm"])))
         labels = crop_around(labels, centre, crop)

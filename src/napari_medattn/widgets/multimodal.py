@@ -27,23 +27,29 @@ from qtpy.QtWidgets import (
 
 from napari_medattn.display.layers import layer_volume
 from napari_medattn.inference.multimodal import (
-    LABEL_COLOURS,
     MULTIMODAL_TASK,
     MultimodalSegmentation,
     guess_modality,
     segment_multimodal,
 )
-from napari_medattn.training.multimodal_synthesis import BRATS_LABELS, BRATS_MODALITIES
+from napari_medattn.models.brats import (
+    BRATS_LABELS,
+    BRATS_MODALITIES,
+    LABEL_COLOURS,
+    MODALITY_NAMES,
+)
 from napari_medattn.widgets.choices import on_layers_changed, set_items
-from napari_medattn.widgets.parts import (
+from napari_medattn.widgets.parts.jobs import JobWidget
+from napari_medattn.widgets.parts.layers import (
     TRANSFORM_KEY,
-    JobWidget,
-    ModelPicker,
-    device_choice,
     heat_map_layer_data,
     labels_layer_data,
-    precision_choice,
     scan_layers,
+)
+from napari_medattn.widgets.parts.pickers import (
+    ModelPicker,
+    device_choice,
+    precision_choice,
     use_autocast,
 )
 from napari_medattn.widgets.tooltips import MULTIMODAL as TOOLTIPS
@@ -83,13 +89,13 @@ class MultimodalSegmentWidget(JobWidget):
         self.modality_boxes: dict[str, QComboBox] = {}
         self._chosen_by_user: set[str] = set()
         form = QFormLayout(self)
-        for key, label in BRATS_MODALITIES.items():
+        for key in BRATS_MODALITIES:
             box = QComboBox()
             box.setToolTip(TOOLTIPS["modality"])
             box.activated.connect(lambda _i, k=key: self._user_chose(k))
             box.currentIndexChanged.connect(lambda _i: self.jobs.refresh())
             self.modality_boxes[key] = box
-            form.addRow(label, box)
+            form.addRow(MODALITY_NAMES[key], box)
         self.model = ModelPicker(self.jobs, tooltip=TOOLTIPS["model"], task=MULTIMODAL_TASK,
                                  default=DEFAULT_MODEL)
         self.model.changed.connect(self.jobs.refresh)
@@ -111,13 +117,13 @@ class MultimodalSegmentWidget(JobWidget):
         grid = QGridLayout(bars)
         grid.setContentsMargins(0, 0, 0, 0)
         self.weight_bars: dict[str, QProgressBar] = {}
-        for row, (key, label) in enumerate(BRATS_MODALITIES.items()):
+        for row, key in enumerate(BRATS_MODALITIES):
             bar = QProgressBar()
             bar.setRange(0, 100)
             bar.setValue(0)
             bar.setFormat("%p%")
             bar.setToolTip(TOOLTIPS["weights"])
-            grid.addWidget(QLabel(label), row, 0)
+            grid.addWidget(QLabel(MODALITY_NAMES[key]), row, 0)
             grid.addWidget(bar, row, 1)
             self.weight_bars[key] = bar
         form.addRow("Weights", bars)

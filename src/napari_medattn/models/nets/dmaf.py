@@ -29,6 +29,7 @@ from napari_medattn.errors import ModelError
 from napari_medattn.models.blocks.common import check_input, conv_nd, crop_to, pad_to_multiple
 from napari_medattn.models.blocks.dmaf import DMAFBlock, presence_mask
 from napari_medattn.models.blocks.region_fusion import RegionFusionBlock
+from napari_medattn.models.brats import BRATS_MODALITIES
 from napari_medattn.models.nets._config import (
     ConfiguredNet,
     check_io,
@@ -38,10 +39,7 @@ from napari_medattn.models.nets._config import (
 from napari_medattn.models.nets._layers import ConvBlock, UpConv
 from napari_medattn.models.nets.unet import UNet, heads_for
 
-__all__ = ["DMAFNet", "RegionFusionNet", "EarlyFusionUNet", "BRATS_MODALITIES", "check_modalities"]
-
-#: The four BraTS MR contrasts, in BraTS's file-name spelling.
-BRATS_MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+__all__ = ["DMAFNet", "RegionFusionNet", "EarlyFusionUNet", "check_modalities"]
 
 
 def check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
