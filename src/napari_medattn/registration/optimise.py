@@ -14,11 +14,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.spatial.transform import Rotation
 
 from napari_medattn.inference.resample import spacing_grid
 from napari_medattn.errors import Cancelled, GeometryError, RegistrationError
-from napari_medattn.registration import similarity
+from napari_medattn.registration import linear_kernels, similarity
 from napari_medattn.registration.initialise import fov_centre
 from napari_medattn.registration.sampling import (
     exponentiate,
@@ -62,6 +61,8 @@ class Run:
         extent = np.linalg.norm(finest.affine[:3, :3], axis=0) * np.asarray(finest.data.shape)
         self.radius = float(np.linalg.norm(extent) / 4)
         self.last_transform: object = None
+        #: Whether the linear stage runs the compiled CPU kernels (MSE, Mattes MI).
+        self.compiled = self.device.type == "cpu"
 
     # -- shared pieces -------------------------------------------------------------------
 
@@ -108,30 +109,54 @@ class Run:
         return similarity.loss(metric or self.settings.metric, values, moved, weight * inside,
                                bins=self.settings.bins, radius=self.settings.radius)
 
-    def _linear_loss(self, level, matrix: torch.Tensor, metric: str
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss of a 4x4 ``matrix`` and its gradient with respect to the matrix.
+    def _linear_level(self, index: int, metric: str) -> tuple:
+        """The linear stage's data at a level, in the form :meth:`_linear_loss` takes.
 
-        MSE and Mattes MI take the closed form (:func:`similarity.loss_and_gradient`,
-        chained through the exact slopes of the trilinear interpolation, so L-BFGS's line
-        search sees the true gradient); local NCC, which needs whole volumes, goes
-        through autograd."""
+        For the compiled kernels (CPU, MSE and Mattes MI): numpy sample points, values and
+        weights, the C-ordered moving image and its mm -> index map. On other devices the
+        torch level with the moving image's slopes; for local NCC the whole level."""
         if metric == "ncc":
-            matrix = matrix.detach().requires_grad_(True)
-            loss = self._loss(level, points @ matrix[:3, :3].T + matrix[:3, 3], metric)
-            return loss.detach(), torch.autograd.grad(loss, matrix)[0]
+            return self._level(index, subsample=False)
+        if not self.compiled:
+            return self._level(index, subsample=True, gradient=True)
+        points, values, weight = (t.numpy() for t in self._level(index, subsample=True)[:3])
+        moving = self.moving_levels[index]
+        return (points.reshape(-1, 3), values.reshape(-1), weight.reshape(-1),
+                np.ascontiguousarray(moving.data, dtype=np.float32),
+                np.linalg.inv(moving.affine))
+
+    def _linear_loss(self, level: tuple, matrix: np.ndarray, metric: str
+                     ) -> tuple[float, np.ndarray]:
+        """The loss of a 4x4 ``matrix`` (float64) and its gradient with respect to the
+        matrix, on a level from :meth:`_linear_level`.
+
+        MSE and Mattes MI take the closed form: on CPU the compiled kernels of
+        :mod:`.linear_kernels` (a torch evaluation here is dozens of small operations
+        whose overhead sets the time), elsewhere :func:`similarity.loss_and_gradient`
+        chained through the exact slopes of the trilinear interpolation, so L-BFGS's line
+        search sees the true gradient either way; local NCC, which needs whole volumes,
+        goes through autograd."""
+        if metric == "ncc":
+            leaf = self._tensor(matrix).requires_grad_(True)
+            loss = self._loss(level, level[0] @ leaf[:3, :3].T + leaf[:3, 3], metric)
+            gradient, = torch.autograd.grad(loss, leaf)
+            return float(loss.detach()), gradient.double().cpu().numpy()
+        if self.compiled:
+            return linear_kernels.loss_and_gradient(metric, *level, matrix,
+                                                    bins=self.settings.bins)
         points, values, weight, stack, to_index = level
         points = points.reshape(-1, 3)
+        tensor = self._tensor(matrix)
         moved, slopes, inside = sample_with_gradient(
-            stack, to_index, points @ matrix[:3, :3].T + matrix[:3, 3])
+            stack, to_index, points @ tensor[:3, :3].T + tensor[:3, 3])
         loss, slope = similarity.loss_and_gradient(metric, values.reshape(-1), moved,
                                                    weight.reshape(-1) * inside,
                                                    bins=self.settings.bins)
         along = slope[:, None] * slopes  # dloss / d(moved point), (N, 3)
-        gradient = torch.zeros_like(matrix)
-        gradient[:3, :3] = along.T @ points
-        gradient[:3, 3] = along.sum(0)
-        return loss, gradient
+        gradient = np.zeros((4, 4))
+        gradient[:3, :3] = (along.T @ points).double().cpu().numpy()
+        gradient[:3, 3] = along.sum(0).double().cpu().numpy()
+        return float(loss), gradient
 
     def _tick(self, stage: str, level: int, loss: float, transform: Callable[[], object]
               ) -> None:
@@ -143,7 +168,10 @@ class Run:
         self.history.append((stage, level, self.evaluations, loss))
         if self.evaluations % self.settings.preview_every:
             return
-        self.last_transform = transform()
+        if self.callback is not None or self.cancel is not None:
+            # Only a preview or a cancel needs it (building it is a tenth of a linear
+            # evaluation).
+            self.last_transform = transform()
         if self.progress is not None:
             self.progress(min(self.evaluations, self.total), self.total)
         if self.callback is not None:
@@ -184,7 +212,7 @@ class Run:
             derivatives = np.eye(9).reshape(9, 3, 3) / scale
         else:
             w = params[3:6] / scale
-            rotation = Rotation.from_rotvec(w).as_matrix()
+            rotation = _rotation(w)
             derivatives = _rotation_derivatives(w, rotation) / scale
             linear = rotation
             if kind == "similarity":
@@ -223,13 +251,13 @@ class Run:
         def current() -> LinearTransform:
             return LinearTransform(start @ self._matrix(params.cpu().numpy(), kind)[0], kind)
 
-        def at(level, matrix: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._linear_loss(level, self._tensor(matrix), metric)
+        def at(level, matrix: np.ndarray) -> tuple[float, np.ndarray]:
+            return self._linear_loss(level, matrix, metric)
 
         for index in range(len(self.fixed_levels)):
-            level = self._level(index, subsample=metric != "ncc", gradient=metric != "ncc")
+            level = self._linear_level(index, metric)
             if index == finest:
-                loss_before = float(at(level, start)[0])
+                loss_before = at(level, start)[0]
             optimizer = torch.optim.LBFGS([params], lr=1.0, max_iter=self.settings.iterations,
                                           tolerance_change=self.settings.tolerance,
                                           tolerance_grad=1e-9, history_size=20,
@@ -239,14 +267,14 @@ class Run:
                 matrix, derivatives = self._matrix(params.cpu().numpy(), kind)
                 loss, gradient = at(level, start @ matrix)
                 params.grad = torch.as_tensor(self._parameter_gradient(
-                    start, derivatives, gradient.double().cpu().numpy()), device=self.device)
-                self._tick(kind, index, float(loss), current)
+                    start, derivatives, gradient), device=self.device)
+                self._tick(kind, index, loss, current)
                 return loss
 
             optimizer.step(closure)
         result = current()
         # Before and after on the finest level's sample points (those the optimiser saw).
-        loss_after = float(at(level, result.matrix)[0])
+        loss_after = at(level, result.matrix)[0]
         if loss_after > loss_before + 1e-3 * abs(loss_before) + 1e-9:
             raise RegistrationError(
                 f"The {kind} registration made the match worse (metric {loss_before:.4g} -> "
@@ -329,18 +357,36 @@ class Run:
         return self._loss_on_grid(level, grid)
 
 
+#: ``[e_k]x`` for the unit vectors: ``[v]x = sum_k v_k GENERATORS[k]``.
+_GENERATORS = np.array([[[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
+                        [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 0.0]],
+                        [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+
+
+def _rotation(w: np.ndarray) -> np.ndarray:
+    """``R = exp([w]x)`` by Rodrigues' formula, with Taylor coefficients near 0 (a few
+    numpy operations: scipy's Rotation costs several times more per call, and the linear
+    stage builds a matrix at every evaluation)."""
+    norm2 = float(w @ w)
+    skew = np.tensordot(w, _GENERATORS, 1)
+    if norm2 < 1e-8:  # sin(t)/t and (1 - cos t)/t^2 to O(t^4)
+        a, b = 1.0 - norm2 / 6.0, 0.5 - norm2 / 24.0
+    else:
+        angle = np.sqrt(norm2)
+        a, b = np.sin(angle) / angle, (1.0 - np.cos(angle)) / norm2
+    return np.eye(3) + a * skew + b * (skew @ skew)
+
+
 def _rotation_derivatives(w: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """``dR / dw_k`` ``(3, 3, 3)`` of ``R = exp([w]x)`` (Gallego and Yezzi 2015, eq. 9)."""
-    basis = np.eye(3)
+    """``dR / dw_k`` ``(3, 3, 3)`` of ``R = exp([w]x)`` (Gallego and Yezzi 2015, eq. 9:
+    ``(w_k [w]x + [w x ((I - R) e_k)]x) R / |w|^2``)."""
     norm2 = float(w @ w)
     if norm2 < 1e-16:
-        return np.stack([_skew(e) for e in basis])
-    return np.stack([(w[k] * _skew(w) + _skew(np.cross(w, (basis - rotation) @ basis[k])))
-                     @ rotation / norm2 for k in range(3)])
-
-
-def _skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+        return _GENERATORS.copy()
+    skew = np.tensordot(w, _GENERATORS, 1)
+    crosses = skew @ (np.eye(3) - rotation)  # column k: w x ((I - R) e_k)
+    stack = w[:, None, None] * skew + np.tensordot(crosses.T, _GENERATORS, 1)
+    return stack @ rotation / norm2
 
 
 def _control_grid(level) -> tuple[np.ndarray, tuple[int, ...]]:
