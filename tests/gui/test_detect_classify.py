@@ -18,7 +18,7 @@ from napari_medattn.io import Volume
 from napari_medattn.models import create, registry
 from napari_medattn.models.card import ModelCard
 from napari_medattn.widgets.detect import CLASSIFY_KEY, NO_HEATMAP, DetectWidget
-from napari_medattn.widgets.parts import DERIVED_KEY, HEAT_COLORMAP
+from napari_medattn.widgets.parts.layers import DERIVED_KEY, HEAT_COLORMAP
 
 MODEL = "tiny-classifier"
 

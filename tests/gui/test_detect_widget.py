@@ -23,7 +23,8 @@ from napari_medattn.models.card import ModelCard
 from napari_medattn.widgets import detect as detect_module
 from napari_medattn.detection.detector import DEFAULT_DETECTOR
 from napari_medattn.widgets.detect import DetectWidget
-from napari_medattn.widgets.parts import JobControls, ModelPicker
+from napari_medattn.widgets.parts.jobs import JobControls
+from napari_medattn.widgets.parts.pickers import ModelPicker
 
 #: Lesions in LPS mm and their peak intensity (the second is fainter: a lower score).
 LESIONS_MM = [np.array([10.0, -12.0, 20.0]), np.array([-25.0, 15.0, -8.0])]

@@ -20,7 +20,7 @@ from napari_medattn.io import read_volume, write_dicom_series
 from napari_medattn.io.dicom.seg import read_seg
 from napari_medattn.pacs import Connection, store
 from napari_medattn.widgets.dicom_browser import DicomBrowserWidget
-from napari_medattn.widgets.parts import INSPECT_KEY, RUN_KEY
+from napari_medattn.widgets.parts.layers import INSPECT_KEY, RUN_KEY
 
 # The Orthanc fixture lives with the PACS tests; load it from there (one definition).
 _spec = importlib.util.spec_from_file_location(

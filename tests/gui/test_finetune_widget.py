@@ -17,7 +17,7 @@ from napari_medattn.models import create, registry
 from napari_medattn.models.card import ModelCard, default_classes
 from napari_medattn.widgets import worker as worker_module
 from napari_medattn.widgets.finetune import FinetuneWidget
-from napari_medattn.widgets.parts import RUN_KEY
+from napari_medattn.widgets.parts.layers import RUN_KEY
 from napari_medattn.widgets.segment import SegmentWidget
 
 BASE = "tiny-rods"

@@ -11,7 +11,7 @@ from napari_medattn._napari_hooks import sample_synthetic_pet_ct
 from napari_medattn.display.layers import GEOMETRY_KEY
 from napari_medattn.registration.transforms import LinearTransform
 from napari_medattn.widgets.fuse import FUSE_KEY, FuseWidget
-from napari_medattn.widgets.parts import TRANSFORM_KEY
+from napari_medattn.widgets.parts.layers import TRANSFORM_KEY
 
 HOT_SPOT = np.array([-28.0, -20.0, 30.0])  # LPS mm: the synthetic PET's lesion
 

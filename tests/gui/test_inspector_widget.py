@@ -13,7 +13,6 @@ from napari_medattn.models import create, registry
 from napari_medattn.models.card import ClassInfo, ModelCard
 from napari_medattn.widgets import inspector as inspector_module
 from napari_medattn.widgets import inspector_maps
-from napari_medattn.widgets import parts as parts_module
 from napari_medattn.widgets import worker as worker_module
 from napari_medattn.widgets.inspector import (
     INSPECT_KEY,
@@ -21,6 +20,7 @@ from napari_medattn.widgets.inspector import (
     QUERY_OUTPUTS,
     InspectorWidget,
 )
+from napari_medattn.widgets.parts import pickers as pickers_module
 
 MODEL = "tiny-dssa"
 SE_MODEL = "tiny-se"
@@ -63,7 +63,7 @@ def model_folder(tmp_path_factory):
 @pytest.fixture
 def notes(monkeypatch):
     shown = []
-    for module, kinds in ((inspector_module, ("error",)), (parts_module, ("info",)),
+    for module, kinds in ((inspector_module, ("error",)), (pickers_module, ("info",)),
                           (worker_module, ("error", "info"))):
         for kind in kinds:
             monkeypatch.setattr(module, f"show_{kind}",
@@ -76,7 +76,7 @@ def setup(make_napari_viewer, qtbot, scan, model_folder, monkeypatch, notes, add
     monkeypatch.setenv(registry.ENV_MODEL_PATH, str(model_folder))
     monkeypatch.setattr(registry, "user_model_dir", lambda: model_folder / "no-user-models")
     # The widget pre-selects (and so loads) the default model: make it the tiny one.
-    monkeypatch.setattr(parts_module, "DEFAULT_MODEL", MODEL)
+    monkeypatch.setattr(pickers_module, "DEFAULT_MODEL", MODEL)
     viewer = make_napari_viewer(show=True)
     image = add_layer(viewer, volume_layer_data(scan))
     widget = InspectorWidget(viewer)

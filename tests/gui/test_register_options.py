@@ -14,7 +14,7 @@ from napari_medattn.models.registry import save_model
 from napari_medattn.registration import defaults_for
 from napari_medattn.registration.learned import register_learned
 from napari_medattn.registration.transforms import grid_points
-from napari_medattn.widgets.parts import TRANSFORM_KEY
+from napari_medattn.widgets.parts.layers import TRANSFORM_KEY
 from napari_medattn.widgets.register import LPS_TO_WORLD, NO_MASK
 
 from test_register_widget import make_widget, tre

@@ -12,7 +12,7 @@ import napari_medattn
 from napari_medattn.display.layers import volume_layer_data
 from napari_medattn.io import Volume, read_volume
 from napari_medattn.registration.transforms import grid_points
-from napari_medattn.widgets.parts import TRANSFORM_KEY
+from napari_medattn.widgets.parts.layers import TRANSFORM_KEY
 from napari_medattn.widgets.register import LPS_TO_WORLD, RegisterWidget
 
 SAMPLES = Path(napari_medattn.__file__).parent / "sample_data"

@@ -20,10 +20,10 @@ from napari_medattn.io import Volume, read_volume
 from napari_medattn.models import create
 from napari_medattn.models import registry
 from napari_medattn.models.card import ClassInfo, ModelCard
-from napari_medattn.widgets import parts as parts_module
 from napari_medattn.widgets import segment as segment_module
 from napari_medattn.widgets import worker as worker_module
-from napari_medattn.widgets.parts import DIGEST_KEY, RUN_KEY
+from napari_medattn.widgets.parts import pickers as pickers_module
+from napari_medattn.widgets.parts.layers import DIGEST_KEY, RUN_KEY
 from napari_medattn.widgets.segment import SegmentWidget
 
 SAMPLES = Path(napari_medattn.__file__).parent / "sample_data"
@@ -87,7 +87,7 @@ def model_folder(tmp_path_factory, brain):
 def notes(monkeypatch):
     """Notifications of the widget, its parts and its worker, as (kind, text)."""
     shown = []
-    for module, kinds in ((segment_module, ("error",)), (parts_module, ("info",)),
+    for module, kinds in ((segment_module, ("error",)), (pickers_module, ("info",)),
                           (worker_module, ("error", "info"))):
         for kind in kinds:
             monkeypatch.setattr(module, f"show_{kind}",

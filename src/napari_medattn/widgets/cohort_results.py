@@ -25,7 +25,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_medattn.widgets.parts import JobWidget, heat_map_layer_data, labels_layer_data
+from napari_medattn.widgets.parts.jobs import JobWidget
+from napari_medattn.widgets.parts.layers import heat_map_layer_data, labels_layer_data
 from napari_medattn.widgets.tooltips import COHORT_RESULTS as TOOLTIPS
 from napari_medattn.widgets.worker import Job, add_layers
 

@@ -51,14 +51,9 @@ from napari_medattn.detection.layers import box_rectangles, centre_points, world
 from napari_medattn.display.layers import GEOMETRY_KEY, layer_volume
 from napari_medattn.errors import MedAttnError
 from napari_medattn.widgets.choices import labels_on_scan_grid, on_layers_changed, set_items
-from napari_medattn.widgets.parts import (
-    DERIVED_KEY,
-    JobWidget,
-    ModelPicker,
-    device_choice,
-    heat_map_layer_data,
-    scan_layers,
-)
+from napari_medattn.widgets.parts.jobs import JobWidget
+from napari_medattn.widgets.parts.layers import DERIVED_KEY, heat_map_layer_data, scan_layers
+from napari_medattn.widgets.parts.pickers import ModelPicker, device_choice
 from napari_medattn.widgets.radiology_view import viewer_camera
 from napari_medattn.widgets.tooltips import DETECT as TOOLTIPS
 from napari_medattn.widgets.worker import add_layers

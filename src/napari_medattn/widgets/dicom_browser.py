@@ -41,13 +41,8 @@ from napari_medattn.io.dicom.sr import write_seg_with_report
 from napari_medattn.models.registry import find_model
 from napari_medattn.pacs import Connection, retrieve_series, search_series, store
 from napari_medattn.widgets.choices import on_layers_changed, set_items
-from napari_medattn.widgets.parts import (
-    DERIVED_KEY,
-    INSPECT_KEY,
-    RUN_KEY,
-    JobWidget,
-    scan_layers,
-)
+from napari_medattn.widgets.parts.jobs import JobWidget
+from napari_medattn.widgets.parts.layers import DERIVED_KEY, INSPECT_KEY, RUN_KEY, scan_layers
 from napari_medattn.widgets.worker import add_layers
 
 AUTH_CHOICES = ("none", "basic", "bearer")

@@ -55,13 +55,9 @@ from napari_medattn.widgets.choices import (
     on_layers_changed,
     set_items,
 )
-from napari_medattn.widgets.parts import (
-    JobWidget,
-    ModelPicker,
-    class_colormap,
-    device_choice,
-    scan_layers,
-)
+from napari_medattn.widgets.parts.jobs import JobWidget
+from napari_medattn.widgets.parts.layers import class_colormap, scan_layers
+from napari_medattn.widgets.parts.pickers import ModelPicker, device_choice
 from napari_medattn.widgets.segment import segmentation_layer_data
 from napari_medattn.widgets.tooltips import FINETUNE as TOOLTIPS
 from napari_medattn.widgets.worker import Job, add_layers

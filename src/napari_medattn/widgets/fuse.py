@@ -7,8 +7,8 @@ shown as it is, without resampling; an oblique one, or one seen through a rotati
 deformable transform, is resampled onto the base grid in the background and the status
 line says so. The transform is the one opened from a file, else the Register widget's
 result when the overlay was registered to the base (the overlay layer's
-:data:`~napari_medattn.widgets.parts.TRANSFORM_KEY` record names the base as its fixed
-layer). The window, colormap and opacity controls act on the overlay chosen in the
+:data:`~napari_medattn.widgets.parts.layers.TRANSFORM_KEY` record names the base as its
+fixed layer). The window, colormap and opacity controls act on the overlay chosen in the
 Overlay box; each overlay keeps its own.
 """
 
@@ -50,7 +50,8 @@ from napari_medattn.fusion.compose import (
 )
 from napari_medattn.registration.itk_files import read_transform
 from napari_medattn.widgets.choices import on_layers_changed, set_items
-from napari_medattn.widgets.parts import DERIVED_KEY, TRANSFORM_KEY, JobWidget, scan_layers
+from napari_medattn.widgets.parts.jobs import JobWidget
+from napari_medattn.widgets.parts.layers import DERIVED_KEY, TRANSFORM_KEY, scan_layers
 from napari_medattn.widgets.radiology_view import viewer_camera
 from napari_medattn.widgets.three_planes import set_three_planes
 from napari_medattn.widgets.tooltips import FUSE as TOOLTIPS

@@ -36,14 +36,9 @@ from napari_medattn.widgets.choices import on_layers_changed, set_items
 from napari_medattn.widgets.inspector_maps import DEFAULT_LAYER, ExplanationsPanel
 from napari_medattn.widgets.inspector_query import QUERY, QUERY_OUTPUTS, QueryPanel
 from napari_medattn.widgets.inspector_uncertainty import UncertaintyPanel
-from napari_medattn.widgets.parts import (
-    INSPECT_KEY,
-    RUN_KEY,
-    JobWidget,
-    ModelPicker,
-    device_choice,
-    scan_layers,
-)
+from napari_medattn.widgets.parts.jobs import JobWidget
+from napari_medattn.widgets.parts.layers import INSPECT_KEY, RUN_KEY, scan_layers
+from napari_medattn.widgets.parts.pickers import ModelPicker, device_choice
 from napari_medattn.widgets.tooltips import INSPECTOR as TOOLTIPS
 from napari_medattn.widgets.worker import Job, add_layers
 

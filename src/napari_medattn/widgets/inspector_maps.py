@@ -35,7 +35,7 @@ from napari_medattn.explain import ExplanationMap, explain
 from napari_medattn.explain.cam import CAM_METHODS
 from napari_medattn.io.volume import Volume
 from napari_medattn.widgets.choices import labels_on_scan_grid, set_items
-from napari_medattn.widgets.parts import HEAT_OPACITY, INSPECT_KEY, heat_map_layer_data
+from napari_medattn.widgets.parts.layers import HEAT_OPACITY, INSPECT_KEY, heat_map_layer_data
 from napari_medattn.widgets.tooltips import INSPECTOR as TOOLTIPS
 from napari_medattn.widgets.worker import Job
 

@@ -20,7 +20,7 @@ from napari_medattn.errors import MedAttnError
 from napari_medattn.explain.query import QueryExplorer, QueryResult
 from napari_medattn.io.volume import Volume, index_to_mm, mm_to_index
 from napari_medattn.widgets.inspector_maps import heat_layer_data
-from napari_medattn.widgets.parts import DERIVED_KEY, INSPECT_KEY, labels_layer_data
+from napari_medattn.widgets.parts.layers import DERIVED_KEY, INSPECT_KEY, labels_layer_data
 from napari_medattn.widgets.tooltips import INSPECTOR as TOOLTIPS
 from napari_medattn.widgets.worker import Job
 

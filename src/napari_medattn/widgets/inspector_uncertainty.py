@@ -29,7 +29,7 @@ from napari_medattn.inference.window_options import OutputRequest
 from napari_medattn.io.volume import Volume
 from napari_medattn.widgets.choices import set_items
 from napari_medattn.widgets.inspector_maps import heat_layer_data
-from napari_medattn.widgets.parts import INSPECT_KEY, RUN_KEY
+from napari_medattn.widgets.parts.layers import INSPECT_KEY, RUN_KEY
 from napari_medattn.widgets.tooltips import INSPECTOR as TOOLTIPS
 from napari_medattn.widgets.worker import Job
 

@@ -24,8 +24,8 @@ and QA (:mod:`.register_results`) and comparison views (:mod:`.register_compare`
 * **Results.** A linear result stays as the moving layer's affine; a deformable one adds
   the moving scan on the fixed grid, a det J layer (det J - 1, diverging colours) and a
   folds layer when any voxel folds. Every result (a loaded transform too) is recorded on
-  the moving layer under :data:`~napari_medattn.widgets.parts.TRANSFORM_KEY`, where the
-  Fuse widget finds it.
+  the moving layer under :data:`~napari_medattn.widgets.parts.layers.TRANSFORM_KEY`,
+  where the Fuse widget finds it.
 """
 
 from __future__ import annotations
@@ -63,15 +63,14 @@ from napari_medattn.registration import (
 from napari_medattn.registration.defaults import deformable_iterations_for, pair_kind
 from napari_medattn.registration.learned import DEFAULT_MODEL, register_learned
 from napari_medattn.widgets.choices import labels_on_scan_grid, on_layers_changed, set_items
-from napari_medattn.widgets.parts import (
+from napari_medattn.widgets.parts.jobs import JobWidget
+from napari_medattn.widgets.parts.layers import (
     TRANSFORM_KEY,
-    JobWidget,
-    ModelPicker,
-    device_choice,
     heat_map_layer_data,
     labels_layer_data,
     scan_layers,
 )
+from napari_medattn.widgets.parts.pickers import ModelPicker, device_choice
 from napari_medattn.widgets.register_compare import ComparisonPanel
 from napari_medattn.widgets.register_landmarks import LPS_TO_WORLD, MADE_BY, LandmarksPanel
 from napari_medattn.widgets.register_live import LiveMovingLayer

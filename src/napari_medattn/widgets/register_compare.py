@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, 
 from napari_medattn.fusion.compose import checkerboard, difference
 from napari_medattn.io import volume_like
 from napari_medattn.registration import warp
-from napari_medattn.widgets.parts import heat_map_layer_data
+from napari_medattn.widgets.parts.layers import heat_map_layer_data
 from napari_medattn.widgets.register_landmarks import MADE_BY
 from napari_medattn.widgets.tooltips import REGISTER as TOOLTIPS
 from napari_medattn.widgets.worker import add_layers

@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from napari_medattn.errors import GeometryError
 from napari_medattn.registration import fit_landmarks, landmark_errors
-from napari_medattn.widgets.parts import DERIVED_KEY
+from napari_medattn.widgets.parts.layers import DERIVED_KEY
 
 if TYPE_CHECKING:
     from napari_medattn.widgets.register import RegisterWidget

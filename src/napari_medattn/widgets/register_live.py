@@ -18,7 +18,7 @@ from qtpy.QtCore import QObject, Signal
 from napari_medattn.display.layers import GEOMETRY_KEY
 from napari_medattn.io import Volume
 from napari_medattn.registration import LinearTransform, Snapshot, warp
-from napari_medattn.widgets.parts import heat_map_layer_data
+from napari_medattn.widgets.parts.layers import heat_map_layer_data
 from napari_medattn.widgets.register_landmarks import LPS_TO_WORLD, MADE_BY
 from napari_medattn.widgets.worker import add_layers
 

@@ -34,7 +34,7 @@ from napari_medattn.registration import (
 )
 from napari_medattn.registration.itk_files import check_fits
 from napari_medattn.widgets.choices import set_items
-from napari_medattn.widgets.parts import DERIVED_KEY, labels_layer_data
+from napari_medattn.widgets.parts.layers import DERIVED_KEY, labels_layer_data
 from napari_medattn.widgets.register_landmarks import LPS_TO_WORLD, MADE_BY
 from napari_medattn.widgets.worker import add_layers
 

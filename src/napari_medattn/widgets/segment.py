@@ -61,18 +61,20 @@ from napari_medattn.metrics.statistics import class_statistics, write_statistics
 from napari_medattn.models.card import ModelCard
 from napari_medattn.widgets.choices import on_layers_changed, set_items
 from napari_medattn.widgets.host import warm_up_labels_display
-from napari_medattn.widgets.parts import (
+from napari_medattn.widgets.parts.jobs import JobWidget
+from napari_medattn.widgets.parts.layers import (
     DERIVED_KEY,
     DIGEST_KEY,
     LABELS_OPACITY,
     RUN_KEY,
-    JobWidget,
-    ModelPicker,
     class_colormap,
-    device_choice,
     heat_map_layer_data,
-    precision_choice,
     scan_layers,
+)
+from napari_medattn.widgets.parts.pickers import (
+    ModelPicker,
+    device_choice,
+    precision_choice,
     use_autocast,
 )
 from napari_medattn.widgets.tooltips import SEGMENT as TOOLTIPS
