@@ -109,6 +109,17 @@ def test_seg_reads_back_onto_the_open_scan(written, truth):
     assert np.abs(np.subtract(rgb, (0xff, 0xe1, 0x19))).max() <= 1
 
 
+
+def test_seg_onto_a_scan_without_series_uid_matches_frames_to_instances(written, truth):
+    # Without the scan's SeriesInstanceUID the SEG's frames are matched to the scan's
+    # instances one by one (the slower path beside pasting the SEG's own grid).
+    canonical, drawn = truth
+    meta = {k: v for k, v in canonical.meta.items() if k != "series_uid"}
+    bare = Volume(canonical.data, canonical.affine, canonical.modality, meta)
+    labels = read_seg(written, reference=bare)
+    np.testing.assert_array_equal(labels.data, drawn.data)
+    np.testing.assert_array_equal(labels.affine, canonical.affine)
+
 def test_seg_without_its_scan_is_placed_by_its_frames(written):
     labels = read_seg(written)
     # The ground truth at the SEG's own voxel positions (within half a voxel of the

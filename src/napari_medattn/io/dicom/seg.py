@@ -34,6 +34,7 @@ from napari_medattn.errors import DimensionError, GeometryError, ReadError
 from napari_medattn.io.dicom.pixels import first_line
 from napari_medattn.io.dicom.source import (
     GRID_TOLERANCE_VOXELS,
+    plane_indexer,
     planes_for_instances,
     refuse_source_path,
     save_dataset,
@@ -336,7 +337,7 @@ def _on_reference(seg: hd.seg.Segmentation, path: Path, reference: Volume,
     shape = reference.spatial_shape
     data = np.zeros(shape, dtype=planes.dtype)
     for plane, header in zip(planes, instances):
-        index, transposed = _plane_indexer(reference.affine, shape, header)
+        index, transposed = plane_indexer(reference.affine, shape, header)
         data[index] = plane.T if transposed else plane
     return data, reference.affine.copy()
 

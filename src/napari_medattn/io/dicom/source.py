@@ -68,7 +68,7 @@ def require_dicom_source(volume: Volume, what: str = "a DICOM-SEG") -> list[str]
     return list(files)
 
 
-def _plane_indexer(affine: np.ndarray, shape: tuple[int, ...], header: Dataset
+def plane_indexer(affine: np.ndarray, shape: tuple[int, ...], header: Dataset
                    ) -> tuple[tuple, bool]:
     """The index into a label array on ``affine`` that yields one source plane as
     (rows, columns), and whether the result must be transposed.
@@ -119,7 +119,7 @@ def planes_for_instances(labels: Volume, instances: Sequence[Dataset]) -> np.nda
     planes = np.empty((len(instances), int(instances[0].Rows), int(instances[0].Columns)),
                       dtype=data.dtype)
     for k, header in enumerate(instances):
-        index, transposed = _plane_indexer(labels.affine, data.shape, header)
+        index, transposed = plane_indexer(labels.affine, data.shape, header)
         plane = data[index]
         planes[k] = plane.T if transposed else plane
     return planes
