@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seconds", type=float, default=1500.0)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--backbone-from", metavar="MODEL",
                        help="start from this model's MedFormer backbone (e.g. "
                             "medformer-lesion-detector) instead of random weights")
@@ -162,10 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         paths = case_paths(args.data, held_out=False)
         cases = [read_case(p) for p in paths]
         labels = [label for _, label, _, _ in cases]
-        inputs = training.prepared_inputs([image for image, _, _, _ in cases])
+        images = [image for image, _, _, _ in cases]
+        inputs = training.prepared_inputs(images)
+        masks = training.prepared_masks(images, [training.large_lesion_mask(instances, lesions)
+                                                 for _, _, lesions, instances in cases])
         training.train_classifier(
             inputs, labels, args.out, seconds=args.seconds, seed=args.seed,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size, masks=masks, lr=args.lr,
             training_data=training.TRAINING_DATA.format(what=describe_seeds(paths, labels)),
             command=" ".join(["python", *sys.argv]), backbone_from=args.backbone_from)
         return 0

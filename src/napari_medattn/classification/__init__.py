@@ -15,6 +15,7 @@ from napari_medattn.classification.classify import (
     classifier_input,
     classify,
     heat_map,
+    mask_in_window,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "classifier_input",
     "classify",
     "heat_map",
+    "mask_in_window",
 ]

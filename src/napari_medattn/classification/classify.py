@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # explain imports the inference stack; heat_map imports it wh
     from napari_medattn.explain.dispatch import ExplanationMap
 
 __all__ = ["CAM_LAYER", "DEFAULT_CLASSIFIER", "HEATMAPS", "ClassificationResult",
-           "check_classifier", "classifier_input", "classify", "heat_map"]
+           "check_classifier", "classifier_input", "classify", "heat_map", "mask_in_window"]
 
 #: The built-in classifier the CLI and the Detect widget start with.
 DEFAULT_CLASSIFIER = "medformer-lesion-classifier"
@@ -75,6 +75,26 @@ def _fit_axis(size: int, window: int, centre: float) -> tuple[slice, int, int]:
     return slice(start, start + window), 0, 0
 
 
+def _window(volume: Volume, card: ModelCard
+            ) -> tuple[np.ndarray, list[tuple[slice, int, int]]]:
+    """``volume``'s intensities on the card's grid and how each axis fits the window."""
+    volume = require_3d(volume)
+    grid = CardGrid.for_volume(volume, card)
+    values = np.asarray(grid.intensities(), dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise DimensionError(f"{volume.name} contains NaN or infinite values; fix or mask "
+                             f"them before classifying.")
+    box = body_bounding_box(values, body_threshold(values, volume.modality), margin=0)
+    centres = [(b.start + b.stop) / 2 for b in box]
+    return values, [_fit_axis(n, w, c) for n, w, c in zip(values.shape, card.patch_size,
+                                                           centres)]
+
+
+def _fitted(values: np.ndarray, fits: list[tuple[slice, int, int]]) -> np.ndarray:
+    values = values[tuple(f[0] for f in fits)]
+    return np.pad(values, [(f[1], f[2]) for f in fits])[None].astype(np.float32)
+
+
 def classifier_input(volume: Volume, card: ModelCard) -> np.ndarray:
     """The network input for ``volume``: ``(1, *card.patch_size)`` float32 (see the module
     docstring).
@@ -84,18 +104,21 @@ def classifier_input(volume: Volume, card: ModelCard) -> np.ndarray:
     DimensionError
         Not a 3D scan, or NaN / infinite intensities.
     """
-    volume = require_3d(volume)
-    grid = CardGrid.for_volume(volume, card)
-    values = np.asarray(grid.intensities(), dtype=np.float32)
-    if not np.isfinite(values).all():
-        raise DimensionError(f"{volume.name} contains NaN or infinite values; fix or mask "
-                             f"them before classifying.")
-    box = body_bounding_box(values, body_threshold(values, volume.modality), margin=0)
-    centres = [(b.start + b.stop) / 2 for b in box]
-    fits = [_fit_axis(n, w, c) for n, w, c in zip(values.shape, card.patch_size, centres)]
+    values, fits = _window(volume, card)
     values = values[tuple(f[0] for f in fits)]
     values = normalize_intensity(values, card.normalization, units=volume.meta.get("units"))
-    return np.pad(values, [(f[1], f[2]) for f in fits])[None].astype(np.float32)
+    return _fitted(values, [(slice(None), before, after) for _, before, after in fits])
+
+
+def mask_in_window(mask: np.ndarray, volume: Volume, card: ModelCard) -> np.ndarray:
+    """A mask on ``volume``'s grid brought to :func:`classifier_input`'s window:
+    ``(1, *card.patch_size)`` float32, the fraction of each window voxel inside the mask
+    (linear resampling), 0 in the padding. For training targets that must lie exactly
+    where the input's voxels do."""
+    _, fits = _window(volume, card)
+    grid = CardGrid.for_volume(Volume(np.asarray(mask, dtype=np.float32), volume.affine,
+                                      "SEG"), card)
+    return _fitted(np.asarray(grid.intensities(), dtype=np.float32), fits)
 
 
 @dataclasses.dataclass

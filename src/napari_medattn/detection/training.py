@@ -35,7 +35,11 @@ from napari_medattn.models import create
 from napari_medattn.models.card import NOT_CLINICAL, ModelCard
 from napari_medattn.models.registry import CARD_FILE, load_model, save_model
 from napari_medattn.training.cards import initialise_from
-from napari_medattn.training.lesion_synthesis import KIND_COLOURS, LESION_KINDS
+from napari_medattn.training.lesion_synthesis import (
+    KIND_COLOURS,
+    LESION_KINDS,
+    LESION_NORMALIZATION,
+)
 from napari_medattn.training.loop import cosine_lr
 
 MIN_SIGMA_VOXELS = 0.75
@@ -190,7 +194,7 @@ def detector_card(seeds: str, procedure: str) -> ModelCard:
     return ModelCard(
         name="medformer-lesion-detector", architecture="medformer", task="detection",
         config=dict(DETECTOR_CONFIG), classes=classes, patch_size=PATCH, modality="MR",
-        spacing=SPACING_MM, orientation="RAS", normalization={"scheme": "zscore"},
+        spacing=SPACING_MM, orientation="RAS", normalization=dict(LESION_NORMALIZATION),
         training_data=TRAINING_DATA.format(seeds=seeds), training_procedure=procedure,
         evaluated_on="not measured yet", license="MIT",
         intended_use="Demonstration of lesion detection layers in napari on synthetic "

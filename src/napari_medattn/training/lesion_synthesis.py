@@ -50,6 +50,12 @@ MS_RADIUS_MM = (1.5, 5.0)
 DETECTION_DEGRADATION = Degradation(blur_mm=(0.0, 0.8), resolution_mm=(1.0, 2.5),
                                     noise=(0.0, 0.03))
 PLACEMENT_ATTEMPTS = 20
+#: Intensity normalisation of the models trained on these cases (the lesion detector and
+#: classifier): z-score of the head without the usual upper clip. Clipping at the 99.5th
+#: percentile of the head cut the FLAIR-bright lesions (a few hundred voxels out of
+#: ~65000 at 3 mm) down to the brightest normal tissue, erasing the very contrast the
+#: models must find.
+LESION_NORMALIZATION = {"scheme": "zscore", "percentiles": [0.5, 100.0]}
 
 
 @dataclasses.dataclass

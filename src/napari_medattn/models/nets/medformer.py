@@ -155,26 +155,41 @@ class FPNHead(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """One logit per class from the last stage: layer norm, global average pooling over the
-    grid, dropout and a linear layer.
+    """One logit per class from one stage's tokens: layer norm, pooling over the grid,
+    dropout and a linear layer.
 
     Parameters
     ----------
     in_width : int
-        Channels of the last stage.
+        Channels of the pooled stage.
     out_channels : int
         Classes (logits).
     dropout : float
-        Dropout rate on the pooled features, in [0, 1) (0: none).
+        Dropout rate on the features, in [0, 1) (0: none).
+    pool : {"mean", "max"}
+        ``"mean"``: global average of the features, then the linear layer. ``"max"``: the
+        linear layer on every token (one logit per class and token, :meth:`token_logits`),
+        then the maximum over the tokens: a finding that fills one token out of hundreds
+        sets the scan's logit instead of being averaged away (multiple-instance pooling).
     """
 
-    def __init__(self, in_width: int, out_channels: int, dropout: float = 0.0) -> None:
+    def __init__(self, in_width: int, out_channels: int, dropout: float = 0.0,
+                 pool: str = "mean") -> None:
         super().__init__()
+        self.pool = check_choice(pool, ("mean", "max"), "classification head pooling")
         self.norm = ChannelsLayerNorm(in_width)
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(in_width, out_channels)
 
+    def token_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, out_channels, *grid)`` logits of each token of ``features``."""
+        tokens = self.dropout(self.norm(features).flatten(2).transpose(1, 2))
+        return self.linear(tokens).transpose(1, 2).reshape(
+            features.shape[0], -1, *features.shape[2:])
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.pool == "max":
+            return self.token_logits(features).flatten(2).amax(dim=2)
         return self.linear(self.dropout(self.norm(features).flatten(2).mean(dim=2)))
 
 
@@ -214,6 +229,10 @@ class MedFormer(ConfiguredNet, nn.Module):
         FPN width; default ``widths[0]``.
     head_dropout : float
         Dropout rate of the classification head (unused for segmentation).
+    head_pool : {"mean", "max"}
+        Pooling of the classification head (see :class:`ClassificationHead`).
+    head_stage : int
+        The stage (0-3) whose tokens the classification head pools; default the last.
 
     Notes
     -----
@@ -232,7 +251,8 @@ class MedFormer(ConfiguredNet, nn.Module):
                  topk: Sequence[int | None] = (1, 4, 16, None), n_win: int | Sequence[int] = 7,
                  head_dim: int = 32, mlp_ratio: float = 3.0, token_keep: float = 1 / 8,
                  drop_path: float = 0.0, fpn_channels: int | None = None,
-                 head_dropout: float = 0.0) -> None:
+                 head_dropout: float = 0.0, head_pool: str = "mean",
+                 head_stage: int = 3) -> None:
         super().__init__()
         spatial_dims, in_channels, out_channels = check_io(spatial_dims, in_channels,
                                                            out_channels)
@@ -242,9 +262,16 @@ class MedFormer(ConfiguredNet, nn.Module):
         fpn = args["widths"][0] if fpn_channels is None else positive_int(fpn_channels,
                                                                           "fpn_channels")
         head_dropout = unit_interval(head_dropout, "head_dropout")
-        # Only a classifier's config names its head's dropout: segmentation configs (and the
-        # cards holding them) stay as they were.
-        head = {"head_dropout": head_dropout} if task == "classification" else {}
+        check_choice(head_pool, ("mean", "max"), "head_pool")
+        if not isinstance(head_stage, int) or not 0 <= head_stage < 4:
+            raise ModelError(f"head_stage must be a stage index 0-3, not {head_stage!r}.")
+        # Only a classifier's config names its head: segmentation configs (and the cards
+        # holding them) stay as they were, and so do classifiers' of the default head.
+        head = {}
+        if task == "classification":
+            head = {"head_dropout": head_dropout}
+            if (head_pool, head_stage) != ("mean", 3):
+                head.update(head_pool=head_pool, head_stage=head_stage)
         self._store_config(spatial_dims=spatial_dims, in_channels=in_channels,
                            out_channels=out_channels, task=task, **args, fpn_channels=fpn_channels,
                            **head)
@@ -252,8 +279,10 @@ class MedFormer(ConfiguredNet, nn.Module):
         self.in_channels = in_channels
         self.task = task
         self.backbone = DSSAPyramid(spatial_dims, in_channels, **args)
+        self.head_stage = head_stage
         if task == "classification":
-            self.head = ClassificationHead(args["widths"][-1], out_channels, head_dropout)
+            self.head = ClassificationHead(args["widths"][head_stage], out_channels,
+                                           head_dropout, head_pool)
         else:
             self.fpn = FPNHead(spatial_dims, args["widths"], fpn)
             self.head = conv_nd(spatial_dims)(fpn, out_channels, 1)
@@ -262,7 +291,7 @@ class MedFormer(ConfiguredNet, nn.Module):
         check_input(x, self.spatial_dims, self.in_channels)
         if self.task == "classification":
             _, features = self.backbone.forward_features(x)
-            return self.head(features[-1])
+            return self.head(features[self.head_stage])
         size = x.shape[2:]
         x, _ = pad_to_multiple(x, 32)
         _, features = self.backbone.forward_features(x)
