@@ -21,7 +21,6 @@ detector's does (:mod:`napari_medattn.detection.training`).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,13 +36,13 @@ from napari_medattn.classification.classify import (
     mask_in_window,
 )
 from napari_medattn.detection.boxes import Detection
+from napari_medattn.detection.training import record_figures
 from napari_medattn.errors import DimensionError, ModelError
-from napari_medattn.io.atomic import write_text_atomically
 from napari_medattn.io.volume import Volume
 from napari_medattn.metrics.classification import auc_with_ci
 from napari_medattn.models import create
 from napari_medattn.models.card import NOT_CLINICAL, ModelCard
-from napari_medattn.models.registry import CARD_FILE, load_model, save_model
+from napari_medattn.models.registry import load_model, save_model
 from napari_medattn.training.lesion_synthesis import LESION_NORMALIZATION
 from napari_medattn.training.loop import cosine_lr
 
@@ -280,15 +279,12 @@ def evaluate_classifier(model_dir: str | Path, cases: Sequence[tuple[Volume, int
         "seconds_per_scan": float(np.mean(seconds)),
     }
     if write_card:
-        metrics = {k: round(float(v), 4) for k, v in summary.items()}
-        on = description or (
+        record_figures(model_dir, card, summary, description or (
             f"{len(cases)} held-out synthetic scans ({auc.n_positive} with a lesion of "
             f"{LARGE_LESION_MM:g} mm or more, {auc.n_negative} without) made like the "
             f"training data with seeds never used in training; AUC with a stratified "
             f"percentile bootstrap 95 % CI ({auc.n_resamples} resamples); accuracy, "
-            f"sensitivity and specificity at probability 0.5.")
-        updated = dataclasses.replace(card, metrics=metrics, evaluated_on=on)
-        write_text_atomically(Path(model_dir) / CARD_FILE, updated.to_json())
+            f"sensitivity and specificity at probability 0.5."))
     return summary
 
 

@@ -299,10 +299,17 @@ def evaluate_detector(model_dir: str | Path, cases: Sequence[tuple[Volume, list[
     summary = evaluate_detections(found, truths).summary()
     summary["seconds_per_scan"] = float(np.mean(seconds))
     if write_card:
-        metrics = {k: round(float(v), 4) for k, v in summary.items() if np.isfinite(v)}
-        on = description or (f"{len(cases)} held-out synthetic cases "
-                             f"({summary['lesions']} lesions) made like the training data "
-                             f"with other seeds; FROC hit = IoU >= 0.1, no TTA.")
-        updated = dataclasses.replace(card, metrics=metrics, evaluated_on=on)
-        write_text_atomically(Path(model_dir) / CARD_FILE, updated.to_json())
+        record_figures(model_dir, card, summary, description or (
+            f"{len(cases)} held-out synthetic cases ({summary['lesions']} lesions) made like "
+            f"the training data with other seeds; FROC hit = IoU >= 0.1, no TTA."))
     return summary
+
+
+def record_figures(model_dir: str | Path, card: ModelCard, figures: dict[str, float],
+                   evaluated_on: str) -> None:
+    """Write ``figures`` (the finite ones, to 4 decimals) and what they were measured on
+    into the card of ``model_dir``, atomically. The lesion detector's and classifier's
+    evaluations both end here."""
+    metrics = {k: round(float(v), 4) for k, v in figures.items() if np.isfinite(v)}
+    updated = dataclasses.replace(card, metrics=metrics, evaluated_on=evaluated_on)
+    write_text_atomically(Path(model_dir) / CARD_FILE, updated.to_json())
