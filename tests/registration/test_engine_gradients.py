@@ -84,3 +84,20 @@ def test_parameter_gradients_equal_autograd_on_the_nibabel_pair(metric, compiled
         expected = leaf.grad.numpy()
         # float32 sums in a different order: agreement to 1e-3 relative (a wrong term is O(1)).
         assert np.abs(ours - expected).max() < 1e-3 * np.abs(expected).max(), kind
+
+
+def test_rotation_and_its_derivatives_near_and_away_from_zero():
+    """Rodrigues' formula against scipy (its Taylor branch below 1e-4 rad too) and the
+    closed-form derivatives against central differences of scipy's rotation."""
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(1)
+    for w in (rng.normal(0, 0.5, 3), rng.normal(0, 2.0, 3), np.array([3e-5, -2e-5, 1e-5]),
+              np.zeros(3)):
+        rotation = optimise._rotation(w)
+        assert np.abs(rotation - Rotation.from_rotvec(w).as_matrix()).max() < 1e-14
+        step = 1e-6
+        numeric = np.stack([(Rotation.from_rotvec(w + step * e).as_matrix()
+                             - Rotation.from_rotvec(w - step * e).as_matrix()) / (2 * step)
+                            for e in np.eye(3)])
+        assert np.abs(optimise._rotation_derivatives(w, rotation) - numeric).max() < 1e-8

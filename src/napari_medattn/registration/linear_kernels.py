@@ -99,7 +99,8 @@ def _read(image, mapping, px, py, pz):
     v101 = np.float64(image[a1, b, c1])
     v110 = np.float64(image[a1, b1, c])
     v111 = np.float64(image[a1, b1, c1])
-    # Blend along z, then y: the four edges and two faces the value and slopes share.
+    # Blend along z, then y: the four edges and two faces the value and slopes share (the
+    # resampler's trilinear helper returns the value alone, so it is not reused here).
     e00 = v000 + tz * (v001 - v000)
     e01 = v010 + tz * (v011 - v010)
     e10 = v100 + tz * (v101 - v100)

@@ -357,18 +357,18 @@ class Run:
         return self._loss_on_grid(level, grid)
 
 
-#: ``[e_k]x`` for the unit vectors: ``[v]x = sum_k v_k GENERATORS[k]``.
-_GENERATORS = np.array([[[0.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
-                        [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 0.0]],
-                        [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+def _skew(v: np.ndarray) -> np.ndarray:
+    """``[v]x``, the matrix of ``u -> v x u``."""
+    x, y, z = v.tolist()  # Python floats: np.array builds from them several times faster
+    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
 
 
 def _rotation(w: np.ndarray) -> np.ndarray:
-    """``R = exp([w]x)`` by Rodrigues' formula, with Taylor coefficients near 0 (a few
-    numpy operations: scipy's Rotation costs several times more per call, and the linear
-    stage builds a matrix at every evaluation)."""
+    """``R = exp([w]x)`` by Rodrigues' formula, with Taylor coefficients near 0 (scipy's
+    Rotation costs about twice as much per call, and the linear stage builds a matrix at
+    every evaluation)."""
     norm2 = float(w @ w)
-    skew = np.tensordot(w, _GENERATORS, 1)
+    skew = _skew(w)
     if norm2 < 1e-8:  # sin(t)/t and (1 - cos t)/t^2 to O(t^4)
         a, b = 1.0 - norm2 / 6.0, 0.5 - norm2 / 24.0
     else:
@@ -379,13 +379,19 @@ def _rotation(w: np.ndarray) -> np.ndarray:
 
 def _rotation_derivatives(w: np.ndarray, rotation: np.ndarray) -> np.ndarray:
     """``dR / dw_k`` ``(3, 3, 3)`` of ``R = exp([w]x)`` (Gallego and Yezzi 2015, eq. 9:
-    ``(w_k [w]x + [w x ((I - R) e_k)]x) R / |w|^2``)."""
+    ``(w_k [w]x + [w x ((I - R) e_k)]x) R / |w|^2``), all three at once."""
     norm2 = float(w @ w)
     if norm2 < 1e-16:
-        return _GENERATORS.copy()
-    skew = np.tensordot(w, _GENERATORS, 1)
-    crosses = skew @ (np.eye(3) - rotation)  # column k: w x ((I - R) e_k)
-    stack = w[:, None, None] * skew + np.tensordot(crosses.T, _GENERATORS, 1)
+        return np.stack([_skew(e) for e in np.eye(3)])
+    skew = _skew(w)
+    c = skew - skew @ rotation  # column k: w x ((I - R) e_k)
+    stack = w[:, None, None] * skew
+    stack[:, 0, 1] -= c[2]
+    stack[:, 0, 2] += c[1]
+    stack[:, 1, 0] += c[2]
+    stack[:, 1, 2] -= c[0]
+    stack[:, 2, 0] -= c[1]
+    stack[:, 2, 1] += c[0]
     return stack @ rotation / norm2
 
 
