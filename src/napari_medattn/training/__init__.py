@@ -5,9 +5,10 @@ torch tensors and :class:`~napari_medattn.io.Volume`):
 
 * :mod:`~napari_medattn.training.datasets`: cases from a Medical Segmentation Decathlon /
   nnU-Net folder or a CSV, checked up front (:func:`~.datasets.load_cases`; volumes in
-  memory: :func:`~.datasets.make_case`), prepared as a
-  model card prescribes (:func:`~.datasets.prepare_case`), served as random patches
-  (:class:`~.datasets.PatchDataset`) or whole cases for validation.
+  memory: :func:`~.datasets.make_case`).
+* :mod:`~napari_medattn.training.patches`: cases prepared as a model card prescribes
+  (:func:`~.patches.prepare_case`), served as random patches
+  (:class:`~.patches.PatchDataset`) or whole cases for validation.
 * :mod:`~napari_medattn.training.augment`: batched torch augmentation on the tensor's
   device, configured by a JSON-serialisable dict (:class:`~.augment.Compose`).
 * :mod:`~napari_medattn.training.tensor_ops`: the torch primitives augmentation and

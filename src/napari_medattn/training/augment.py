@@ -10,7 +10,7 @@ the samples it selected with its probability ``p`` (the others are returned bit 
 Spatial transforms move image and label together (image trilinear, label nearest, 0
 outside as in nnU-Net); intensity transforms touch the image only. Coordinates are voxel
 indices: rotations and scalings are isotropic in voxels, so give the network isotropic
-patches (:func:`napari_medattn.training.datasets.prepare_case` with equal spacing) when
+patches (:func:`napari_medattn.training.patches.prepare_case` with equal spacing) when
 physical angles matter.
 
 A pipeline is a JSON-serialisable dict, so a model card can record it::

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from napari_medattn.errors import DimensionError
-from napari_medattn.training.datasets import FOREGROUND_FRACTION
+from napari_medattn.training.patches import FOREGROUND_FRACTION
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@
     module, card = load_model(result.best)      # napari_medattn.models.registry
 
 Each epoch draws ``steps_per_epoch`` batches of random patches
-(:class:`~napari_medattn.training.datasets.PatchDataset`, foreground oversampling),
+(:class:`~napari_medattn.training.patches.PatchDataset`, foreground oversampling),
 augments them on the training device (:class:`~napari_medattn.training.augment.Compose`),
 and minimises Dice + cross-entropy (:func:`~napari_medattn.training.losses.dice_ce_loss`)
 with AdamW; the learning rate rises linearly over the warm-up steps, then follows a cosine
@@ -71,8 +71,9 @@ from napari_medattn.training.cards import (
 )
 from napari_medattn.training.checkpoint import optimizer_to, restore_state, save_state
 from napari_medattn.training.config import TrainingConfig
-from napari_medattn.training.datasets import Case, PatchDataset, prepare_case
+from napari_medattn.training.datasets import Case
 from napari_medattn.training.losses import dice_ce_loss
+from napari_medattn.training.patches import PatchDataset, prepare_case
 from napari_medattn.training.plot import plot_curves
 
 HISTORY_FILE = "history.json"
