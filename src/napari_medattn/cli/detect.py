@@ -23,9 +23,8 @@ from napari_medattn.cli.common import (
     VolumeOutput,
     add_device,
     add_inputs,
-    run_over_inputs,
+    prepared_batch,
 )
-
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,12 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "only) a DICOM SR <name>_detections_sr.dcm with each box's "
                              "centre, edge lengths and score, and the masks as a DICOM-SEG "
                              "<name>_detections_seg.dcm it references (default: nifti)")
-    parser.set_defaults(func=run_detect)
-
-
-def run_detect(args: argparse.Namespace) -> int:
-    one_volume, parameters = prepare_detect(args)
-    return run_over_inputs("detect", args, one_volume, parameters=parameters)
+    parser.set_defaults(func=prepared_batch("detect", prepare_detect))
 
 
 def prepare_detect(args: argparse.Namespace, *, memory=None):
