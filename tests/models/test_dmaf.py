@@ -23,10 +23,24 @@ def _mask(subset):
     return torch.tensor([m in subset for m in range(4)])
 
 
+def _as_if_trained(block):
+    """Random values for the parameters a new DMAF block starts at zero (residual branches,
+    fusion query), so the tests exercise a block whose weights are not uniform."""
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in (block.proj, block.mlp[-1], block.query_from_mean):
+            layer.weight.copy_(0.5 * torch.randn(layer.weight.shape, generator=generator))
+            layer.bias.copy_(0.1 * torch.randn(layer.bias.shape, generator=generator))
+        block.fusion_query.copy_(torch.randn(block.fusion_query.shape, generator=generator))
+    return block
+
+
 @pytest.fixture(scope="module")
 def nets():
     torch.manual_seed(0)
     dmaf = create("dmaf_net", modalities=MODALITIES, out_channels=4, channels=[8, 16, 16, 32])
+    for block in dmaf.fusion:
+        _as_if_trained(block)
     early = create("early_fusion_unet", modalities=MODALITIES, out_channels=4,
                    channels=[8, 16, 16, 32])
     region = create("region_fusion_net", modalities=MODALITIES, out_channels=4,
@@ -104,27 +118,48 @@ def test_capture_weights_sum_to_one_over_present(one_torch_thread, nets):
 
 
 def test_block_weights_are_attention_softmax(one_torch_thread):
-    """Reference: recompute the fusion query's softmax by hand for one voxel."""
+    """Reference: recompute the fusion query's softmax and the fused feature by hand for one
+    voxel."""
     torch.manual_seed(2)
-    block = DMAFBlock(3, 8, 3, num_heads=1).eval()
+    block = _as_if_trained(DMAFBlock(3, 8, 3, num_heads=1)).eval()
     feats = torch.randn(1, 3, 8, 1, 1, 1)
     present = torch.tensor([True, False, True])
     with torch.no_grad(), capture_attention(block) as maps:
-        block(feats, present)
-        tokens = feats[0, :, :, 0, 0, 0] * present[:, None] + block.modality_embedding
-        qkv = block.qkv(block.norm1(tokens))
+        out = block(feats, present)
+        tokens = feats[0, :, :, 0, 0, 0] * present[:, None]
+        qkv = block.qkv(block.norm1(tokens + block.modality_embedding))
         q, k, v = qkv.chunk(3, -1)
         s = (q @ k.T) / 8 ** 0.5
         s[:, ~present] = -torch.inf
         tokens = tokens + block.proj(s.softmax(-1) @ v)
         tokens = tokens + block.mlp(block.norm2(tokens))
-        normed = block.norm3(tokens)
+        normed = block.norm3(tokens + block.modality_embedding)
         query = block.fusion_query + block.query_from_mean(normed[present].mean(0))
-        fk, _ = block.fusion_kv(normed).chunk(2, -1)
-        scores = (fk @ query) / 8 ** 0.5
+        scores = (block.fusion_key(normed) @ query) / 8 ** 0.5
         scores[~present] = -torch.inf
         expected = scores.softmax(0)
+        fused = block.fusion_proj(expected @ tokens)  # the un-normalised tokens are the values
     torch.testing.assert_close(maps["weights"].value[0], expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(expected[present], torch.full((2,), 0.5), atol=1e-3)
+    torch.testing.assert_close(out[0, :, 0, 0, 0], fused, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("subset", [(0,), (1, 3), (0, 2, 3), (0, 1, 2, 3)])
+def test_new_block_is_the_mean_of_present_features(one_torch_thread, subset):
+    """A new block starts as the usual missing-modality fusion: equal weights over the
+    present modalities, output ``fusion_proj(mean of the present features)``."""
+    torch.manual_seed(6)
+    block = DMAFBlock(3, 16, 4, num_heads=2).eval()
+    feats = torch.randn(2, 4, 16, 3, 4, 5)
+    present = _mask(subset)
+    feats[:, ~present] = torch.randn(2, 4 - len(subset), 16, 3, 4, 5) * 1e3  # ignored
+    with torch.no_grad(), capture_attention(block) as maps:
+        out = block(feats, present)
+        mean = feats[:, present].mean(1).movedim(1, -1)  # (B, *grid, C)
+        expected = block.fusion_proj(mean).movedim(-1, 1)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    weights = maps["weights"].value
+    torch.testing.assert_close(weights, present.float().expand(2, 4) / len(subset))
 
 
 def test_card_round_trip_names_modalities(tmp_path, nets):

@@ -105,12 +105,15 @@ def _protocol(runs: dict[str, list[dict]]) -> str:
     for v, variant_runs in runs.items():
         facts = variant_runs[0]
         cpu = np.mean([f["cpu_s"] for f in variant_runs])
-        # The segmentation loss alone (no distillation), mean over seeds per tenth of the run.
-        curve = np.mean([f["loss_curve"] for f in variant_runs], axis=0)
-        lines.append(f"- {v}: {facts['parameters']:,} parameters, {facts['steps']} steps, "
-                     f"{cpu:.0f} CPU-s per seed (mean), seeds "
-                     f"{', '.join(str(f['seed']) for f in variant_runs)}; training Dice+CE "
-                     f"loss by tenth of the run {' '.join(f'{c:.2f}' for c in curve)}")
+        line = (f"- {v}: {facts['parameters']:,} parameters, {facts['steps']} steps, "
+                f"{cpu:.0f} CPU-s per seed (mean), seeds "
+                f"{', '.join(str(f['seed']) for f in variant_runs)}")
+        if all("loss_curve" in f for f in variant_runs):  # runs before 2026-12-03 lack it
+            # The segmentation loss alone (no distillation), mean over seeds per tenth.
+            curve = np.mean([f["loss_curve"] for f in variant_runs], axis=0)
+            line += f"; training Dice+CE loss by tenth of the run " \
+                    f"{' '.join(f'{c:.2f}' for c in curve)}"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,20 @@ out), then a fusion query -- a learned vector plus a projection of the mean of t
 tokens, so it adapts to the voxel's content -- attends over the present tokens. Its
 attention weights are the voxel's per-modality contributions: exactly 0 for a missing
 modality (masked before the softmax) and summing to 1 over the present ones. The fused
-feature is their weighted sum of the values, so a missing modality cannot contribute.
+feature is their weighted sum of the tokens themselves (the transformer's residual stream,
+not its layer-normalised copy), projected, so a missing modality cannot contribute.
+
+Two choices make the block start as a plain average and keep what the encoders measured:
+
+* The values are the un-normalised tokens. Taking them after a per-voxel LayerNorm (as the
+  first version did) removed each voxel's feature magnitude before the decoder: scaling the
+  features by 3 changed that block's output by a factor of 1.13 where a linear fusion
+  changes by 3, and "how bright is T1ce here" is the enhancing tumour's main cue.
+* The transformer's residual branches and the fusion query start at zero (as ReZero and
+  zero-initialised residual blocks do), so a new block returns ``proj(mean of the present
+  features)`` -- the usual missing-modality fusion -- and learns from there which modality
+  to favour where, instead of starting from random per-voxel weights and perturbations.
+  The modality embedding enters the attention's queries and keys only, not the values.
 
 Attention runs over ``M`` tokens per voxel (4 for BraTS), never across voxels, so it costs
 ``O(N M^2)`` and runs at every resolution of a 3D U-Net.
@@ -133,8 +146,12 @@ class DMAFBlock(nn.Module):
         self.norm3 = nn.LayerNorm(channels)
         self.fusion_query = nn.Parameter(torch.zeros(channels))
         self.query_from_mean = nn.Linear(channels, channels)
-        self.fusion_kv = nn.Linear(channels, 2 * channels)
+        self.fusion_key = nn.Linear(channels, channels)
         self.fusion_proj = nn.Linear(channels, channels)
+        # Start as the average of the present features (see the module's docstring).
+        for layer in (self.proj, self.mlp[-1], self.query_from_mean):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         # (T, M, C) -> (T, H, M, d)
@@ -156,27 +173,26 @@ class DMAFBlock(nn.Module):
         grid = tuple(features.shape[3:])
         n = features[0, 0, 0].numel()
         tokens = features.reshape(b, m, c, n).permute(0, 3, 1, 2).reshape(b * n, m, c)
-        tokens = tokens + self.modality_embedding
         attended = mask if self.masking else torch.ones_like(mask)
         key_mask = attended.repeat_interleave(n, dim=0)  # (B*N, M)
         attn_mask = key_mask[:, None, None, :]      # broadcast over heads and queries
 
-        q, k, v = self.qkv(self.norm1(tokens)).chunk(3, dim=-1)
+        q, k, v = self.qkv(self.norm1(tokens + self.modality_embedding)).chunk(3, dim=-1)
         mixed = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v),
                                                attn_mask=attn_mask)
         tokens = tokens + self.proj(mixed.transpose(1, 2).reshape(b * n, m, c))
         tokens = tokens + self.mlp(self.norm2(tokens))
 
-        normed = self.norm3(tokens)
+        normed = self.norm3(tokens + self.modality_embedding)
         weights_present = key_mask.to(normed.dtype)[..., None]
         mean = (normed * weights_present).sum(1) / weights_present.sum(1)  # (B*N, C)
         query = (self.fusion_query + self.query_from_mean(mean))[:, None, :]  # (B*N, 1, C)
-        fk, fv = self.fusion_kv(normed).chunk(2, dim=-1)
-        qh, kh, vh = self._heads(query), self._heads(fk), self._heads(fv)
+        qh, kh = self._heads(query), self._heads(self.fusion_key(normed))
         scores = (qh @ kh.transpose(-2, -1)) * self.head_dim ** -0.5  # (B*N, H, 1, M)
         scores = scores.masked_fill(~attn_mask, float("-inf"))
         contribution = scores.softmax(dim=-1)
-        fused = (contribution @ vh).transpose(1, 2).reshape(b * n, c)
+        # Values: the tokens themselves, each head weighting its own channel group.
+        fused = (contribution @ self._heads(tokens)).transpose(1, 2).reshape(b * n, c)
         fused = self.fusion_proj(fused)
         if capture.active():
             per_voxel = contribution.mean(dim=1)[:, 0, :].reshape(b, n, m)  # head mean
