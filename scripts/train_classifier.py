@@ -97,8 +97,9 @@ def heat_map_distances(data: Path, model: Path) -> dict[str, float]:
     from napari_medattn.models.registry import load_model
 
     module, card = load_model(model)
-    kinds = {"gradcam_stage2": ("gradcam", "backbone.stages.2"),
-             "gradcam_stage3": ("gradcam", "backbone.stages.3")}
+    # The head pools stage 2 (CAM_LAYER): its Grad-CAM is the head's own token evidence;
+    # stage 3 lies past the head and gets no gradient.
+    kinds = {"gradcam_stage2": ("gradcam", "backbone.stages.2")}
     found: dict[str, list[float]] = {k: [] for k in [*kinds, "routing", "chance"]}
     for path in case_paths([data], held_out=True):
         image, label, lesions, _ = read_case(path)

@@ -47,8 +47,8 @@ DEFAULT_CLASSIFIER = "medformer-lesion-classifier"
 #: Heat-map kinds: Grad-CAM of the positive class, or DSSA's region routing.
 HEATMAPS = ("gradcam", "routing")
 #: Layer of the classifier's Grad-CAM: the third stage (1/16 of the input grid, 48 mm
-#: cells at 3 mm). The last stage (1/32, a 2x3x2 grid for the whole head) may be too coarse
-#: to point at a lesion; the held-out figures of both are in docs/detection.md.
+#: cells at 3 mm), the stage the shipped classifier's head max-pools (its ``head_stage``):
+#: there Grad-CAM is the positive class's evidence of each cell the head chose from.
 CAM_LAYER = "backbone.stages.2"
 #: DSSA block whose routing is shown: the first stage's, the finest grid that selects
 #: among regions (4 of 64 per query region).

@@ -174,14 +174,14 @@ def train_classifier(inputs: Sequence[np.ndarray], labels: Sequence[int],
     Path
         ``out_dir``.
     """
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     labels = np.asarray(labels, dtype=np.int64)
     by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
     if not all(len(group) for group in by_class):
         raise DimensionError("Training needs scans of both classes.")
     if masks is not None and len(masks) != len(inputs):
         raise DimensionError(f"{len(masks)} lesion masks for {len(inputs)} inputs.")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     lesion_masks = masks if masks is not None else [np.zeros_like(x) for x in inputs]
     card = classifier_card("", "")
     model = create(card.architecture, **card.config)
