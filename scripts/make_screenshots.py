@@ -193,18 +193,26 @@ def finetune(viewer, widgets: dict, out: Path, steps: int = 8) -> None:
                 os.environ["XDG_DATA_HOME"] = saved
 
 
-def inspector(viewer, widgets: dict, out: Path) -> None:
-    """The Attention inspector on the MNI152 T1: what a brain voxel attends to in a decoder
-    block of the built-in DSSA-UNet (query map, routed regions outlined, kept tokens)."""
+@contextlib.contextmanager
+def inspector_on_mni152(viewer, widgets: dict, model: str, method: str) -> Iterator:
+    """The Attention inspector, alone, on the MNI152 T1 on the CPU with ``model`` and
+    ``method`` chosen (the method list fills once the model has loaded); yields it."""
     widget = widgets["Attention inspector"]
     fresh_view(viewer)
     open_scan(viewer, None)
     with only_docks(viewer, widget):
         widget.image.setCurrentText("mni152_t1")
         widget.device.setCurrentText("cpu")
-        widget.model.setCurrentText("dssa-unet-brain-tissue")
-        wait_until(lambda: widget.method.findText("query") >= 0)
-        widget.method.setCurrentText("query")
+        widget.model.setCurrentText(model)
+        wait_until(lambda: widget.method.findText(method) >= 0)
+        widget.method.setCurrentText(method)
+        yield widget
+
+
+def inspector(viewer, widgets: dict, out: Path) -> None:
+    """The Attention inspector on the MNI152 T1: what a brain voxel attends to in a decoder
+    block of the built-in DSSA-UNet (query map, routed regions outlined, kept tokens)."""
+    with inspector_on_mni152(viewer, widgets, "dssa-unet-brain-tissue", "query") as widget:
         widget.layer.setCurrentText("decoder.1.blocks.0.attn")
         wait_until(widget.run_button.isEnabled)
         widget.run_button.click()
@@ -221,15 +229,8 @@ def inspector(viewer, widgets: dict, out: Path) -> None:
 def gradcam(viewer, widgets: dict, out: Path) -> None:
     """The Attention inspector after a Grad-CAM map of the default model for grey matter
     on the MNI152 T1, with its faithfulness numbers (about 6x the map's own time)."""
-    widget = widgets["Attention inspector"]
-    fresh_view(viewer)
-    open_scan(viewer, None)
-    with only_docks(viewer, widget):
-        widget.image.setCurrentText("mni152_t1")
-        widget.device.setCurrentText("cpu")
-        widget.model.setCurrentText("attention-unet-brain-tissue")
-        wait_until(lambda: widget.method.findText("gradcam") >= 0)
-        widget.method.setCurrentText("gradcam")
+    with inspector_on_mni152(viewer, widgets, "attention-unet-brain-tissue",
+                             "gradcam") as widget:
         widget.explanations.target.setCurrentText("grey matter")
         widget.explanations.faithfulness.setChecked(True)
         wait_until(widget.run_button.isEnabled)
