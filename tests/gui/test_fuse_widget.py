@@ -206,3 +206,63 @@ def _world_to_canvas(canvas, viewer, world):
     scene_point = [world[displayed[1]], world[displayed[0]], 0, 1]
     pixel = transform.map(scene_point)
     return pixel[:2] / pixel[3]
+
+
+def _click(qt_viewer, model, world):
+    """Press and release the left button over ``world`` (mm) in one plane's canvas."""
+    pos = _world_to_canvas(qt_viewer.canvas, model, world)
+    scene = qt_viewer.canvas._scene_canvas
+    assert np.all(pos >= 0) and np.all(pos < scene.size)  # on screen
+    scene.events.mouse_press(pos=pos, button=1, modifiers=())
+    scene.events.mouse_release(pos=pos, button=1, modifiers=())
+
+
+def test_click_moves_point_once_onto_the_grid_and_keeps_cameras_on_the_scan(pet_ct, qtbot):
+    viewer, _widget = pet_ct
+    models = set_three_planes(viewer, True)
+    qtbot.wait(100)
+    manager = _get_manager(viewer)
+    qt_viewers = (manager._original_qt_viewer, manager.bottom_widget.qt_viewer,
+                  manager.right_widget.qt_viewer)
+    ranges = viewer.dims.range
+    # Patient mm: every range starts far from 0, which napari-orthogonal-views 0.5.0 left out
+    # when it judged whether the new point was on screen.
+    assert all(abs(r.start) > 50 for r in ranges)
+    cameras = [tuple(viewer_camera(model).center) for model in models]
+    points = []
+    viewer.dims.events.point.connect(lambda event: points.append(tuple(event.value)))
+    targets = ([12.3, -31.7, 22.9], [-20.6, 8.2, -35.3], [40.4, 17.1, 9.6])
+    for view, target in enumerate(targets):
+        before = np.asarray(viewer.dims.point)
+        points.clear()
+        _click(qt_viewers[view], models[view], target)
+        # One new point per click (napari's sliders used to snap it axis by axis, each
+        # snap slicing the views again), on the voxel grid, nearest the click on the two
+        # axes the clicked view shows; its own slice axis unchanged.
+        assert len(points) == 1
+        point = np.asarray(viewer.dims.point)
+        steps = [(p - r.start) / r.step for p, r in zip(point, ranges)]
+        np.testing.assert_allclose(steps, np.round(steps), atol=1e-9)
+        shown = list(models[view].dims.displayed)
+        assert np.all(np.abs(point[shown] - np.asarray(target)[shown])
+                      <= np.asarray([ranges[a].step for a in shown]) / 2 + 1e-9)
+        hidden = models[view].dims.not_displayed[0]
+        assert point[hidden] == before[hidden]
+        for model in models:
+            np.testing.assert_allclose(model.dims.point, point)
+        # Every point clicked lies on screen in every view: no camera moved.
+        assert [tuple(viewer_camera(model).center) for model in models] == cameras
+
+    # A point off screen in a zoomed view: that view's camera centres on it, along the
+    # axis where it is off screen only.
+    coronal = models[1]
+    camera = viewer_camera(coronal)
+    camera.zoom *= 8
+    z = coronal.dims.point[0]
+    camera.center = (camera.center[0], z, 60.0)  # rows: z, columns: x (mm)
+    _click(qt_viewers[0], viewer, [z, -20.0, -45.0])
+    assert abs(coronal.dims.point[2] - (-45.0)) <= ranges[2].step / 2
+    assert camera.center[-2] == z
+    np.testing.assert_allclose(camera.center[-1], coronal.dims.point[2])
+    set_three_planes(viewer, False)  # hiding disconnects the linking swapped in
+    assert plane_models(viewer) == [viewer]

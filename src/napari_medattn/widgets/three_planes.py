@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_warning
+from napari_orthogonal_views.attribute_helpers import get_camera, get_viewbox_size
 from napari_orthogonal_views.ortho_view_manager import _get_manager
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QVBoxLayout, QWidget
@@ -47,11 +48,25 @@ def _click_moves_point(model: Any) -> None:
 
 
 def move_to(model: Any, world_point: Any) -> None:
-    """Put ``model``'s slices through ``world_point`` (all dims, world mm)."""
-    point = list(model.dims.point)
+    """Put ``model``'s slices through ``world_point`` (all dims, world mm), snapped to the
+    nearest slice on every axis.
+
+    napari's dims sliders (one per axis, hidden ones for the displayed axes too) snap an
+    off-grid point to their step, one axis at a time, each snap a new point and so a new
+    slicing of every layer in the view; a click in the axial view sliced it three times.
+    Setting the point the sliders settle on, computed as they do, slices it once.
+    """
+    dims = model.dims
+    point = list(dims.point)
     position = list(world_point)[-len(point):]
     point[-len(position):] = position
-    model.dims.point = tuple(point)
+    snapped = []
+    for value, rng in zip(point, dims.range):
+        step = rng.step or 1
+        index = round((float(np.clip(value, rng.start, rng.stop)) - rng.start) / step)
+        # Dims.set_current_step's own expression, so the sliders find nothing to change.
+        snapped.append(rng.start + index * rng.step if rng.step else float(value))
+    dims.point = tuple(snapped)
 
 
 def _crosshairs_in_world(canvas: Any) -> None:
@@ -78,6 +93,52 @@ def _crosshairs_in_world(canvas: Any) -> None:
 
             visual._move_crosshairs = move
             move()
+
+
+def _keep_point_in_view(model: Any, point: tuple) -> None:
+    """Centre ``model``'s camera on ``point`` (world mm) along each displayed axis where the
+    point lies outside the part of the world the canvas shows; leave it where it is inside."""
+    camera = get_camera(model)
+    center = list(camera.center)
+    # The camera's last two centre coordinates are the displayed axes, rows then columns.
+    for index, axis, pixels in zip((-2, -1), model.dims.displayed[-2:],
+                                   get_viewbox_size(model)):
+        if abs(point[axis] - center[index]) >= pixels / camera.zoom / 2:
+            center[index] = point[axis]
+    if center != list(camera.center):
+        camera.center = tuple(center)
+
+
+def _link_points_in_world(widget: Any) -> None:
+    """Pass a new point between the viewer and one orthogonal view (``widget``), and keep
+    it on screen, in world coordinates.
+
+    napari-orthogonal-views 0.5.0 checks whether the new point is on screen at
+    ``current_step * step``, which leaves out where the world range starts (the crosshair's
+    error too): with patient mm (ranges that start at, say, -250 mm) it judged most points
+    off screen and moved the camera there, off the scan, on a click. This swaps its
+    handler for this one on this widget's two connections (and in its list of
+    connections, so that hiding the views disconnects this one); the linking is otherwise
+    its own: the point read from the view that changed, each other view set once, the
+    camera sync of its Controls tab held off meanwhile.
+    """
+    original = widget._update_current_step
+
+    def update_current_step(event: Any) -> None:
+        source = event.source
+        point = tuple(source.point)
+        for model in (widget.viewer, widget.vm_container.viewer_model):
+            if model.dims is source or tuple(model.dims.point) == point:
+                continue
+            with widget._center_sync_blocked():
+                model.dims.point = point
+                _keep_point_in_view(model, point)
+
+    for n, (emitter, handler) in enumerate(widget._connections):
+        if handler == original:
+            emitter.disconnect(original)
+            emitter.connect(update_current_step)
+            widget._connections[n] = (emitter, update_current_step)
 
 
 def plane_models(viewer: Any) -> list:
@@ -120,6 +181,8 @@ def set_three_planes(viewer: Any, shown: bool) -> list:
     for widget in (manager._original_qt_viewer, manager.bottom_widget.qt_viewer,
                    manager.right_widget.qt_viewer):
         _crosshairs_in_world(widget.canvas)
+    for widget in (manager.bottom_widget, manager.right_widget):
+        _link_points_in_world(widget)
     for model in models:
         install_radiology_view(model).update()
         _click_moves_point(model)
