@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--backbone-from", metavar="MODEL",
                        help="start from this model's MedFormer backbone (e.g. "
-                            "medformer-lesion-detector) instead of random weights")
+                            "medformer-lesion-detector) instead of random weights, or "
+                            "continue this classifier (same configuration)")
     for name in ("evaluate", "heatmaps"):
         command = sub.add_parser(name)
         command.add_argument("--data", type=Path, nargs="+", required=True)

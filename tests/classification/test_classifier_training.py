@@ -13,7 +13,7 @@ from napari_medattn.errors import DimensionError, ModelError
 from napari_medattn.io.volume import Volume
 from napari_medattn.metrics.classification import auc_with_ci
 from napari_medattn.models import create
-from napari_medattn.models.registry import load_model
+from napari_medattn.models.registry import load_model, save_model
 
 TINY = dict(spatial_dims=3, in_channels=1, out_channels=2, task="classification",
             widths=[8, 16, 32, 64], depths=[1, 1, 1, 1], topk=[4, 16, 4, None],
@@ -145,3 +145,15 @@ def test_training_optimises_the_logits_classify_computes_and_the_cells_hold_the_
     cells[0, 2, 0, 1] = 1
     token_term = torch.nn.functional.cross_entropy(tokens, cells)
     torch.testing.assert_close(both - scan_only, training.TOKEN_LOSS_WEIGHT * token_term)
+
+
+def test_a_run_continues_from_a_classifier_of_the_same_configuration(tmp_path):
+    torch.manual_seed(0)
+    card = training.classifier_card("", "")
+    first = create(card.architecture, **card.config)
+    save_model(first, card, tmp_path / "first")
+    second = create(card.architecture, **card.config)
+    said = training.copy_backbone(second, tmp_path / "first")
+    assert "medformer-lesion-classifier" in said
+    for name, value in second.state_dict().items():
+        assert torch.equal(value, first.state_dict()[name]), name

@@ -43,6 +43,7 @@ from napari_medattn.metrics.classification import auc_with_ci
 from napari_medattn.models import create
 from napari_medattn.models.card import NOT_CLINICAL, ModelCard
 from napari_medattn.models.registry import load_model, save_model
+from napari_medattn.training.cards import initialise_from
 from napari_medattn.training.lesion_synthesis import LESION_NORMALIZATION
 from napari_medattn.training.loop import cosine_lr
 
@@ -162,8 +163,9 @@ def train_classifier(inputs: Sequence[np.ndarray], labels: Sequence[int],
         For the card: what the inputs are, and the command line.
     backbone_from : str or Path, optional
         A model (name or folder) whose MedFormer backbone has this classifier's shape, e.g.
-        the lesion detector: its backbone weights are the starting point (see
-        :func:`copy_backbone`); default a random initialisation.
+        the lesion detector: its backbone weights are the starting point; or a classifier
+        of this configuration, whose run continues (see :func:`copy_backbone`); default a
+        random initialisation.
     masks : sequence of ndarray, optional
         Per input, its large lesions' mask in the input's window
         (:func:`~.classify.mask_in_window`, ``(1, *PATCH)``): adds the per-token loss of
@@ -233,7 +235,8 @@ def train_classifier(inputs: Sequence[np.ndarray], labels: Sequence[int],
 
 
 def copy_backbone(model: torch.nn.Module, source: str | Path) -> str:
-    """Copy the ``backbone.*`` weights of model ``source`` into ``model``; says what was
+    """Copy the ``backbone.*`` weights of model ``source`` into ``model`` (all its weights
+    when ``source`` is a classifier of this configuration: a run continued); says what was
     copied (for the card).
 
     Why: on this shared CPU a few hundred steps are all a training run gets, and the lesion
@@ -241,6 +244,9 @@ def copy_backbone(model: torch.nn.Module, source: str | Path) -> str:
     synthetic data; its features are a better start than random ones.
     """
     trained, card = load_model(source)
+    if card.task == "classification":  # a classifier run to continue: all of its weights
+        start = initialise_from(model, card.architecture, model.config, source)
+        return f"the weights of {start['name']} (sha256 {start['sha256'][:12]}...)"
     theirs = {k: v for k, v in trained.state_dict().items() if k.startswith("backbone.")}
     mine = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
     if set(theirs) != set(mine) or any(theirs[k].shape != mine[k].shape for k in mine):
