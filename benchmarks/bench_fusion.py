@@ -11,8 +11,11 @@
 2. **Repaint latency** in a real napari viewer (Xvfb, software OpenGL) with a
    512 x 512 x 300 CT and a 200 x 200 x 150 PET fused by the Fuse widget: time from a
    change of the fade slider, or of the overlay window, until the canvas has drawn.
-3. **Crosshair move** with the three linked planes shown: time from moving the point (what
-   a click does) until all three canvases have drawn.
+3. **Crosshair move** with the three linked planes shown: time from a click (mouse press
+   and release through napari's canvas events, on a random point of the CT, in the axial,
+   coronal and sagittal view in turn: the other two views change slice, all three move
+   their crosshair) until all three canvases have drawn. Also a move of the point on all
+   three axes at once (``three_planes.move_to``, as a script would; no click does that).
 
 Run from the repository root (a virtual display is started when there is none)::
 
@@ -132,7 +135,9 @@ def resampling(repeats: int) -> dict[str, float]:
 
 
 def _until_drawn(app, canvases, change) -> float:
-    """Seconds from ``change()`` until every canvas in ``canvases`` has drawn."""
+    """Seconds from ``change()`` until every canvas in ``canvases`` has drawn: the clock
+    stops when the event-loop pass in which the last of them drew returns, so it includes
+    Qt composing and flushing the window in that pass."""
     drawn: set[int] = set()
     handlers = []
     for n, canvas in enumerate(canvases):
@@ -150,6 +155,19 @@ def _until_drawn(app, canvases, change) -> float:
     for canvas, handler in handlers:
         canvas.events.draw.disconnect(handler)
     return elapsed
+
+
+def _click(qt_viewer, model, world) -> None:
+    """Press and release the left button over ``world`` (mm) in one plane's canvas."""
+    scene = qt_viewer.canvas._scene_canvas
+    displayed = list(model.dims.displayed)
+    pixel = qt_viewer.canvas.view.scene.transform.map(
+        [world[displayed[1]], world[displayed[0]], 0, 1])
+    pos = pixel[:2] / pixel[3]
+    if np.any(pos < 0) or np.any(pos >= scene.size):
+        raise RuntimeError(f"the click at {world} mm falls outside the canvas")
+    scene.events.mouse_press(pos=pos, button=1, modifiers=())
+    scene.events.mouse_release(pos=pos, button=1, modifiers=())
 
 
 def viewer_latency(trials: int) -> dict[str, float]:
@@ -201,10 +219,20 @@ def viewer_latency(trials: int) -> dict[str, float]:
         low, high = np.array([-290.0, -240.0, -240.0]), np.array([290.0, 240.0, 240.0])
         idle3 = [_until_drawn(app, canvases, lambda: [c.update() for c in canvases])
                  for _ in range(trials)]
-        cross = []
-        for _ in range(trials):
+        qt_viewers = [manager._original_qt_viewer, manager.bottom_widget.qt_viewer,
+                      manager.right_widget.qt_viewer]
+        print("canvases (width x height, pixels): axial {}, coronal {}, sagittal {}".format(
+            *["%d x %d" % tuple(canvas.size) for canvas in canvases]))
+        cross, cross_cpu, point3d = [], [], []
+        for trial in range(trials):
             point = rng.uniform(low, high)  # world (z, y, x) mm inside the CT
-            cross.append(_until_drawn(app, canvases, lambda: move_to(models[0], point)))
+            view = trial % 3
+            cpu = time.process_time()
+            cross.append(_until_drawn(app, canvases, lambda: _click(
+                qt_viewers[view], models[view], point)))
+            cross_cpu.append(time.process_time() - cpu)
+            point = rng.uniform(low, high)
+            point3d.append(_until_drawn(app, canvases, lambda: move_to(models[0], point)))
         viewer.close()
         app.processEvents()
     finally:
@@ -212,7 +240,9 @@ def viewer_latency(trials: int) -> dict[str, float]:
             display.stop()
     for name, values in (("redraw, nothing changed", idle), ("fade", fade),
                          ("window", window), ("three canvases redraw, nothing changed", idle3),
-                         ("crosshair", cross)):
+                         ("crosshair, click in each view in turn", cross),
+                         ("crosshair, process CPU time per click (all threads)", cross_cpu),
+                         ("crosshair, point moved on all three axes", point3d)):
         print(f"{name}: median {1000 * statistics.median(values):.1f} ms, max "
               f"{1000 * max(values):.1f} ms over {len(values)} changes")
     return {"fusion_redraw_unchanged_median_ms": 1000 * statistics.median(idle),
@@ -220,7 +250,9 @@ def viewer_latency(trials: int) -> dict[str, float]:
             "fusion_repaint_window_median_ms": 1000 * statistics.median(window),
             "fusion_three_redraw_unchanged_median_ms": 1000 * statistics.median(idle3),
             "fusion_crosshair_move_median_ms": 1000 * statistics.median(cross),
-            "fusion_crosshair_move_max_ms": 1000 * max(cross)}
+            "fusion_crosshair_move_max_ms": 1000 * max(cross),
+            "fusion_crosshair_move_cpu_median_ms": 1000 * statistics.median(cross_cpu),
+            "fusion_crosshair_point3d_median_ms": 1000 * statistics.median(point3d)}
 
 
 def main() -> None:
