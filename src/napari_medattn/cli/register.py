@@ -144,6 +144,7 @@ def run_register(args: argparse.Namespace) -> int:
         with ProgressBar("register", unit="step") as bar:
             result = register_learned(fixed, moving, model=args.model or DEFAULT_MODEL,
                                       refine_iterations=refine, device=str(choice.device),
+                                      metric=None if args.metric == "auto" else args.metric,
                                       progress=bar.update)
         transform, similarity = result.transform, (result.loss_before, result.loss_after)
         record.details["model"] = args.model or DEFAULT_MODEL

@@ -14,13 +14,18 @@ widget treat it like a classical result:
    (:func:`~napari_medattn.registration.transforms.exponentiate`, scaling and squaring) is
    the diffeomorphic deformable part;
 3. optionally ("learned + refine") a few classical deformable iterations that start from
-   the network's velocity (``engine.register(..., initial_velocity=...)``).
+   the network's velocity (``engine.register(..., initial_velocity=...)``), with the
+   metric the modality-pair table gives
+   (:func:`~napari_medattn.registration.defaults.defaults_for`: local NCC within one
+   contrast, Mattes MI across contrasts), small steps and a firmer regularisation
+   (:func:`refine_settings`).
 
 The transform is ``compose(field, linear)``: fixed mm -> moving mm, as every result.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -40,6 +45,7 @@ from napari_medattn.inference.resample import (
 from napari_medattn.io.volume import Volume
 from napari_medattn.models.card import ModelCard
 from napari_medattn.registration import similarity
+from napari_medattn.registration.defaults import contrast_of, defaults_for
 from napari_medattn.registration.engine import Result, Settings, Snapshot, normalise_intensities, register
 from napari_medattn.registration.transforms import (
     DisplacementField,
@@ -52,6 +58,15 @@ from napari_medattn.registration.transforms import (
 DEFAULT_MODEL = "transmorph-brain-2mm"
 #: Share of the progress bar each stage takes: affine, network, refinement.
 _SHARES = (0.3, 0.1, 0.6)
+#: Adam step of the refinement (fraction of a voxel; the engine's 0.25 is made for a start
+#: at zero, and a start that is already close wants small steps) and the factor on the
+#: modality-pair table's regularisation weight: a refinement corrects, it should not pull
+#: far. On the held-out cross-contrast pair of docs/benchmarks/registration.md (20
+#: iterations, 2026-12-03, loaded CPU) the engine's own settings folded 0.21 % of the
+#: voxels, step 0.05 alone 0.35 %, step 0.05 with twice the weight 0.066 % at a mean
+#: tissue Dice 0.007 lower (0.863 against 0.870).
+REFINE_LEARNING_RATE = 0.05
+REFINE_WEIGHT_FACTOR = 2.0
 
 
 def network_velocity(net: nn.Module, fixed: torch.Tensor, moving: torch.Tensor,
@@ -142,7 +157,8 @@ def _check_cancel(cancel: Callable[[], bool] | None, partial: object) -> None:
 
 
 def register_learned(fixed: Volume, moving: Volume, *, model: str = DEFAULT_MODEL,
-                     refine_iterations: int = 0, device: str = "cpu",
+                     refine_iterations: int = 0, metric: str | None = None,
+                     device: str = "cpu",
                      progress: Callable[[int, int], None] | None = None,
                      cancel: Callable[[], bool] | None = None,
                      callback: Callable[[Snapshot], None] | None = None) -> Result:
@@ -156,9 +172,14 @@ def register_learned(fixed: Volume, moving: Volume, *, model: str = DEFAULT_MODE
         A registration model: a name from :func:`~napari_medattn.models.registry.list_models`
         or a model folder.
     refine_iterations : int
-        Classical deformable iterations (local NCC) started from the network's velocity,
-        at the finest level (and twice as many at half resolution before it); 0 for the
-        network alone.
+        Classical deformable iterations started from the network's velocity, at the
+        finest level (and twice as many at half resolution before it); 0 for the network
+        alone.
+    metric : str, optional
+        Similarity of the refinement (``"mse"``, ``"ncc"``, ``"mi"``); by default the
+        deformable metric of the modality-pair table for the two scans' contrasts
+        (:func:`~napari_medattn.registration.defaults.contrast_of`): local NCC within
+        one contrast, Mattes MI across contrasts or when a contrast is unknown.
     device : str
         Torch device of the network and the refinement (``"cpu"``, ``"cuda"``, ``"mps"``).
     progress : callable, optional
@@ -176,7 +197,7 @@ def register_learned(fixed: Volume, moving: Volume, *, model: str = DEFAULT_MODE
         ``transform = compose(field, linear)``; ``field`` and ``velocity`` on the model grid
         (or, refined, on the engine's control grid); ``loss_before`` and ``loss_after`` are
         Mattes MI losses at 20,000 fixed voxels after the affine and after the deformation
-        (refined: the engine's local NCC before and after refinement).
+        (refined: the refinement's metric before and after it).
 
     Raises
     ------
@@ -227,15 +248,27 @@ def register_learned(fixed: Volume, moving: Volume, *, model: str = DEFAULT_MODE
     _check_cancel(cancel, transform)
     on_fixed = resample_to_grid(Volume(velocity, field.affine), fixed.affine,
                                 fixed.spatial_shape, order=LINEAR).data
-    settings = Settings(method="deformable", metric="ncc", levels=(2, 1),
-                        deformable_iterations=(2 * refine_iterations, refine_iterations),
-                        device=device)
+    settings = refine_settings(fixed, moving, refine_iterations, metric, device)
     refined = register(fixed, moving, settings, initial=linear, initial_velocity=on_fixed,
                        progress=_stage(progress, sum(_SHARES[:2]), _SHARES[2]),
                        cancel=cancel, callback=callback)
     return Result(refined.transform, linear, refined.field, refined.velocity,
                   refined.loss_before, refined.loss_after, history + refined.history,
                   time.perf_counter() - start)
+
+
+def refine_settings(fixed: Volume, moving: Volume, iterations: int,
+                    metric: str | None = None, device: str = "cpu") -> Settings:
+    """The refinement's engine settings: the modality-pair table's deformable row
+    (metric unless ``metric`` is given, regulariser, smoothness), two levels (half and
+    full resolution, ``2 iterations`` and ``iterations`` Adam steps), the small
+    :data:`REFINE_LEARNING_RATE` and :data:`REFINE_WEIGHT_FACTOR` times the table's
+    regularisation weight."""
+    table = defaults_for(contrast_of(fixed), contrast_of(moving), "deformable")
+    return dataclasses.replace(table, metric=metric or table.metric, levels=(2, 1),
+                               deformable_iterations=(2 * iterations, iterations),
+                               learning_rate=REFINE_LEARNING_RATE,
+                               weight=REFINE_WEIGHT_FACTOR * table.weight, device=device)
 
 
 def _mi_losses(fixed: Volume, moving: Volume, linear: LinearTransform, transform,
