@@ -6,7 +6,8 @@ a handful of parameters with L-BFGS; ``"deformable"`` runs an affine stage, then
 stationary velocity field on the fixed grid (diffeomorphic through scaling and squaring),
 optimised with Adam under a Gaussian-smoothed parameterisation and a diffusion or
 bending-energy penalty, coarse to fine. The code is device-agnostic (CPU, CUDA, MPS);
-on CPU it is deterministic (fixed sample points, no atomics).
+on CPU it is deterministic (fixed sample points, no atomics; the linear stage's metric
+runs in serial compiled kernels there, :mod:`.linear_kernels`).
 
 Every ``preview_every`` evaluations the engine hands a :class:`Snapshot` (the current
 transform and metric) to ``callback`` and polls ``cancel``; a cancel raises
