@@ -17,7 +17,7 @@ widget treat it like a classical result:
    the network's velocity (``engine.register(..., initial_velocity=...)``), with the
    metric the modality-pair table gives
    (:func:`~napari_medattn.registration.defaults.defaults_for`: local NCC within one
-   contrast, Mattes MI across contrasts), small steps and a firmer regularisation
+   contrast, Mattes MI across contrasts) and a firmer regularisation
    (:func:`refine_settings`).
 
 The transform is ``compose(field, linear)``: fixed mm -> moving mm, as every result.
@@ -58,14 +58,12 @@ from napari_medattn.registration.transforms import (
 DEFAULT_MODEL = "transmorph-brain-2mm"
 #: Share of the progress bar each stage takes: affine, network, refinement.
 _SHARES = (0.3, 0.1, 0.6)
-#: Adam step of the refinement (fraction of a voxel; the engine's 0.25 is made for a start
-#: at zero, and a start that is already close wants small steps) and the factor on the
-#: modality-pair table's regularisation weight: a refinement corrects, it should not pull
-#: far. On the held-out cross-contrast pair of docs/benchmarks/registration.md (20
-#: iterations, 2026-12-03, loaded CPU) the engine's own settings folded 0.21 % of the
-#: voxels, step 0.05 alone 0.35 %, step 0.05 with twice the weight 0.066 % at a mean
-#: tissue Dice 0.007 lower (0.863 against 0.870).
-REFINE_LEARNING_RATE = 0.05
+#: Factor on the modality-pair table's regularisation weight for the refinement: it
+#: corrects a start that is already close and should not pull far. On the held-out
+#: cross-contrast pair of docs/benchmarks/registration.md (20 iterations, 2026-12-03,
+#: loaded CPU) the table's own settings folded 0.21 % of the voxels, twice the weight
+#: none, at a mean tissue Dice 0.006 lower (0.864 against 0.870). Smaller Adam steps
+#: (0.05 voxel instead of 0.25) folded more: 0.35 % alone, 0.066 % with twice the weight.
 REFINE_WEIGHT_FACTOR = 2.0
 
 
@@ -261,13 +259,11 @@ def refine_settings(fixed: Volume, moving: Volume, iterations: int,
                     metric: str | None = None, device: str = "cpu") -> Settings:
     """The refinement's engine settings: the modality-pair table's deformable row
     (metric unless ``metric`` is given, regulariser, smoothness), two levels (half and
-    full resolution, ``2 iterations`` and ``iterations`` Adam steps), the small
-    :data:`REFINE_LEARNING_RATE` and :data:`REFINE_WEIGHT_FACTOR` times the table's
-    regularisation weight."""
+    full resolution, ``2 iterations`` and ``iterations`` Adam steps) and
+    :data:`REFINE_WEIGHT_FACTOR` times the table's regularisation weight."""
     table = defaults_for(contrast_of(fixed), contrast_of(moving), "deformable")
     return dataclasses.replace(table, metric=metric or table.metric, levels=(2, 1),
                                deformable_iterations=(2 * iterations, iterations),
-                               learning_rate=REFINE_LEARNING_RATE,
                                weight=REFINE_WEIGHT_FACTOR * table.weight, device=device)
 
 
