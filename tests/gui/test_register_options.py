@@ -1,6 +1,8 @@
 """The Register widget's defaults per modality pair, fixed mask, Stop and keep and the
 learned methods, in a real viewer on nibabel's anatomical pair (known rigid motion)."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -13,11 +15,12 @@ from napari_medattn.models.card import ModelCard
 from napari_medattn.models.registry import save_model
 from napari_medattn.registration import defaults_for
 from napari_medattn.registration.learned import register_learned
+from napari_medattn.registration.optimise import Run
 from napari_medattn.registration.transforms import grid_points
 from napari_medattn.widgets.parts.layers import TRANSFORM_KEY
 from napari_medattn.widgets.register import LPS_TO_WORLD, NO_MASK
 
-from test_register_widget import make_widget, tre
+from test_register_widget import make_widget
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -90,7 +93,16 @@ def wait_for_stage(widget, qtbot, job, stage):
     assert not job.finished, "the run ended before it could be stopped"
 
 
-def test_stop_and_keep_a_linear_run(make_napari_viewer, qtbot):
+def test_stop_and_keep_a_linear_run(make_napari_viewer, qtbot, monkeypatch):
+    # The compiled linear stage finishes this small pair in well under a second, before a
+    # click could land: each evaluation is slowed down so the run is still going.
+    evaluate = Run._linear_loss
+
+    def slow_evaluation(self, *args, **kwargs):
+        time.sleep(0.02)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "_linear_loss", slow_evaluation)
     viewer, widget, fixed = make_widget(make_napari_viewer)
     moving_layer = viewer.layers["moving"]
     widget.method.setCurrentText("affine")
