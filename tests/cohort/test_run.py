@@ -20,7 +20,7 @@ from probe_task import ProbeTask, lines
 
 from napari_medattn.cohort import Case, run
 from napari_medattn.cohort import cluster as cluster_module
-from napari_medattn.errors import Cancelled, ClusterError, WriteError
+from napari_medattn.errors import Cancelled, ClusterError, ReadError, WriteError
 
 
 def make_cases(folder: Path, count: int = 8) -> list[Case]:
@@ -85,6 +85,31 @@ def test_every_case_once_task_loaded_once_per_worker_rerun_does_nothing(client, 
     third = run(cases, task, tmp_path / "out", client=client, progress=False)
     assert third.ran == 2 and third.failed == 0
     assert third.table.set_index("case").loc["c2", "bytes"] == len(b"changed")
+
+
+def test_workers_load_the_task_as_it_arrives_and_the_first_cases_wait_for_it(client,
+                                                                             tmp_path):
+    import json
+
+    task = ProbeTask(tmp_path)
+    cluster_module.register_task(client, task)
+    deadline = time.monotonic() + 60
+    while len(lines(tmp_path / "loads.txt")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Both workers loaded it, and no case was submitted yet.
+    assert len(set(lines(tmp_path / "loads.txt"))) == 2
+    assert not lines(tmp_path / "done.txt")
+    result = run(make_cases(tmp_path / "in", 6), task, tmp_path / "out", client=client,
+                 progress=False)
+    assert (result.table["status"] == "done").all()
+    assert len(lines(tmp_path / "loads.txt")) == 2  # the cases used those loads
+    records = [json.loads((tmp_path / "out" / folder / "case.json").read_text())["details"]
+               for folder in result.table["folder"]]
+    assert all(r["load_s"] == 0.0 for r in records)
+    # Each worker's first case carries the warm-up's seconds, the others do not.
+    warmed = [r["worker"] for r in records if "warm_up_s" in r]
+    assert sorted(warmed) == sorted(set(result.table["worker"]))
+    assert all(r["warm_up_s"] > 0 for r in records if "warm_up_s" in r)
 
 
 def test_changed_parameter_is_refused_then_reruns_every_case(client, tmp_path):
@@ -183,6 +208,21 @@ def test_unreachable_scheduler_is_one_sentence_before_any_work(tmp_path, monkeyp
                                            r"tcp://127.0.0.1:9 "):
         run(cases, ProbeTask(tmp_path), tmp_path / "out", scheduler="tcp://127.0.0.1:9",
             progress=False)
+    assert not (tmp_path / "out" / "cases").exists()
+
+
+def test_a_malformed_manifest_is_refused_while_the_cluster_is_still_starting(
+        tmp_path, monkeypatch):
+    # A first run starts connecting before it reads the manifest: the manifest's sentence
+    # is the one raised, and the connection being made is closed, not waited on forever.
+    monkeypatch.setattr(cluster_module, "CONNECT_TIMEOUT_S", 1)
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("no,header,we,know\n1,2,3,4\n")
+    started = time.perf_counter()
+    with pytest.raises(ReadError):
+        run(manifest, ProbeTask(tmp_path), tmp_path / "out", scheduler="tcp://127.0.0.1:9",
+            progress=False)
+    assert time.perf_counter() - started < 30
     assert not (tmp_path / "out" / "cases").exists()
 
 

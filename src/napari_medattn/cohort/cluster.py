@@ -4,8 +4,8 @@ Where it runs. By default on a :class:`distributed.LocalCluster` of single-threa
 processes made for the run (:func:`local_cluster`); on an existing Dask scheduler by address
 (dask-jobqueue on Slurm/PBS, Kubernetes, a cloud) whose workers see the same files; or on the
 caller's client. The task object goes to each worker once, through :class:`TaskPlugin`,
-which loads the model the first time a case needs it and keeps it; torch gets the worker's
-share of the host's cores (one thread per Dask thread on a host the workers fill), and the
+which loads the model on a thread of its own as soon as it arrives and keeps it; torch gets
+the worker's share of the host's cores (one thread per Dask thread on a host the workers fill), and the
 task's memory planner gets the worker's share of its memory limit (:func:`memory_share`).
 
 The calling process is left as it was: a LocalCluster's nannies write ``OMP_NUM_THREADS=1``
@@ -14,16 +14,25 @@ and leave them there (``distributed.nanny.pre-spawn-environ``), which would slow
 inference afterwards. Here the workers get the thread settings in their own environment
 instead, and the parent's environment is restored once the workers have started and again
 when the cluster closes.
+
+Fixed costs overlap. A worker of :func:`local_cluster` starts importing torch and the
+package (:data:`WORKER_IMPORTS`) as soon as its process is up, while the cluster finishes
+starting and the client plans the run; the task's plugin then loads the model on the same
+thread; the first case waits for that thread instead of doing the same work in turn.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import importlib
+import logging
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +62,12 @@ CONNECT_TIMEOUT_S = 10
 #: default: 3, i.e. 4 tries).
 ALLOWED_FAILURES = 3
 PLUGIN_PREFIX = "medattn-cohort-"
+#: What each worker of :func:`local_cluster` imports as its process starts, on a thread of
+#: its own: every case needs them (torch and the package's reading and provenance code,
+#: about 2.4 s of a fresh worker on the quiet 2-core machine, docs/benchmarks/cohort.md).
+WORKER_IMPORTS = ("torch", "napari_medattn.io", "napari_medattn.io.provenance")
+#: The thread importing :data:`WORKER_IMPORTS` in this worker process (None elsewhere).
+_imports: threading.Thread | None = None
 
 
 def plugin_name(task: CohortTask) -> str:
@@ -64,8 +79,10 @@ class TaskPlugin:
     """The task on a worker: torch threads set once, the task's state loaded once.
 
     A :class:`distributed.WorkerPlugin` (registered under :attr:`name`); the cases reach
-    it through :func:`run_case_on_worker`. Loading happens on the first case, in the task
-    thread, so a long model load does not block the worker's heartbeat.
+    it through :func:`run_case_on_worker`. Loading starts when the plugin arrives, on a
+    warm-up thread (a long model load then neither blocks the worker's heartbeat nor
+    waits for the first case); a load that fails there is left to the first case, which
+    loads again and records the error as its own.
     """
 
     #: Registering the same task (same parameters) again leaves the workers' copy, and the
@@ -83,17 +100,45 @@ class TaskPlugin:
         self.worker_threads = 1
         self.memory_bytes: int | None = None
         self.loads = 0
+        self.warm_up_s: float | None = None
         self._state: Any = None
         self._lock = threading.Lock()
+        self._warm_up: threading.Thread | None = None
 
     def setup(self, worker: Any) -> None:
         self.memory_limit = worker.memory_manager.memory_limit  # bytes; None: no limit
         self.worker_threads = worker.state.nthreads
-        if self.requested_threads:
-            return
-        host = worker.address.rsplit(":", 1)[0]
-        busy = self.threads_per_host.get(host) or worker.state.nthreads
-        self.torch_threads = max(1, len(os.sched_getaffinity(0)) // max(1, busy))
+        if not self.requested_threads:
+            host = worker.address.rsplit(":", 1)[0]
+            busy = self.threads_per_host.get(host) or worker.state.nthreads
+            self.torch_threads = max(1, len(os.sched_getaffinity(0)) // max(1, busy))
+        self._warm_up = threading.Thread(target=self._load_early, daemon=True,
+                                         name=f"{self.name}-warm-up")
+        self._warm_up.start()
+
+    def _load_early(self) -> None:
+        """The warm-up thread: the worker's imports, then the task's state."""
+        started = time.perf_counter()
+        if _imports is not None:
+            _imports.join()
+        # Any failure is the first case's to meet again and record (see the class).
+        with contextlib.suppress(Exception):
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+            self.state()
+        self.warm_up_s = time.perf_counter() - started
+
+    def ready(self) -> float | None:
+        """Wait for the warm-up thread; its seconds the first time, None afterwards.
+
+        A case waits before it imports anything: two threads importing the same modules
+        in different orders can meet in a circular import."""
+        if self._warm_up is not None:
+            self._warm_up.join()
+        with self._lock:
+            seconds, self.warm_up_s = self.warm_up_s, None
+        return seconds
 
     def state(self) -> Any:
         """The task's loaded state (the model), loaded by the first case that asks, with
@@ -116,10 +161,12 @@ class TaskPlugin:
             return self._state
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_state")}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_lock", "_state", "_warm_up")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _lock=threading.Lock(), _state=None, loads=0)
+        self.__dict__.update(state, _lock=threading.Lock(), _state=None, loads=0,
+                             _warm_up=None, warm_up_s=None)
 
 
 def memory_share(memory_limit: int | None, threads: int, process_bytes: int, free_ram: int,
@@ -168,16 +215,20 @@ def run_case_on_worker(plugin_name: str, case: Case, case_dir: str, parameters_s
     """
     from distributed import get_worker
 
+    plugin = get_worker().plugins[plugin_name]
+    warm_up_s = plugin.ready()
     folder = Path(case_dir)
     if inputs_sha is None:
         inputs_sha = inputs_sha256(case)
     earlier = read_record(folder)
     if is_settled(earlier, inputs_sha, parameters_sha):
         return earlier
-    plugin = get_worker().plugins[plugin_name]
-    # The record's clock starts here, so a worker's first case counts its imports and
-    # model load (``load_s``), as a plain loop's time would.
+    # ``load_s``: what this case waited for the task's state (a load the warm-up thread
+    # could not do); ``warm_up_s`` (the worker's first case only): that thread's seconds,
+    # the worker's imports and model load, spent while the cluster started.
     record = new_record(plugin.task, case, parameters_sha, inputs_sha, stats)
+    if warm_up_s is not None:
+        record.details["warm_up_s"] = warm_up_s
     import torch
 
     if torch.get_num_threads() != plugin.torch_threads:
@@ -213,18 +264,16 @@ def _remove_stale_temporaries(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def connect(client: Any, scheduler: str | None, workers: int | None, task: CohortTask,
-            torch_threads: int | None = None, cluster_options: dict | None = None
-            ) -> Iterator[Any]:
-    """The client to run on, with the task's plugin registered; checks GPU workers.
+def connect(client: Any, scheduler: str | None, workers: int | None, needs: dict,
+            cluster_options: dict | None = None) -> Iterator[Any]:
+    """The client to run on, checked for the workers ``needs`` asks for (``{"GPU": 1}``;
+    the task's resources); :func:`register_task` then sends it the task.
 
     ``cluster_options`` go to :func:`local_cluster` when one is made here."""
     from distributed import Client
 
-    needs = task.resources()
     if client is not None:
         _check_resources(client, needs, "the given client's cluster")
-        register_task(client, task, torch_threads)
         yield client
         return
     if scheduler is not None:
@@ -235,12 +284,10 @@ def connect(client: Any, scheduler: str | None, workers: int | None, task: Cohor
                                f"({first_line(error) or type(error).__name__}).") from None
         with remote:
             _check_resources(remote, needs, f"the scheduler at {scheduler}")
-            register_task(remote, task, torch_threads)
             yield remote
         return
     with local_cluster(workers, resources=needs, **(cluster_options or {})) as cluster, \
             Client(cluster, set_as_default=False) as local:
-        register_task(local, task, torch_threads)
         yield local
 
 
@@ -316,10 +363,45 @@ def local_cluster(workers: int | None = None, *, resources: dict | None = None,
 
 def dask_setup(worker: Any) -> None:
     """Start of each worker process of :func:`local_cluster` (a Dask preload): it ignores
-    Ctrl-C. A terminal sends Ctrl-C to the workers too; the calling process stops the run
-    and closes the cluster, so a worker has nothing to do on it but print a traceback."""
+    Ctrl-C, and starts importing :data:`WORKER_IMPORTS` on a thread of its own.
+
+    A terminal sends Ctrl-C to the workers too; the calling process stops the run and
+    closes the cluster, so a worker has nothing to do on it but print a traceback."""
+    global _imports
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _imports = import_in_background(WORKER_IMPORTS)
+
+
+def dask_teardown(worker: Any) -> None:
+    """A worker of :func:`local_cluster` closing: its process then ends without Python's
+    clean-up of its modules, which with torch and the package loaded took 3-4 s of the
+    cluster's close at load 16 (0.7 s without them), measured on the 2-core machine.
+    Nothing of the worker is kept: every case's files and record are written by then."""
+    atexit.register(_exit_now)
+
+
+def _exit_now() -> None:
+    """Last at exit (atexit runs the hooks registered later first): flush, then end."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or detached stream
+            stream.flush()
+    os._exit(0)
+
+
+def import_in_background(modules: Sequence[str]) -> threading.Thread:
+    """Import ``modules`` on a daemon thread; returns the started thread. A module
+    imported by two threads at once is imported once (the second waits for the first).
+    """
+    def load() -> None:
+        for name in modules:
+            with contextlib.suppress(ImportError):  # reported where it is used
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=load, name="medattn-cohort-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def _restore_environment(saved: dict[str, str]) -> None:

@@ -25,10 +25,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import importlib
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,12 +35,15 @@ from typing import Any
 from napari_medattn.cohort.cluster import (
     connect,
     dashboard_link,
+    import_in_background,
     plugin_name,
+    register_task,
     run_case_on_worker,
 )
 from napari_medattn.cohort.manifest import Case, read_manifest
 from napari_medattn.cohort.records import (
     CASES_DIR,
+    COHORT_FILE,
     CRASH,
     DONE,
     FAILED,
@@ -79,10 +80,11 @@ class CohortResult:
         The Dask dashboard's address during the run.
     timings : dict of str to float
         Wall seconds of the run's phases: ``plan_s`` (manifest, parameters, which cases
-        to run), ``cluster_start_s`` (cluster and task plugin), ``cases_s`` (from the
-        first case submitted to the last one collected), ``cluster_close_s`` (while the
-        results are written), ``results_s`` (table, summary and plots, and waiting for the
-        close) and ``total_s``; phases that did not happen are absent.
+        to run; a first run's cluster starts meanwhile), ``cluster_start_s`` (waiting for
+        the cluster after the plan, and sending the task), ``cases_s`` (from the first
+        case submitted to the last one collected), ``cluster_close_s`` (while the results
+        are written), ``results_s`` (table, summary and plots, and waiting for the close)
+        and ``total_s``; phases that did not happen are absent.
     """
 
     table: Any
@@ -168,27 +170,36 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
     started = time.perf_counter()
     out = Path(out)
     task = make_task(task, task_options) if isinstance(task, str) else task
-    cases = list(manifest) if not isinstance(manifest, (str, os.PathLike)) else \
-        read_manifest(manifest, exclude=[out])
-    folders = case_folders(cases)
-    parameters = task.parameters()
-    parameters_sha = sha256_json(parameters)
-    check_out_folder(out, task.name, parameters, rerun_changed)
-    todo = _cases_to_run(cases, out, folders, parameters_sha)
-    skipped = len(cases) - len(todo)
-    timings = {"plan_s": time.perf_counter() - started}
     ran = failed = 0
     dashboard = closing = None
     stopped = False
-    if todo:  # a rerun with nothing to do starts no cluster
-        with contextlib.ExitStack() as cluster:  # closed here on an error
+    with contextlib.ExitStack() as cluster:  # closed here on an error
+        connecting = None
+        if not (out / COHORT_FILE).exists():
+            # A first run runs every case: its cluster starts now, and its workers import
+            # torch and the package, while this process reads the manifest and hashes the
+            # model. A rerun plans first: it may have nothing to do, and then starts none.
+            connecting = _enter_in_background(cluster, connect(
+                client, scheduler, workers, task.resources(), cluster_options))
+        cases = list(manifest) if not isinstance(manifest, (str, os.PathLike)) else \
+            read_manifest(manifest, exclude=[out])
+        folders = case_folders(cases)
+        parameters = task.parameters()
+        parameters_sha = sha256_json(parameters)
+        check_out_folder(out, task.name, parameters, rerun_changed)
+        todo = _cases_to_run(cases, out, folders, parameters_sha)
+        skipped = len(cases) - len(todo)
+        timings = {"plan_s": time.perf_counter() - started}
+        if todo:
             mark = time.perf_counter()
-            dask_client = cluster.enter_context(connect(client, scheduler, workers, task,
-                                                        torch_threads, cluster_options))
+            dask_client = connecting.result() if connecting is not None else \
+                cluster.enter_context(connect(client, scheduler, workers, task.resources(),
+                                              cluster_options))
+            register_task(dask_client, task, torch_threads)
             timings["cluster_start_s"] = time.perf_counter() - mark
             write_cohort_file(out, task.name, parameters, parameters_sha, manifest)
             dashboard = dashboard_link(dask_client)
-            _import_in_background(RESULTS_LIBRARIES)
+            import_in_background(RESULTS_LIBRARIES)
             mark = time.perf_counter()
             try:
                 ran, failed = _run_cases(dask_client, task, todo, out, folders,
@@ -202,8 +213,8 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
             # must count that case.
             if not stopped:
                 closing = _close_in_background(cluster.pop_all(), timings)
-    else:
-        write_cohort_file(out, task.name, parameters, parameters_sha, manifest)
+        else:  # nothing to do: no cluster (a first run's closes unused)
+            write_cohort_file(out, task.name, parameters, parameters_sha, manifest)
     mark = time.perf_counter()
     try:
         table, files = write_results(out, cases, folders)  # after Ctrl-C: rest "not run"
@@ -232,15 +243,24 @@ def _cases_to_run(cases: Sequence[Case], out: Path, folders: dict[str, str],
     return todo
 
 
-def _import_in_background(modules: Sequence[str]) -> None:
-    """Import ``modules`` on a daemon thread (a module imported twice at once is imported
-    once: the second import waits for the first)."""
-    def load() -> None:
-        for name in modules:
-            with contextlib.suppress(ImportError):  # reported where it is used
-                importlib.import_module(name)
+def _enter_in_background(stack: contextlib.ExitStack,
+                         manager: contextlib.AbstractContextManager
+                         ) -> concurrent.futures.Future:
+    """Enter ``manager`` on another thread; the future's result is what it gives (or
+    its error). ``stack`` exits it when it closes, once the entry is over."""
+    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="medattn-cohort")
+    future = executor.submit(manager.__enter__)
+    executor.shutdown(wait=False)
 
-    threading.Thread(target=load, name="medattn-cohort-imports", daemon=True).start()
+    def leave(*exc_info: Any) -> bool | None:
+        try:
+            future.result()
+        except BaseException:  # noqa: BLE001 - not entered: nothing to leave
+            return None
+        return manager.__exit__(*exc_info)
+
+    stack.push(leave)
+    return future
 
 
 def _close_in_background(stack: contextlib.ExitStack, timings: dict[str, float]
