@@ -13,7 +13,9 @@
    T1 renderings with different random contrasts). Dice and HD95 of the warped tissue
    labels (CSF, GM, WM), % folding and SDlogJ of the deformation, time. Ours: learned
    (TransMorph-style and VoxelMorph-style) and learned + refine (TransMorph-style, 20
-   classical iterations at full resolution after 40 at half). Peer: ANTsPy
+   classical iterations at full resolution after 40 at half, with register_learned's
+   refinement settings: the modality-pair table's metric, twice its regularisation
+   weight). Peer: ANTsPy
    ``registration(type_of_transform="SyN")`` (``--no-ants`` skips it).
 
 Every engine on one thread. Run from the repository root::
