@@ -47,8 +47,10 @@ DEFAULT_CLASSIFIER = "medformer-lesion-classifier"
 #: Heat-map kinds: Grad-CAM of the positive class, or DSSA's region routing.
 HEATMAPS = ("gradcam", "routing")
 #: Layer of the classifier's Grad-CAM: the third stage (1/16 of the input grid, 48 mm
-#: cells at 3 mm), the stage the shipped classifier's head max-pools (its ``head_stage``):
-#: there Grad-CAM is the positive class's evidence of each cell the head chose from.
+#: cells at 3 mm), the stage that classifiers trained by
+#: :mod:`~napari_medattn.classification.training` max-pool (``head_stage`` 2): there
+#: Grad-CAM is the positive class's evidence of each cell the head chooses from. (The
+#: shipped weights predate that head and pool the last stage's mean.)
 CAM_LAYER = "backbone.stages.2"
 #: DSSA block whose routing is shown: the first stage's, the finest grid that selects
 #: among regions (4 of 64 per query region).
