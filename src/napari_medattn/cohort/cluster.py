@@ -112,11 +112,15 @@ class TaskPlugin:
             host = worker.address.rsplit(":", 1)[0]
             busy = self.threads_per_host.get(host) or worker.state.nthreads
             self.torch_threads = max(1, len(os.sched_getaffinity(0)) // max(1, busy))
-        self._warm_up = threading.Thread(target=self._load_early, daemon=True,
-                                         name=f"{self.name}-warm-up")
+        # A worker without the task's resources (a CPU worker, for a GPU task) never
+        # gets a case: it does not load the model.
+        offers = worker.state.total_resources
+        takes_cases = all(offers.get(k, 0) >= v for k, v in self.task.resources().items())
+        self._warm_up = threading.Thread(target=self._load_early, args=(takes_cases,),
+                                         daemon=True, name=f"{self.name}-warm-up")
         self._warm_up.start()
 
-    def _load_early(self) -> None:
+    def _load_early(self, load: bool) -> None:
         """The warm-up thread: the worker's imports, then the task's state."""
         started = time.perf_counter()
         if _imports is not None:
@@ -126,7 +130,8 @@ class TaskPlugin:
             import torch
 
             torch.set_num_threads(self.torch_threads)
-            self.state()
+            if load:
+                self.state()
         self.warm_up_s = time.perf_counter() - started
 
     def ready(self) -> float | None:

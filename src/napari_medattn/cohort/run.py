@@ -43,7 +43,6 @@ from napari_medattn.cohort.cluster import (
 from napari_medattn.cohort.manifest import Case, read_manifest
 from napari_medattn.cohort.records import (
     CASES_DIR,
-    COHORT_FILE,
     CRASH,
     DONE,
     FAILED,
@@ -80,11 +79,10 @@ class CohortResult:
         The Dask dashboard's address during the run.
     timings : dict of str to float
         Wall seconds of the run's phases: ``plan_s`` (manifest, parameters, which cases
-        to run; a first run's cluster starts meanwhile), ``cluster_start_s`` (waiting for
-        the cluster after the plan, and sending the task), ``cases_s`` (from the first
-        case submitted to the last one collected), ``cluster_close_s`` (while the results
-        are written), ``results_s`` (table, summary and plots, and waiting for the close)
-        and ``total_s``; phases that did not happen are absent.
+        to run), ``cluster_start_s`` (the cluster, and sending it the task), ``cases_s``
+        (from the first case submitted to the last one collected), ``cluster_close_s``
+        (while the results are written), ``results_s`` (table, summary and plots, and
+        waiting for the close) and ``total_s``; phases that did not happen are absent.
     """
 
     table: Any
@@ -174,13 +172,9 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
     dashboard = closing = None
     stopped = False
     with contextlib.ExitStack() as cluster:  # closed here on an error
-        connecting = None
-        if not (out / COHORT_FILE).exists():
-            # A first run runs every case: its cluster starts now, and its workers import
-            # torch and the package, while this process reads the manifest and hashes the
-            # model. A rerun plans first: it may have nothing to do, and then starts none.
-            connecting = _enter_in_background(cluster, connect(
-                client, scheduler, workers, task.resources(), cluster_options))
+        # The plan comes first: a rerun with nothing to do starts no cluster. (Starting a
+        # first run's cluster on another thread during the plan left a leaked semaphore
+        # warning after Ctrl-C, tests/cohort/test_ctrl_c.py.)
         cases = list(manifest) if not isinstance(manifest, (str, os.PathLike)) else \
             read_manifest(manifest, exclude=[out])
         folders = case_folders(cases)
@@ -192,9 +186,8 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
         timings = {"plan_s": time.perf_counter() - started}
         if todo:
             mark = time.perf_counter()
-            dask_client = connecting.result() if connecting is not None else \
-                cluster.enter_context(connect(client, scheduler, workers, task.resources(),
-                                              cluster_options))
+            dask_client = cluster.enter_context(connect(client, scheduler, workers,
+                                                        task.resources(), cluster_options))
             register_task(dask_client, task, torch_threads)
             timings["cluster_start_s"] = time.perf_counter() - mark
             write_cohort_file(out, task.name, parameters, parameters_sha, manifest)
@@ -213,7 +206,7 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
             # must count that case.
             if not stopped:
                 closing = _close_in_background(cluster.pop_all(), timings)
-        else:  # nothing to do: no cluster (a first run's closes unused)
+        else:  # nothing to do: no cluster
             write_cohort_file(out, task.name, parameters, parameters_sha, manifest)
     mark = time.perf_counter()
     try:
@@ -241,26 +234,6 @@ def _cases_to_run(cases: Sequence[Case], out: Path, folders: dict[str, str],
         if needed:
             todo.append((case, inputs_sha, stats))
     return todo
-
-
-def _enter_in_background(stack: contextlib.ExitStack,
-                         manager: contextlib.AbstractContextManager
-                         ) -> concurrent.futures.Future:
-    """Enter ``manager`` on another thread; the future's result is what it gives (or
-    its error). ``stack`` exits it when it closes, once the entry is over."""
-    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="medattn-cohort")
-    future = executor.submit(manager.__enter__)
-    executor.shutdown(wait=False)
-
-    def leave(*exc_info: Any) -> bool | None:
-        try:
-            future.result()
-        except BaseException:  # noqa: BLE001 - not entered: nothing to leave
-            return None
-        return manager.__exit__(*exc_info)
-
-    stack.push(leave)
-    return future
 
 
 def _close_in_background(stack: contextlib.ExitStack, timings: dict[str, float]
