@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from napari.layers import Image
 from PIL import Image as PILImage
 
 from napari_orthogonal_views.ortho_view_manager import _get_manager
@@ -266,3 +267,47 @@ def test_click_moves_point_once_onto_the_grid_and_keeps_cameras_on_the_scan(pet_
     np.testing.assert_allclose(camera.center[-1], coronal.dims.point[2])
     set_three_planes(viewer, False)  # hiding disconnects the linking swapped in
     assert plane_models(viewer) == [viewer]
+
+
+def test_a_click_slices_only_the_views_whose_plane_changes(pet_ct, qtbot, monkeypatch):
+    viewer, _widget = pet_ct
+    models = set_three_planes(viewer, True)
+    qtbot.wait(100)
+    manager = _get_manager(viewer)
+    # napari's axes (array axes) are off: the orientation letters say where each view faces.
+    assert not any(model.canvas.overlays["axes"].visible for model in models)
+    qt_viewers = (manager._original_qt_viewer, manager.bottom_widget.qt_viewer,
+                  manager.right_widget.qt_viewer)
+    refreshed = []
+    original = Image._refresh_sync
+
+    def counting(self, **kwargs):
+        refreshed.append(id(self))
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(Image, "_refresh_sync", counting)
+    for view, target in enumerate(([12.3, -31.7, 22.9], [-20.6, 8.2, -35.3],
+                                   [40.4, 17.1, 9.6])):
+        refreshed.clear()
+        _click(qt_viewers[view], models[view], target)
+        point = np.asarray(viewer.dims.point)
+        for n, model in enumerate(models):
+            hidden = model.dims.not_displayed[0]
+            # The clicked view's plane is unchanged: none of its layers is sliced again;
+            # each layer of the other two views is sliced once, at the new point.
+            assert [refreshed.count(id(layer)) for layer in model.layers] == \
+                [0 if n == view else 1] * len(model.layers)
+            for layer in model.layers:
+                index = int(np.round(layer.world_to_data(point)[hidden]))
+                expected = np.take(np.asarray(layer.data), index, axis=hidden)
+                np.testing.assert_array_equal(layer._slice.image.raw, expected)
+        # Every view's crosshair is at the new point, the clicked one's included.
+        for qt_viewer, model in zip(qt_viewers, models):
+            crosshair = next(visual for visuals in
+                             qt_viewer.canvas._viewer_overlay_to_visual.values()
+                             for visual in visuals
+                             if type(visual).__name__ == "VispyCrosshairOverlay")
+            offsets = np.asarray(crosshair.node.pos) - crosshair.node._base_segments
+            axes = [*model.dims.displayed[::-1], model.dims.not_displayed[0]]
+            np.testing.assert_allclose(offsets, np.broadcast_to(point[axes], offsets.shape))
+    set_three_planes(viewer, False)
