@@ -227,7 +227,7 @@ def crop_affine(affine: np.ndarray, start: np.ndarray) -> np.ndarray:
 
 
 def train(pool_path: Path, name: str, cpu_minutes: float, wall_minutes: float, seed: int,
-          out: Path) -> None:
+          out: Path, smoothness_weight: float = SMOOTHNESS) -> None:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     pool = np.load(pool_path)
@@ -263,7 +263,7 @@ def train(pool_path: Path, name: str, cpu_minutes: float, wall_minutes: float, s
         velocity = network_velocity(net, pair.fixed, pair.moving, pair.affine)[
             :, ::STRIDE, ::STRIDE, ::STRIDE]
         dice = label_loss(velocity, pair, one_hot[pair.brain], affine)
-        loss = dice + SMOOTHNESS * smoothness(velocity, STRIDE * spacing)
+        loss = dice + smoothness_weight * smoothness(velocity, STRIDE * spacing)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -271,12 +271,15 @@ def train(pool_path: Path, name: str, cpu_minutes: float, wall_minutes: float, s
         # The velocity error against the known motion is not trained on (see label_loss),
         # but it is the figure that says whether the net beats predicting no motion.
         error = (velocity.detach() - pair.target).square().sum(0).mean()
+        with torch.no_grad():  # the label loss of predicting no motion, for comparison
+            still = label_loss(torch.zeros_like(velocity), pair, one_hot[pair.brain], affine)
         window.append((loss.item(), error.item(), pair.target.square().sum(0).mean().item(),
-                       dice.item()))
+                       dice.item(), still.item()))
         if step % STEPS_PER_LOG == 0:
             mean = np.mean(window, axis=0)
             history.append({"step": step, "loss": float(mean[0]), "velocity_mse": float(mean[1]),
                             "zero_prediction_mse": float(mean[2]), "label_loss": float(mean[3]),
+                            "zero_prediction_label_loss": float(mean[4]),
                             "cpu_s": time.process_time() - started,
                             "wall_s": time.perf_counter() - wall})
             window = []
@@ -288,7 +291,8 @@ def train(pool_path: Path, name: str, cpu_minutes: float, wall_minutes: float, s
         orientation="RAS", normalization={"scheme": "percentile", "percentiles": [0.5, 99.5]},
         in_channels=2, training_data=_training_data(pool),
         training_procedure=procedure(name, cpu_minutes, wall_minutes, seed, step,
-                                     (time.process_time() - started) / 60),
+                                     (time.process_time() - started) / 60,
+                                     smoothness_weight),
         evaluated_on="not evaluated", license="BSD-3-Clause",
         intended_use=("Research and teaching: deformable registration of brain MR of any "
                       "contrast at about 2 mm after an affine pre-alignment, as the start of "
@@ -301,38 +305,43 @@ def train(pool_path: Path, name: str, cpu_minutes: float, wall_minutes: float, s
 
 
 def procedure(name: str, cpu_minutes: float, wall_minutes: float, seed: int, steps: int,
-              cpu_used: float) -> str:
+              cpu_used: float, smoothness_weight: float) -> str:
     """The card's training procedure: the command, the recipe and what it cost."""
     return (f"scripts/train_registration.py train --model {name} --cpu-minutes "
-            f"{cpu_minutes:g} --wall-minutes {wall_minutes:g} --seed {seed}: {steps} steps of "
+            f"{cpu_minutes:g} --wall-minutes {wall_minutes:g} --seed {seed} --smoothness "
+            f"{smoothness_weight:g}: {steps} steps of "
             f"one pair each on a random {CROP}^3 crop: a brain of the pool against its twin "
             f"rendering or (probability {CONTRAST:g}) a random contrast of it, moved by a "
             f"known random diffeomorphism (largest displacement 2-10 mm, control spacing "
             f"16-28 mm); loss (SynthMorph's): 1 - mean soft Dice of CSF, GM and WM between "
             f"the fixed labels and the moving labels carried through the predicted transform, "
-            f"at every {STRIDE}nd voxel, + {SMOOTHNESS:g} x mean squared velocity gradient "
+            f"at every {STRIDE}nd voxel, + {smoothness_weight:g} x mean squared velocity gradient "
             f"(per mm); AdamW lr {LEARNING_RATE:g} with a cosine decay over the budget; "
             f"{cpu_used:.1f} CPU-minutes on one thread of a shared, heavily loaded 2-core CPU.")
 
 
 def plot_log(history: list[dict], path: Path, name: str) -> None:
-    """The velocity error per step against what predicting no motion would score (the
-    training package's plot_curves draws segmentation epochs and validation Dice)."""
+    """The label loss the net trains on and the velocity error it does not, each against
+    what predicting no motion scores (the training package's plot_curves draws
+    segmentation epochs and validation Dice)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from napari_medattn.io.atomic import atomic_path
 
-    figure = Figure(figsize=(7, 4), dpi=100)
+    figure = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
     steps = [h["step"] for h in history]
-    axes.plot(steps, [h["velocity_mse"] for h in history], label="network")
-    axes.plot(steps, [h["zero_prediction_mse"] for h in history], "--",
-              label="predicting no motion")
-    axes.set(xlabel="step", ylabel=f"velocity squared error (mm^2, {STEPS_PER_LOG}-step means)",
-             title=f"{name}: training")
-    axes.legend()
+    for column, (key, still, label) in enumerate((
+            ("label_loss", "zero_prediction_label_loss", "label loss (1 - soft Dice)"),
+            ("velocity_mse", "zero_prediction_mse", "velocity squared error (mm^2)"))):
+        axes = figure.add_subplot(1, 2, column + 1)
+        axes.plot(steps, [h[key] for h in history], label="network")
+        if all(still in h for h in history):
+            axes.plot(steps, [h[still] for h in history], "--", label="predicting no motion")
+        axes.set(xlabel="step", ylabel=f"{label}, {STEPS_PER_LOG}-step means")
+        axes.legend()
+    figure.suptitle(f"{name}: training")
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary)
@@ -434,6 +443,8 @@ def main() -> None:
     fit.add_argument("--wall-minutes", type=float, default=60.0,
                      help="stop after this wall time too (a shared machine)")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--smoothness", type=float, default=SMOOTHNESS,
+                     help="weight of the mean squared velocity gradient (per mm)")
     fit.add_argument("--out", type=Path, default=BUILTIN_DIR)
     score = sub.add_parser("evaluate", help="score a trained model on held-out pairs")
     score.add_argument("--model", choices=sorted(MODELS), nargs="+", required=True)
@@ -444,7 +455,8 @@ def main() -> None:
     if args.command == "pool":
         make_pool(args.out, args.size)
     elif args.command == "train":
-        train(args.pool, args.model, args.cpu_minutes, args.wall_minutes, args.seed, args.out)
+        train(args.pool, args.model, args.cpu_minutes, args.wall_minutes, args.seed, args.out,
+              args.smoothness)
     else:
         print(json.dumps(evaluate(args.model, args.pairs, not args.no_classical), indent=1))
 
