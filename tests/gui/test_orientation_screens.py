@@ -31,6 +31,18 @@ def marker_quadrant(viewer):
     return tuple(int(s) for s in np.sign(offset))
 
 
+def letter_sides(viewer):
+    """The canvas edges near whose middle gold letter pixels appear on screen."""
+    shot = viewer.screenshot(canvas_only=True, flash=False).astype(int)
+    gold = (shot[..., 0] > 180) & (shot[..., 1] > 140) & (shot[..., 2] < 90)
+    height, width = gold.shape
+    band = 45
+    rows, cols = slice(height // 2 - 40, height // 2 + 40), slice(width // 2 - 40, width // 2 + 40)
+    regions = {"top": gold[:band, cols], "bottom": gold[-band:, cols],
+               "left": gold[rows, :band], "right": gold[rows, -band:]}
+    return {side for side, region in regions.items() if region.sum() > 15}
+
+
 def show_view(viewer, order, sliced_axis, marker_world):
     viewer.dims.order = order
     viewer.dims.set_point(sliced_axis, marker_world[sliced_axis])
@@ -50,6 +62,8 @@ def test_marker_lands_in_the_radiological_quadrant(make_napari_viewer, marker_fi
         assert view.current_view() == name
         assert marker_quadrant(viewer) == expected, name
         assert view.letters() == LETTERS[name]
+        # The letters are drawn, one at the middle of each edge.
+        assert letter_sides(viewer) == {"top", "bottom", "left", "right"}, name
 
 
 def test_orientation_survives_user_axis_changes(make_napari_viewer, marker_file, marker_world):
@@ -71,6 +85,7 @@ def test_orientation_survives_user_axis_changes(make_napari_viewer, marker_file,
     # up and patient left on screen right, which is a rotation of LPS, not a mirror.
     viewer.dims.ndisplay = 3
     assert view.letters() == {}
+    assert letter_sides(viewer) == set()
     assert tuple(viewer.scene.camera.orientation) == ("away", "up", "right")
     viewer.dims.ndisplay = 2
     assert view.letters() == LETTERS["coronal"]

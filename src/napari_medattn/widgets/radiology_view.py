@@ -12,10 +12,10 @@ import weakref
 from typing import Any
 
 import napari
-from napari.components.overlays import TextOverlay
 from napari.layers import Image, Labels
 
 from napari_medattn.display.layers import GEOMETRY_KEY
+from napari_medattn.widgets.letters_overlay import OrientationLettersOverlay
 from napari_medattn.io.units import intensity_unit
 from napari_medattn.display.orientation import (
     VIEW_NAMES,
@@ -26,13 +26,9 @@ from napari_medattn.display.orientation import (
     radiological_orientation_2d,
 )
 
-#: Canvas overlay key and position of each orientation letter.
-LETTER_OVERLAYS = {
-    "top": ("medattn_letter_top", "top_center"),
-    "bottom": ("medattn_letter_bottom", "bottom_center"),
-    "left": ("medattn_letter_left", "middle_left"),
-    "right": ("medattn_letter_right", "middle_right"),
-}
+#: Canvas overlay key of the orientation letters.
+LETTERS_KEY = "medattn_orientation_letters"
+_SIDES = ("top", "bottom", "left", "right")
 _LETTER_COLOR = "#ffd700"  # gold: legible on both black background and bright tissue
 _LETTER_SIZE = 16
 
@@ -73,10 +69,8 @@ class RadiologyView:
     def __init__(self, viewer: napari.Viewer) -> None:
         self._viewer_ref = weakref.ref(viewer)
         self._updating = False
-        for key, position in LETTER_OVERLAYS.values():
-            viewer.canvas.overlays[key] = TextOverlay(
-                text="", position=position, box=False, color=_LETTER_COLOR,
-                font_size=_LETTER_SIZE, visible=False)
+        viewer.canvas.overlays[LETTERS_KEY] = OrientationLettersOverlay(
+            color=_LETTER_COLOR, font_size=_LETTER_SIZE, visible=False)
         viewer.dims.events.order.connect(self.update)
         viewer.dims.events.ndisplay.connect(self.update)
         viewer.dims.events.ndim.connect(self.update)
@@ -163,24 +157,21 @@ class RadiologyView:
         vertical, horizontal = (axis - frames for axis in viewer.dims.displayed)
         _depth, vertical_dir, horizontal_dir = viewer_camera(viewer).orientation
         letters = edge_letters(vertical, horizontal, str(vertical_dir), str(horizontal_dir))
-        for side, (key, _position) in LETTER_OVERLAYS.items():
-            overlay = viewer.canvas.overlays[key]
-            overlay.text = letters[side]
-            overlay.visible = True
+        overlay = viewer.canvas.overlays[LETTERS_KEY]
+        overlay.update({side: letters[side] for side in _SIDES})
+        overlay.visible = True
 
     def _set_letters_visible(self, visible: bool) -> None:
         viewer = self.viewer
         if viewer is None:
             return
-        for key, _position in LETTER_OVERLAYS.values():
-            viewer.canvas.overlays[key].visible = visible
+        viewer.canvas.overlays[LETTERS_KEY].visible = visible
 
     def letters(self) -> dict[str, str]:
         """The letters now shown at the canvas edges (empty when hidden)."""
         viewer = self.viewer
-        return {side: viewer.canvas.overlays[key].text
-                for side, (key, _p) in LETTER_OVERLAYS.items()
-                if viewer.canvas.overlays[key].visible}
+        overlay = viewer.canvas.overlays[LETTERS_KEY]
+        return {side: getattr(overlay, side) for side in _SIDES} if overlay.visible else {}
 
 
 def _matching_image(viewer: napari.Viewer, labels: Labels) -> Image | None:
