@@ -172,30 +172,46 @@ class DMAFBlock(nn.Module):
         b, m, c = features.shape[:3]
         grid = tuple(features.shape[3:])
         n = features[0, 0, 0].numel()
-        tokens = features.reshape(b, m, c, n).permute(0, 3, 1, 2).reshape(b * n, m, c)
         attended = mask if self.masking else torch.ones_like(mask)
-        key_mask = attended.repeat_interleave(n, dim=0)  # (B*N, M)
-        attn_mask = key_mask[:, None, None, :]      # broadcast over heads and queries
+        # Modalities attended in no case of the batch take no part in any attention (their
+        # weights are exactly 0) and are left out of the work; with the rest attended in
+        # every case (the usual case at inference) no mask is needed at all, so the
+        # attention takes torch's fused path. Same result as masking them, less work.
+        used = attended.any(dim=0).nonzero().flatten()  # (M',)
+        if len(used) < m:
+            features, attended = features[:, used], attended[:, used]
+        embedding = self.modality_embedding[used]
+        mu = len(used)
+        everything = bool(attended.all())
+        key_mask = None if everything else attended.repeat_interleave(n, dim=0)  # (B*N, M')
+        attn_mask = None if everything else key_mask[:, None, None, :]  # over heads, queries
+        tokens = features.reshape(b, mu, c, n).permute(0, 3, 1, 2).reshape(b * n, mu, c)
 
-        q, k, v = self.qkv(self.norm1(tokens + self.modality_embedding)).chunk(3, dim=-1)
+        q, k, v = self.qkv(self.norm1(tokens + embedding)).chunk(3, dim=-1)
         mixed = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v),
                                                attn_mask=attn_mask)
-        tokens = tokens + self.proj(mixed.transpose(1, 2).reshape(b * n, m, c))
+        tokens = tokens + self.proj(mixed.transpose(1, 2).reshape(b * n, mu, c))
         tokens = tokens + self.mlp(self.norm2(tokens))
 
-        normed = self.norm3(tokens + self.modality_embedding)
-        weights_present = key_mask.to(normed.dtype)[..., None]
-        mean = (normed * weights_present).sum(1) / weights_present.sum(1)  # (B*N, C)
+        normed = self.norm3(tokens + embedding)
+        if everything:
+            mean = normed.mean(1)  # (B*N, C)
+        else:
+            weights_present = key_mask.to(normed.dtype)[..., None]
+            mean = (normed * weights_present).sum(1) / weights_present.sum(1)
         query = (self.fusion_query + self.query_from_mean(mean))[:, None, :]  # (B*N, 1, C)
         qh, kh = self._heads(query), self._heads(self.fusion_key(normed))
-        scores = (qh @ kh.transpose(-2, -1)) * self.head_dim ** -0.5  # (B*N, H, 1, M)
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
+        scores = (qh @ kh.transpose(-2, -1)) * self.head_dim ** -0.5  # (B*N, H, 1, M')
+        if not everything:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
         contribution = scores.softmax(dim=-1)
         # Values: the tokens themselves, each head weighting its own channel group.
         fused = (contribution @ self._heads(tokens)).transpose(1, 2).reshape(b * n, c)
         fused = self.fusion_proj(fused)
         if capture.active():
-            per_voxel = contribution.mean(dim=1)[:, 0, :].reshape(b, n, m)  # head mean
+            per_voxel = contribution.new_zeros(b * n, m)  # every modality, 0 where left out
+            per_voxel[:, used] = contribution.mean(dim=1)[:, 0, :]  # head mean
+            per_voxel = per_voxel.reshape(b, n, m)
             capture.record(self, "weights", per_voxel.mean(dim=1), capture.MapKind.CHANNEL)
             capture.record(self, "attention", per_voxel.transpose(1, 2).reshape(b, m, *grid),
                            capture.MapKind.SPATIAL)
