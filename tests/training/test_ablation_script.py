@@ -25,11 +25,19 @@ def ablation():
 
 
 @pytest.fixture(scope="module")
-def toy_run(ablation, tmp_path_factory):
+def results(ablation):
+    """scripts/ablation_results.py, as the ablation script imported it."""
+    import sys
+
+    return sys.modules["ablation_results"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(ablation, results, tmp_path_factory):
     """One toy ablation (2 variants x 1 seed x 2 steps) with a hand-written discussion."""
     root = tmp_path_factory.mktemp("ablation")
     markdown = root / "ablation.md"
-    markdown.write_text(f"# Ablation\n\nintro\n\n{ablation.START}\nold\n{ablation.END}\n\n"
+    markdown.write_text(f"# Ablation\n\nintro\n\n{results.START}\nold\n{results.END}\n\n"
                         f"discussion stays\n", encoding="utf-8")
     ablation.main(["all", "--data", str(root / "data"), "--out", str(root / "out"),
                    "--markdown", str(markdown), "--figure", str(root / "ablation.png"), *TOY])
@@ -72,11 +80,11 @@ def test_complexity_matches_the_library_counts(toy_run, ablation):
     assert int(rows["se"]["params"]) > int(rows["none"]["params"])
 
 
-def test_report_rewrites_only_the_table(toy_run, ablation):
+def test_report_rewrites_only_the_table(toy_run, results):
     text = (toy_run / "ablation.md").read_text(encoding="utf-8")
     assert text.startswith("# Ablation\n\nintro\n\n") and text.endswith("discussion stays\n")
     assert "\nold\n" not in text
-    table = text.split(ablation.START)[1].split(ablation.END)[0]
+    table = text.split(results.START)[1].split(results.END)[0]
     body = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert [line.split(" | ")[0] for line in body[1:]] == ["| plain", "| SE"]
     run = _rows(toy_run / "out" / "runs" / "se_seed3.csv")[0]
