@@ -47,8 +47,8 @@ def error_mm(transform, brain, true_points):
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.xfail(strict=True, reason="the shipped weights are under-trained: the few hundred "
                    "steps a loaded 2-core CPU allowed left them at the zero-motion plateau, "
-                   "and so did two short runs with the label loss (see their cards); "
-                   "retrained weights must pass this")
+                   "and so did every label-loss recipe tried on a quiet CPU (docs/register.md: "
+                   "it needs GPU-scale training); retrained weights must pass this")
 def test_a_trained_model_recovers_much_of_a_held_out_field(mni_pair, learned, name):
     _, _, brain, true_points = mni_pair
     before = float(np.linalg.norm(true_points - brain, axis=1).mean())
