@@ -269,16 +269,18 @@ def _remove_stale_temporaries(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def connect(client: Any, scheduler: str | None, workers: int | None, needs: dict,
-            cluster_options: dict | None = None) -> Iterator[Any]:
-    """The client to run on, checked for the workers ``needs`` asks for (``{"GPU": 1}``;
-    the task's resources); :func:`register_task` then sends it the task.
+def connect(client: Any, scheduler: str | None, workers: int | None, task: CohortTask,
+            torch_threads: int | None = None, cluster_options: dict | None = None
+            ) -> Iterator[Any]:
+    """The client to run on, with the task's plugin registered; checks GPU workers.
 
     ``cluster_options`` go to :func:`local_cluster` when one is made here."""
     from distributed import Client
 
+    needs = task.resources()
     if client is not None:
         _check_resources(client, needs, "the given client's cluster")
+        register_task(client, task, torch_threads)
         yield client
         return
     if scheduler is not None:
@@ -289,10 +291,12 @@ def connect(client: Any, scheduler: str | None, workers: int | None, needs: dict
                                f"({first_line(error) or type(error).__name__}).") from None
         with remote:
             _check_resources(remote, needs, f"the scheduler at {scheduler}")
+            register_task(remote, task, torch_threads)
             yield remote
         return
     with local_cluster(workers, resources=needs, **(cluster_options or {})) as cluster, \
             Client(cluster, set_as_default=False) as local:
+        register_task(local, task, torch_threads)
         yield local
 
 

@@ -37,7 +37,6 @@ from napari_medattn.cohort.cluster import (
     dashboard_link,
     import_in_background,
     plugin_name,
-    register_task,
     run_case_on_worker,
 )
 from napari_medattn.cohort.manifest import Case, read_manifest
@@ -186,9 +185,8 @@ def run(manifest: str | os.PathLike | Sequence[Case], task: str | CohortTask,
         timings = {"plan_s": time.perf_counter() - started}
         if todo:
             mark = time.perf_counter()
-            dask_client = cluster.enter_context(connect(client, scheduler, workers,
-                                                        task.resources(), cluster_options))
-            register_task(dask_client, task, torch_threads)
+            dask_client = cluster.enter_context(connect(client, scheduler, workers, task,
+                                                        torch_threads, cluster_options))
             timings["cluster_start_s"] = time.perf_counter() - mark
             write_cohort_file(out, task.name, parameters, parameters_sha, manifest)
             dashboard = dashboard_link(dask_client)
